@@ -1,0 +1,30 @@
+# Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
+# Both create .venv on first use. CPU wheel by default; CUDA users: make TORCH="torch" run
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	touch $@
+
+run: $(BIN)/.installed  ## the default experiment (extra Hydra overrides: make run ARGS="client.batch_size=8")
+	$(BIN)/python -m fedbatch.simulate $(ARGS)
+
+test: $(BIN)/.installed  ## lint, format check and the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,148 @@
+"""The three small offline datasets, as numpy arrays with a held-out test split.
+
+- `digits`: scikit-learn's bundled 8x8 digits (1797 samples, 64 features in [0, 1]);
+  stratified test split. `num_samples` is ignored.
+- `mnist1d`: MNIST-1D generated locally with `mnist1d.data.make_dataset` (never
+  downloaded); 40 features standardised with the training mean and std. The generator
+  makes `num_samples // 10` samples per class, so the total is rounded down to a
+  multiple of 10.
+- `synthetic`: Synthetic(alpha, beta) of LEAF / FedProx, pooled over `num_sources`
+  sources of equal size (±1). As in the reference code, alpha and beta are the standard
+  deviations of u_k and B_k. Then a seeded random test split.
+
+Test sets hold ceil(test_fraction · n) samples (digits, synthetic) or
+n - int(n · (1 - test_fraction)) (mnist1d, the generator's own rule).
+
+`load_dataset` is cached per process; the arrays it returns are read-only (index them to
+get a writable copy, or use `torch.tensor` rather than `torch.from_numpy`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+
+from fedbatch.config import DATASETS, ConfigError, DataConfig
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split; x float32 of shape (n, *input_shape), y int64 of shape (n,)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """The dataset `cfg` names, split with `seed` (same arguments, same arrays)."""
+    if cfg.name not in DATASETS:
+        raise ConfigError("data", cfg.name, "one of " + ", ".join(DATASETS))
+    return _load_cached(_relevant(cfg), seed)
+
+
+def _relevant(cfg: DataConfig) -> DataConfig:
+    """Reset the fields a dataset ignores, so they do not split the cache."""
+    default = DataConfig()
+    if cfg.name == "synthetic":
+        return cfg
+    num_samples = cfg.num_samples if cfg.name == "mnist1d" else default.num_samples
+    return replace(default, name=cfg.name, test_fraction=cfg.test_fraction, num_samples=num_samples)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
+    loaders = {"digits": _digits, "mnist1d": _mnist1d, "synthetic": _synthetic}
+    x_train, y_train, x_test, y_test, num_classes = loaders[cfg.name](cfg, seed)
+    return Dataset(
+        name=cfg.name,
+        x_train=_frozen(x_train, np.float32),
+        y_train=_frozen(y_train, np.int64),
+        x_test=_frozen(x_test, np.float32),
+        y_test=_frozen(y_test, np.int64),
+        num_classes=num_classes,
+        input_shape=tuple(int(d) for d in x_train.shape[1:]),
+    )
+
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+
+
+def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
+    out = np.ascontiguousarray(array, dtype=dtype).copy()
+    out.flags.writeable = False
+    return out
+
+
+def _seed32(seed: int) -> int:
+    """Libraries seeded through legacy numpy take 32-bit seeds only."""
+    return seed % 2**32
+
+
+def _digits(cfg: DataConfig, seed: int) -> Arrays:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x / 16.0, y, test_size=cfg.test_fraction, stratify=y, random_state=_seed32(seed)
+    )
+    return x_train, y_train, x_test, y_test, 10
+
+
+@contextmanager
+def _global_rng_preserved() -> Iterator[None]:
+    """mnist1d seeds `random` and `np.random` globally; put both back afterwards."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _mnist1d(cfg: DataConfig, seed: int) -> Arrays:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = cfg.num_samples
+    args.train_split = 1.0 - cfg.test_fraction
+    args.seed = _seed32(seed)
+    with _global_rng_preserved():
+        data = make_dataset(args)
+    x_train, x_test = data["x"], data["x_test"]
+    mean = x_train.mean(axis=0)
+    std = np.maximum(x_train.std(axis=0), 1e-8)
+    return (x_train - mean) / std, data["y"], (x_test - mean) / std, data["y_test"], 10
+
+
+def _synthetic(cfg: DataConfig, seed: int) -> Arrays:
+    rng = np.random.default_rng(seed)
+    d, c = cfg.num_features, cfg.num_classes
+    std_x = np.arange(1, d + 1, dtype=np.float64) ** -0.6  # Σ_jj = j^-1.2
+    sizes = np.full(cfg.num_sources, cfg.num_samples // cfg.num_sources)
+    sizes[: cfg.num_samples % cfg.num_sources] += 1
+    xs, ys = [], []
+    for size in sizes:
+        u, b_mean = rng.normal(0.0, cfg.alpha), rng.normal(0.0, cfg.beta)
+        w = rng.normal(u, 1.0, size=(d, c))
+        b = rng.normal(u, 1.0, size=c)
+        v = rng.normal(b_mean, 1.0, size=d)
+        x = v + std_x * rng.standard_normal((size, d))
+        xs.append(x)
+        ys.append(np.argmax(x @ w + b, axis=1))  # argmax of softmax = argmax of logits
+    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+    order = rng.permutation(len(y_all))
+    n_test = min(math.ceil(cfg.test_fraction * len(y_all)), len(y_all) - 1)
+    test, train = order[:n_test], order[n_test:]
+    return x_all[train], y_all[train], x_all[test], y_all[test], c

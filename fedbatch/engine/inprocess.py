@@ -1,0 +1,107 @@
+"""The in-process engine: a Flower Grid that calls the ClientApp directly.
+
+No Ray, no SuperLink, no polling: `send_and_receive` runs each client's ClientApp in this
+process, one after another, and returns its reply. Real Flower messages, strategies and
+ClientApp pass through unchanged, so the result equals the Ray engine's for the same seed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedbatch.config import RunConfig
+from fedbatch.federated.client_app import app as default_client_app
+from fedbatch.federated.server_app import run_experiment
+
+RUN_ID = 1
+
+
+def set_server_identity(run_id: int) -> None:
+    """Flower's `Message(...)` reads the sender's identity from `TaskIdentity`.
+
+    An internal Flower API (flwr 1.42): kept in this one place and covered by a test, so
+    an upgrade that changes it fails loudly.
+    """
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+
+class InProcessGrid(Grid):
+    """`num_nodes` virtual SuperNodes whose ClientApp runs in this process."""
+
+    def __init__(self, num_nodes: int, client_app: ClientApp = default_client_app) -> None:
+        self.client_app = client_app
+        self._run = Run.create_empty(RUN_ID)
+        # Node ids start at 2: id 1 is the SuperLink's own.
+        self.contexts = {
+            node_id: Context(
+                run_id=RUN_ID,
+                node_id=node_id,
+                node_config={"partition-id": node_id - 2, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for node_id in range(2, num_nodes + 2)
+        }
+        self._ids = itertools.count(1)
+        self._replies: dict[str, Message] = {}
+        set_server_identity(RUN_ID)
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.contexts.keys()
+
+    def _call(self, msg: Message) -> Message:
+        try:
+            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as exc:  # a failing client is a counted failure, not a crash
+            error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
+            return Message(error, reply_to=msg)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg_id = str(next(self._ids))
+            msg.metadata.__dict__["_message_id"] = msg_id
+            self._replies[msg_id] = self._call(msg)
+            ids.append(msg_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+    return run_experiment(InProcessGrid(cfg.num_clients), cfg, out_dir, progress=progress)

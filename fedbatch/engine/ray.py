@@ -1,0 +1,48 @@
+"""The Ray engine: Flower's Simulation Runtime (`run_simulation`) with Ray actors.
+
+The ServerApp runs the same round loop as every engine, in this process; ClientApps run
+in Ray actors with `engine.num_cpus`/`engine.num_gpus` each. `engine.address` attaches
+to an existing Ray cluster instead of starting a local one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from fedbatch.config import RunConfig
+from fedbatch.federated.client_app import app as client_app
+from fedbatch.federated.server_app import run_experiment
+
+
+def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        summary.update(run_experiment(grid, cfg, out_dir, progress=progress))
+
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
+    if cfg.engine.address:
+        init_args["address"] = cfg.engine.address
+    # Ray's dashboard/metrics exporters are not needed and only cost start-up time.
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=cfg.num_clients,
+        backend_config={
+            "client_resources": {
+                "num_cpus": cfg.engine.num_cpus,
+                "num_gpus": cfg.engine.num_gpus,
+            },
+            "init_args": init_args,
+        },
+    )
+    return summary

@@ -1,0 +1,187 @@
+"""The Flower ServerApp and its round loop.
+
+The loop drives a Flower strategy through `configure_train` → `aggregate_train` →
+`configure_evaluate` → `aggregate_evaluate` and hands every round to callbacks
+(server-side evaluation, convergence monitoring, metrics sink, progress). Every engine runs
+this same loop; only the Grid differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedbatch.config import RunConfig, config_from_json
+from fedbatch.federated.evaluation import ServerEvaluation
+from fedbatch.federated.records import model_to_arrays
+from fedbatch.federated.sampling import SampledNodesGrid
+from fedbatch.federated.strategies import build_strategy
+from fedbatch.federated.workload import Workload, workload_for
+from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor, RoundState, RunOutcome
+from fedbatch.metrics.progress import RichProgress
+from fedbatch.metrics.sink import JsonlSink, SummaryWriter
+
+ROW_KEYS = (
+    "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+    "client_eval_loss", "client_eval_accuracy", "clients_sampled", "clients_replied",
+    "clients_failed", "examples", "examples_seen", "steps", "grad_norm_mean",
+    "grad_norm_max", "seconds", "elapsed_seconds",
+)  # fmt: skip
+
+
+def _round_config(cfg: RunConfig) -> dict[str, Any]:
+    client = cfg.client
+    return {
+        "run-config": cfg.to_json(),
+        "batch-size": client.batch_size,
+        "lr": client.lr,
+        "local-epochs": client.epochs,
+        "local-steps": client.steps or 0,
+    }
+
+
+def _address(messages: Iterable[Message], partition_of: dict[int, int]) -> list[Message]:
+    """Give each message its own ConfigRecord naming the partition its node simulates.
+
+    Messages are put in partition order, so aggregation sums in the same order always.
+    """
+    addressed = []
+    for msg in sorted(messages, key=lambda m: partition_of[m.metadata.dst_node_id]):
+        content = msg.content
+        config = ConfigRecord(dict(content["config"]))
+        config["partition-id"] = partition_of[msg.metadata.dst_node_id]
+        records: dict[str, Any] = dict(content.array_records)
+        records["config"] = config
+        msg.content = RecordDict(records)
+        addressed.append(msg)
+    return addressed
+
+
+def _metric(metrics: MetricRecord | None, key: str) -> Any:
+    return metrics[key] if metrics is not None and key in metrics else None
+
+
+def run_rounds(
+    grid: Grid,
+    cfg: RunConfig,
+    callbacks: Sequence[Callback],
+    *,
+    initial_arrays: ArrayRecord,
+    assign_partitions: bool = True,
+) -> RunOutcome:
+    """Run up to `cfg.rounds` rounds of the configured strategy on `grid`."""
+    strategy = build_strategy(cfg)
+    nodes = SampledNodesGrid(grid)
+    partition_of = {node: i for i, node in enumerate(nodes.all_node_ids)}
+    evaluate_count = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
+    arrays, base = initial_arrays, _round_config(cfg)
+    start = time.perf_counter()
+
+    def notify(state: RoundState) -> None:
+        for callback in callbacks:
+            callback.on_round_end(state)
+
+    def exchange(
+        configure: Any, server_round: int, phase: str, count: int
+    ) -> tuple[list[Message], list[Message]]:
+        """Sample `count` clients, let the strategy configure them, collect the replies."""
+        nodes.offer(cfg.seed, server_round, phase, count)
+        messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
+        if assign_partitions:
+            messages = _address(messages, partition_of)
+        return messages, list(grid.send_and_receive(messages)) if messages else []
+
+    notify(RoundState(0, arrays, dict.fromkeys(ROW_KEYS) | {"round": 0}))
+    stopped_because, completed = "rounds", 0
+    for server_round in range(1, cfg.rounds + 1):
+        round_start = time.perf_counter()
+        messages, replies = exchange(
+            strategy.configure_train, server_round, "train", cfg.clients_per_round
+        )
+        aggregated, train = strategy.aggregate_train(server_round, replies)
+        arrays = aggregated if aggregated is not None else arrays
+        evaluation = None
+        if cfg.strategy.fraction_evaluate > 0:
+            _, eval_replies = exchange(
+                strategy.configure_evaluate, server_round, "evaluate", evaluate_count
+            )
+            evaluation = strategy.aggregate_evaluate(server_round, eval_replies)
+        now = time.perf_counter()
+        replied = sum(not r.has_error() for r in replies)
+        row = dict.fromkeys(ROW_KEYS) | {
+            "round": server_round,
+            "train_loss": _metric(train, "train_loss"),
+            "train_accuracy": _metric(train, "train_accuracy"),
+            "client_eval_loss": _metric(evaluation, "eval_loss"),
+            "client_eval_accuracy": _metric(evaluation, "eval_accuracy"),
+            "clients_sampled": len(messages),
+            "clients_replied": replied,
+            "clients_failed": len(messages) - replied,
+            "examples": _metric(train, "num-examples"),
+            "examples_seen": _metric(train, "examples_seen"),
+            "steps": _metric(train, "steps"),
+            "grad_norm_mean": _metric(train, "grad_norm_mean"),
+            "grad_norm_max": _metric(train, "grad_norm_max"),
+            "seconds": now - round_start,
+            "elapsed_seconds": now - start,
+        }
+        state = RoundState(server_round, arrays, row)
+        notify(state)
+        completed = server_round
+        if state.stop_reason is not None:
+            stopped_because = state.stop_reason
+            break
+    outcome = RunOutcome(completed, stopped_because, time.perf_counter() - start)
+    for callback in callbacks:
+        callback.on_run_end(outcome)
+    return outcome
+
+
+def standard_callbacks(
+    workload: Workload, out_dir: Path, *, progress: bool
+) -> tuple[list[Callback], SummaryWriter]:
+    """Evaluation → convergence → metrics.jsonl → summary.json (→ progress bar)."""
+    cfg = workload.cfg
+    monitor = ConvergenceMonitor(cfg.stop)
+    summary = SummaryWriter(out_dir / "summary.json", monitor)
+    callbacks: list[Callback] = [
+        ServerEvaluation(workload, cfg.eval.every, last_round=cfg.rounds),
+        monitor,
+        JsonlSink(out_dir / "metrics.jsonl"),
+        summary,
+    ]
+    if progress:
+        callbacks.append(RichProgress(cfg.rounds))
+    return callbacks, summary
+
+
+def run_experiment(
+    grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool, assign_partitions: bool = True
+) -> dict[str, Any]:
+    """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`."""
+    workload = workload_for(cfg.to_json())
+    callbacks, summary = standard_callbacks(workload, out_dir, progress=progress)
+    run_rounds(
+        grid,
+        cfg,
+        callbacks,
+        initial_arrays=model_to_arrays(workload.initial_model()),
+        assign_partitions=assign_partitions,
+    )
+    return summary.summary
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point under `flwr run`: the config travels in the run config as JSON."""
+    cfg = config_from_json(str(context.run_config["fedbatch-config"]))
+    out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run")))
+    run_experiment(grid, cfg, out_dir, progress=False, assign_partitions=False)

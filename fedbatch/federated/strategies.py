@@ -1,0 +1,68 @@
+"""Flower's own strategy classes, by name, with their parameters exposed to config."""
+
+from __future__ import annotations
+
+import inspect
+
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+
+from fedbatch.config import ConfigError, RunConfig
+from fedbatch.federated.records import aggregate_client_metrics
+
+STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedadagrad": FedAdagrad,
+}
+
+# Set by fedbatch from top-level keys, so they cannot be overridden per strategy.
+_MANAGED = {
+    "fraction_train",
+    "fraction_evaluate",
+    "min_train_nodes",
+    "min_evaluate_nodes",
+    "min_available_nodes",
+    "weighted_by_key",
+    "arrayrecord_key",
+    "configrecord_key",
+    "train_metrics_aggr_fn",
+    "evaluate_metrics_aggr_fn",
+}
+
+
+def tunable_parameters(name: str) -> list[str]:
+    """The constructor parameters of strategy `name` that config may set."""
+    signature = inspect.signature(STRATEGY_CLASSES[name].__init__)
+    return [p for p in signature.parameters if p not in _MANAGED and p != "self"]
+
+
+def check_strategy_params(cfg: RunConfig) -> None:
+    allowed = tunable_parameters(cfg.strategy.name)
+    for key, value in cfg.strategy.params.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"strategy.{key}",
+                value,
+                f"parameters of {cfg.strategy.name}: " + (", ".join(allowed) or "none"),
+            )
+
+
+def build_strategy(cfg: RunConfig) -> FedAvg:
+    """The configured Flower strategy, sampling exactly `clients_per_round` clients."""
+    check_strategy_params(cfg)
+    per_round = cfg.clients_per_round
+    # The loop offers the strategy exactly the nodes it drew (see federated/sampling.py).
+    evaluate_nodes = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
+    return STRATEGY_CLASSES[cfg.strategy.name](
+        fraction_train=per_round / cfg.num_clients,
+        fraction_evaluate=cfg.strategy.fraction_evaluate,
+        min_train_nodes=per_round,
+        min_evaluate_nodes=evaluate_nodes,
+        min_available_nodes=min(per_round, evaluate_nodes),
+        train_metrics_aggr_fn=aggregate_client_metrics,
+        evaluate_metrics_aggr_fn=aggregate_client_metrics,
+        **cfg.strategy.params,
+    )

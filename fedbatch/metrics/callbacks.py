@@ -1,0 +1,79 @@
+"""Per-round hooks of the server loop, and the convergence monitor (no Flower here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedbatch.config import StopConfig
+
+
+@dataclass
+class RoundState:
+    """One round as the callbacks see it; they add metrics to `row` or ask to stop."""
+
+    round: int
+    arrays: Any  # the global weights as the engine holds them (a Flower ArrayRecord)
+    row: dict[str, Any]
+    stop_reason: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    rounds_completed: int
+    stopped_because: str
+    seconds: float
+
+
+class Callback:
+    """Base class: override what you need. Callbacks run in the order they are given."""
+
+    def on_round_end(self, state: RoundState) -> None:
+        """Called after each round (and once for round 0, the initial model)."""
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        """Called once when the loop ends, for whatever reason."""
+
+
+@dataclass
+class ConvergenceMonitor(Callback):
+    """Stops the run at a target test accuracy or loss, or after `patience` flat rounds.
+
+    Improvement means a better test accuracy by more than `min_delta` (or, when only a
+    loss target is set, a lower test loss). Round 0 only sets the starting point.
+    """
+
+    stop: StopConfig
+    best_accuracy: float = -math.inf
+    best_loss: float = math.inf
+    best_round: int = 0
+    rounds_to_target: int | None = None
+    _since_best: int = field(default=0, repr=False)
+
+    def on_round_end(self, state: RoundState) -> None:
+        accuracy = state.row.get("test_accuracy")
+        loss = state.row.get("test_loss")
+        if accuracy is None or loss is None:
+            return
+        by_loss = self.stop.target_loss is not None and self.stop.target_accuracy is None
+        improved = (
+            loss < self.best_loss - self.stop.min_delta
+            if by_loss
+            else accuracy > self.best_accuracy + self.stop.min_delta
+        )
+        self.best_loss = min(self.best_loss, loss)
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_round = accuracy, state.round
+        self._since_best = 0 if improved else self._since_best + 1
+        if state.round == 0:
+            return
+        target_acc, target_loss = self.stop.target_accuracy, self.stop.target_loss
+        if target_acc is not None and accuracy >= target_acc:
+            state.stop_reason = "target_accuracy"
+        elif target_loss is not None and loss <= target_loss:
+            state.stop_reason = "target_loss"
+        elif self.stop.patience is not None and self._since_best >= self.stop.patience:
+            state.stop_reason = "patience"
+        if state.stop_reason in ("target_accuracy", "target_loss"):
+            self.rounds_to_target = state.round

@@ -1,0 +1,37 @@
+"""A rich progress bar: round, loss, accuracy, elapsed time."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else "-"
+
+
+class RichProgress(Callback):
+    def __init__(self, rounds: int, console: Console | None = None) -> None:
+        self.progress = Progress(
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+        )
+        self.task = self.progress.add_task("rounds", total=rounds, status="")
+        self.progress.start()
+
+    def on_round_end(self, state: RoundState) -> None:
+        row = state.row
+        status = (
+            f"train loss {_fmt(row.get('train_loss'))}  test loss {_fmt(row.get('test_loss'))}"
+            f"  test acc {_fmt(row.get('test_accuracy'))}"
+        )
+        self.progress.update(self.task, completed=state.round, status=status)
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        self.progress.stop()

@@ -1,0 +1,65 @@
+"""Run outputs: `metrics.jsonl` (a row per round, flushed as written) and `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor, RoundState, RunOutcome
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlSink(Callback):
+    """Appends each round's row to `metrics.jsonl` and flushes, so a crash loses no row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self.last_row: dict[str, Any] = {}
+
+    def on_round_end(self, state: RoundState) -> None:
+        row = {k: _clean(v) for k, v in state.row.items()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        self.last_row = row
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        self._file.close()
+
+
+class SummaryWriter(Callback):
+    """Writes `summary.json`: final and best metrics, why and when the run stopped."""
+
+    def __init__(self, path: Path, monitor: ConvergenceMonitor) -> None:
+        self.path = path
+        self.monitor = monitor
+        self.last_row: dict[str, Any] = {}
+        self.summary: dict[str, Any] = {}
+
+    def on_round_end(self, state: RoundState) -> None:
+        self.last_row = state.row
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        last, monitor = self.last_row, self.monitor
+        self.summary = {
+            "test_accuracy": _clean(last.get("test_accuracy")),
+            "test_loss": _clean(last.get("test_loss")),
+            "train_loss": _clean(last.get("train_loss")),
+            "best_test_accuracy": _clean(monitor.best_accuracy),
+            "best_round": monitor.best_round,
+            "best_test_loss": _clean(monitor.best_loss),
+            "rounds_completed": outcome.rounds_completed,
+            "rounds_to_target": monitor.rounds_to_target,
+            "stopped_because": outcome.stopped_because,
+            "seconds": outcome.seconds,
+        }
+        self.path.write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Plots and tables for a finished run or multirun: `python -m fedbatch.report <dir>`."""

@@ -1,0 +1,15 @@
+"""Every random stream derives from the run seed and the ids of what it is for."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed for the stream named by `parts` (e.g. "shuffle", client id, round).
+
+    Hashing the names keeps streams independent of each other and of the process or
+    order in which they are drawn, so a client's result does not depend on who ran it.
+    """
+    text = "/".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1

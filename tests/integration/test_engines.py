@@ -1,0 +1,128 @@
+"""The server loop on real Flower strategies and ClientApps, through both engines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedbatch.config import STRATEGIES
+from fedbatch.engine import inprocess, run_engine
+from fedbatch.engine.inprocess import InProcessGrid
+from fedbatch.federated.client_app import app as real_client_app
+from fedbatch.federated.server_app import run_experiment
+from tests.conftest import read_rows, tiny_config, without_measured
+
+
+def test_message_identity_internal_api_still_works():
+    """Guards the one internal Flower API the in-process engine relies on."""
+    inprocess.set_server_identity(7)
+    msg = Message(RecordDict({"config": ConfigRecord({"a": 1})}), 3, "train")
+    assert msg.metadata.run_id == 7
+    assert msg.metadata.src_node_id == 1
+    assert msg.metadata.dst_node_id == 3
+
+
+def test_rows_have_the_documented_fields_and_counts(tmp_path):
+    cfg = tiny_config()
+    summary = run_engine(cfg, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["train_loss"] is None and rows[0]["test_accuracy"] is not None
+    for row in rows[1:]:
+        assert row["clients_sampled"] == row["clients_replied"] == 3
+        assert row["clients_failed"] == 0
+        # iid partitions of 1,437 training samples over 6 clients: 239 or 240 each
+        assert 3 * 239 <= row["examples"] <= 3 * 240
+        assert row["examples_seen"] == row["examples"]  # one epoch
+        assert row["steps"] == 3 * 15  # ceil(240 / 16) batches per client
+        assert row["grad_norm_max"] >= row["grad_norm_mean"] > 0
+        assert row["seconds"] > 0
+    assert summary["rounds_completed"] == 3 and summary["stopped_because"] == "rounds"
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in rows)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert rows[-1]["test_accuracy"] > 0.5  # well above chance (0.1) after 3 rounds
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    cfg = tiny_config(rounds=2)
+    run_engine(cfg, tmp_path / "a", progress=False)
+    run_engine(cfg, tmp_path / "b", progress=False)
+    rows_a, rows_b = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
+    assert without_measured(rows_a) == without_measured(rows_b)
+    other = tiny_config(rounds=2, seed=4)
+    run_engine(other, tmp_path / "c", progress=False)
+    assert without_measured(read_rows(tmp_path / "c")) != without_measured(rows_a)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_each_strategy_trains(tmp_path, name):
+    params = {"eta": 0.03} if name in ("fedadam", "fedyogi", "fedadagrad") else {}
+    cfg = tiny_config(strategy={"name": name, **params})
+    run_engine(cfg, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]
+    assert rows[-1]["test_accuracy"] > 0.3
+
+
+def test_client_evaluation_reports_global_model_on_local_data(tmp_path):
+    cfg = tiny_config(strategy={"name": "fedavg", "fraction_evaluate": 0.5})
+    run_engine(cfg, tmp_path, progress=False)
+    row = read_rows(tmp_path)[-1]
+    assert 0.0 < row["client_eval_accuracy"] <= 1.0
+    assert row["client_eval_loss"] > 0
+
+
+def test_a_failing_client_is_counted_not_fatal(tmp_path):
+    broken = ClientApp()
+
+    @broken.train()
+    def _train(msg, context):
+        if msg.content["config"]["partition-id"] == 0:
+            raise RuntimeError("device unplugged")
+        return real_client_app(msg, context)
+
+    cfg = tiny_config(clients_per_round=6, rounds=2)
+    run_experiment(InProcessGrid(6, broken), cfg, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    assert [r["clients_failed"] for r in rows[1:]] == [1, 1]
+    assert [r["clients_replied"] for r in rows[1:]] == [5, 5]
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+
+
+def test_stops_at_target_accuracy(tmp_path):
+    cfg = tiny_config(rounds=30, stop={"target_accuracy": 0.5})
+    summary = run_engine(cfg, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    assert summary["stopped_because"] == "target_accuracy"
+    assert summary["rounds_completed"] == summary["rounds_to_target"] == len(rows) - 1 < 30
+    assert rows[-1]["test_accuracy"] >= 0.5
+    assert all(r["test_accuracy"] < 0.5 for r in rows[1:-1])
+
+
+def test_stops_after_patience_without_improvement(tmp_path):
+    # A learning rate this small changes nothing: accuracy is flat from round 1.
+    cfg = tiny_config(rounds=30, client={"lr": 1e-9}, stop={"patience": 2})
+    summary = run_engine(cfg, tmp_path, progress=False)
+    assert summary["stopped_because"] == "patience"
+    assert summary["rounds_completed"] == 2
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_inprocess(tmp_path):
+    raw_engine = {"name": "ray", "num_cpus": 1}
+    cfg_ray = tiny_config(rounds=2, num_clients=4, clients_per_round=2, engine=raw_engine)
+    cfg_local = tiny_config(rounds=2, num_clients=4, clients_per_round=2)
+    run_engine(cfg_ray, tmp_path / "ray", progress=False)
+    run_engine(cfg_local, tmp_path / "local", progress=False)
+    ray_rows = without_measured(read_rows(tmp_path / "ray"))
+    local_rows = without_measured(read_rows(tmp_path / "local"))
+    assert len(ray_rows) == len(local_rows) == 3
+    for ray_row, local_row in zip(ray_rows, local_rows, strict=True):
+        assert ray_row.keys() == local_row.keys()
+        for key, value in local_row.items():
+            expected = value if value is None else pytest.approx(value, rel=1e-5, abs=1e-7)
+            assert ray_row[key] == expected, key
