@@ -66,10 +66,10 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     batch_size: int | str = 32
-    epochs: int = 1
+    epochs: int = 2
     steps: int | None = None
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
 
@@ -106,7 +106,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
-    rounds: int = 20
+    rounds: int = 30
     num_clients: int = 10
     clients_per_round: int = 5
     device: str = "auto"
@@ -332,7 +332,7 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     num_clients = _int("num_clients", raw.get("num_clients", 10), 1)
     cfg = RunConfig(
         seed=_int("seed", raw.get("seed", 0), 0),
-        rounds=_int("rounds", raw.get("rounds", 20), 1),
+        rounds=_int("rounds", raw.get("rounds", 30), 1),
         num_clients=num_clients,
         clients_per_round=_int(
             "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
