@@ -25,17 +25,43 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Reject `group=unknown` overrides with one line, before Hydra composes anything."""
+def _known_keys(conf_dir: Path) -> dict[str, set[str]]:
+    """Keys each config section may have: `config.yaml`'s, and any option's of a group."""
+    root = OmegaConf.load(conf_dir / "config.yaml")
+    known = {"": {k for k in root if k not in ("defaults", "hydra")}}
+    for name, section in root.items():
+        if isinstance(section, DictConfig) and name != "hydra":
+            known[str(name)] = set(section.keys())
+    for group in (p for p in conf_dir.iterdir() if p.is_dir()):
+        known[""].add(group.name)
+        keys = known.setdefault(group.name, set())
+        for option in group.glob("*.yaml"):
+            keys.update(OmegaConf.load(option).keys())
+    return known
+
+
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject unknown groups, options and keys with one line, before Hydra composes."""
+    known = _known_keys(conf_dir)
     for arg in argv:
         key, sep, value = arg.partition("=")
-        group = key.lstrip("+~")
-        if not sep or not (conf_dir / group).is_dir() or "(" in value:
+        if not sep or key.startswith(("hydra", "+", "~")) or key.count(".") > 1:
             continue
-        allowed = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        section, _, name = key.rpartition(".")
+        if section not in known:
+            section, name = "", section
+        if name not in known[section]:
+            where = f"keys of {section}" if section else "top-level keys and groups"
+            allowed_keys = ", ".join(sorted(known[section]))
+            shown = f"{section}.{name}" if section else name
+            fail(f"{shown} is not a known key: allowed {where}: {allowed_keys}")
+        group = conf_dir / key
+        if section or not group.is_dir() or "(" in value:
+            continue
+        allowed = sorted(p.stem for p in group.glob("*.yaml"))
         for choice in value.split(","):
             if choice and choice not in allowed:
-                fail(f"{group}={choice!r} is invalid: allowed one of {', '.join(allowed)}")
+                fail(f"{key}={choice!r} is invalid: allowed one of {', '.join(allowed)}")
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
@@ -75,16 +101,15 @@ def main(dcfg: DictConfig) -> float | None:
     summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))
     accuracy = summary.get("test_accuracy")
     print(
-        f"fedbatch: {summary.get('rounds_completed')} rounds "
-        f"({summary.get('stopped_because')}), test accuracy {accuracy}, "
-        f"best {summary.get('best_test_accuracy')}, {summary.get('seconds', 0):.2f} s "
-        f"→ {out_dir}"
+        f"fedbatch: {summary['rounds_completed']} rounds ({summary['stopped_because']}), "
+        f"test accuracy {accuracy:.4f} (best {summary['best_test_accuracy']:.4f}), "
+        f"{summary['seconds']:.2f} s → {out_dir}"
     )
     return accuracy
 
 
 def cli() -> None:
-    check_group_choices(sys.argv[1:])
+    check_overrides(sys.argv[1:])
     main()
 
 

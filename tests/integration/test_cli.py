@@ -16,7 +16,14 @@ from fedbatch.config import ConfigError
 from fedbatch.simulate import CONF_DIR, validate
 from tests.conftest import read_rows
 
-FAST = ["rounds=2", "num_clients=4", "clients_per_round=2", "progress=off", "model.hidden=[16]"]
+FAST = [
+    "rounds=2",
+    "client.epochs=1",
+    "num_clients=4",
+    "clients_per_round=2",
+    "progress=off",
+    "model.hidden=[16]",
+]
 
 
 def simulate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -59,6 +66,7 @@ def test_bad_values_are_rejected_before_any_work(override, key, allowed):
         ("strategy=fedfoo", "strategy", "fedyogi"),
         ("data=cifar10", "data", "mnist1d"),
         ("model=resnet", "model", "cnn1d"),
+        ("client.batchsize=3", "client.batchsize", "batch_size, epochs"),
         ("client.batch_size=0", "client.batch_size", "'full'"),
         ("num_clients=5000", "num_clients", "at most"),
     ],

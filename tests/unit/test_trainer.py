@@ -63,7 +63,7 @@ def test_full_batch_sgd_is_one_exact_gradient_step():
     assert result.steps == 1 and result.examples_seen == len(x)
     torch.testing.assert_close(model.weight.detach(), w0 - 0.5 * gw)
     torch.testing.assert_close(model.bias.detach(), b0 - 0.5 * gb)
-    assert result.loss == pytest.approx(float(expected_loss), rel=1e-6)
+    assert result.loss == pytest.approx(expected_loss.item(), rel=1e-6)
     norm = torch.sqrt(gw.pow(2).sum() + gb.pow(2).sum())
     assert result.grad_norm_mean == pytest.approx(float(norm), rel=1e-5)
     assert result.grad_norm_max == pytest.approx(float(norm), rel=1e-5)
