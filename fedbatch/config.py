@@ -176,6 +176,11 @@ def _batch_size(value: object) -> int | str:
     raise ConfigError("client.batch_size", value, f"an integer >= 1 or '{FULL_BATCH}'")
 
 
+def _on_off(value: object) -> object:
+    """YAML reads a bare `on`/`off` as a boolean."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, Mapping):
@@ -338,7 +343,7 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
             "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
         ),
         device=_choice("device", raw.get("device", "auto"), DEVICES),
-        progress=_choice("progress", raw.get("progress", "auto"), ("auto", "on", "off")),
+        progress=_choice("progress", _on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
         data=_data(_section(raw, "data")),
         partition=_partition(_section(raw, "partition")),
         model=_model(_section(raw, "model")),
