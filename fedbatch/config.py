@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
-DATASETS = ("synthetic", "mnist1d", "digits")
+DATASETS = ("synthetic", "mnist1d", "digits", "images")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
-MODELS = ("logreg", "mlp", "cnn1d")
+MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")

@@ -1,4 +1,4 @@
-"""The three small offline datasets, as numpy arrays with a held-out test split.
+"""The small offline datasets, as numpy arrays with a held-out test split.
 
 - `digits`: scikit-learn's bundled 8x8 digits (1797 samples, 64 features in [0, 1]);
   stratified test split. `num_samples` is ignored.
@@ -9,8 +9,12 @@
 - `synthetic`: Synthetic(alpha, beta) of LEAF / FedProx, pooled over `num_sources`
   sources of equal size (±1). As in the reference code, alpha and beta are the standard
   deviations of u_k and B_k. Then a seeded random test split.
+- `images`: CIFAR-shaped synthetic images (3×32×32, `num_classes` classes): each class
+  has a smooth random template (4×4 noise upsampled); a sample is its class template,
+  translated by up to 4 pixels each way, plus pixel noise of 1.5× the template scale.
+  A stand-in for image benchmarks, generated in a second; seeded random test split.
 
-Test sets hold ceil(test_fraction · n) samples (digits, synthetic) or
+Test sets hold ceil(test_fraction · n) samples (digits, synthetic, images) or
 n - int(n · (1 - test_fraction)) (mnist1d, the generator's own rule).
 
 `load_dataset` is cached per process; the arrays it returns are read-only (index them to
@@ -56,13 +60,21 @@ def _relevant(cfg: DataConfig) -> DataConfig:
     default = DataConfig()
     if cfg.name == "synthetic":
         return cfg
+    if cfg.name == "images":
+        return replace(
+            default,
+            name=cfg.name,
+            test_fraction=cfg.test_fraction,
+            num_samples=cfg.num_samples,
+            num_classes=cfg.num_classes,
+        )
     num_samples = cfg.num_samples if cfg.name == "mnist1d" else default.num_samples
     return replace(default, name=cfg.name, test_fraction=cfg.test_fraction, num_samples=num_samples)
 
 
 @lru_cache(maxsize=8)
 def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
-    loaders = {"digits": _digits, "mnist1d": _mnist1d, "synthetic": _synthetic}
+    loaders = {"digits": _digits, "mnist1d": _mnist1d, "synthetic": _synthetic, "images": _images}
     x_train, y_train, x_test, y_test, num_classes = loaders[cfg.name](cfg, seed)
     return Dataset(
         name=cfg.name,
@@ -141,8 +153,28 @@ def _synthetic(cfg: DataConfig, seed: int) -> Arrays:
         x = v + std_x * rng.standard_normal((size, d))
         xs.append(x)
         ys.append(np.argmax(x @ w + b, axis=1))  # argmax of softmax = argmax of logits
-    x_all, y_all = np.concatenate(xs), np.concatenate(ys)
+    return *_random_split(np.concatenate(xs), np.concatenate(ys), cfg, rng), c
+
+
+def _random_split(
+    x_all: np.ndarray, y_all: np.ndarray, cfg: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train and test arrays; the test set is a seeded random ceil(test_fraction · n)."""
     order = rng.permutation(len(y_all))
     n_test = min(math.ceil(cfg.test_fraction * len(y_all)), len(y_all) - 1)
     test, train = order[:n_test], order[n_test:]
-    return x_all[train], y_all[train], x_all[test], y_all[test], c
+    return x_all[train], y_all[train], x_all[test], y_all[test]
+
+
+def _images(cfg: DataConfig, seed: int) -> Arrays:
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((cfg.num_classes, 3, 4, 4), dtype=np.float32)
+    templates = np.kron(coarse, np.ones((8, 8), dtype=np.float32))  # smooth 3×32×32
+    y = rng.integers(0, cfg.num_classes, size=cfg.num_samples)
+    x = templates[y]
+    shifts = rng.integers(-4, 5, size=(cfg.num_samples, 2))  # random translations
+    for dy, dx in np.unique(shifts, axis=0):
+        moved = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+        x[moved] = np.roll(x[moved], (dy, dx), axis=(2, 3))
+    x += 1.5 * rng.standard_normal((cfg.num_samples, 3, 32, 32), dtype=np.float32)
+    return *_random_split(x, y, cfg, rng), cfg.num_classes

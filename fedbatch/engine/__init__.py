@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,5 @@ from fedbatch.config import RunConfig
 
 def run_engine(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     """Run the experiment on the configured engine; return its summary."""
-    # Flower logs every sampling and aggregation at INFO: noise on a hot path.
-    logging.getLogger("flwr").setLevel(logging.ERROR)
     engine = import_module(f"fedbatch.engine.{cfg.engine.name}")
     return engine.run(cfg, out_dir, progress=progress)

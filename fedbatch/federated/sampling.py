@@ -19,6 +19,14 @@ from flwr.supercore.run import Run
 from fedbatch.seeding import derive_seed
 
 
+def sample_clients(
+    seed: int, server_round: int, population: int, count: int, phase: str = "train"
+) -> list[int]:
+    """`count` distinct client indices out of `population`, sorted; a pure function."""
+    rng = np.random.default_rng(derive_seed(seed, "sample", server_round, phase))
+    return sorted(int(i) for i in rng.choice(population, size=count, replace=False))
+
+
 class SampledNodesGrid(Grid):
     """The engine's Grid, listing only the nodes offered for the current sampling."""
 
@@ -30,9 +38,8 @@ class SampledNodesGrid(Grid):
 
     def offer(self, seed: int, server_round: int, phase: str, count: int) -> list[int]:
         """Draw `count` distinct nodes for this round and phase; list only those."""
-        rng = np.random.default_rng(derive_seed(seed, "sample", server_round, phase))
-        chosen = rng.choice(len(self.all_node_ids), size=count, replace=False)
-        self.offered = [self.all_node_ids[i] for i in sorted(chosen)]
+        chosen = sample_clients(seed, server_round, len(self.all_node_ids), count, phase)
+        self.offered = [self.all_node_ids[i] for i in chosen]
         return self.offered
 
     def set_run(self, run: Run) -> None:

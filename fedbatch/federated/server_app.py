@@ -8,6 +8,7 @@ this same loop; only the Grid differs.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -164,6 +165,8 @@ def run_experiment(
     grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool, assign_partitions: bool = True
 ) -> dict[str, Any]:
     """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`."""
+    # Flower logs every sampling and aggregation at INFO: noise on a hot path.
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     workload = workload_for(cfg.to_json())
     callbacks, summary = standard_callbacks(workload, out_dir, progress=progress)
     run_rounds(

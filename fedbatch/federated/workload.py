@@ -6,9 +6,11 @@ to the same process reuse tensors and the model object instead of rebuilding the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,20 +33,25 @@ class Workload:
     cfg: RunConfig
     dataset: Dataset
     device: torch.device
-    partitions: list
+    partitions: list[np.ndarray]
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    _client_data: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _indices: dict[int, torch.Tensor] = field(default_factory=dict)
     _model: nn.Module | None = None
 
     def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The partition's samples as tensors on the device (cached per process)."""
-        if partition_id not in self._client_data:
+        """The partition's samples as tensors on the device.
+
+        Only the index is cached: gathering a partition costs little next to training on
+        it, and caching copies would duplicate the whole training set in every process.
+        """
+        index = self._indices.get(partition_id)
+        if index is None:
             index = torch.tensor(self.partitions[partition_id], device=self.device)
-            self._client_data[partition_id] = (self.x_train[index], self.y_train[index])
-        return self._client_data[partition_id]
+            self._indices[partition_id] = index
+        return self.x_train[index], self.y_train[index]
 
     def initial_model(self) -> nn.Module:
         """A freshly initialised model; the init is seeded by the run seed alone."""
@@ -65,18 +72,23 @@ def build_workload(cfg: RunConfig) -> Workload:
     partitions = partition_indices(dataset.y_train, cfg.partition, cfg.num_clients, cfg.seed)
     device = resolve_device(cfg.device)
 
-    def tensor(array, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(array, dtype=dtype, device=device)
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        if device.type != "cpu":
+            return torch.as_tensor(array, device=device)
+        with warnings.catch_warnings():
+            # Zero-copy view of the cached, read-only arrays; tensors are never written.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(array)
 
     return Workload(
         cfg=cfg,
         dataset=dataset,
         device=device,
         partitions=partitions,
-        x_train=tensor(dataset.x_train, torch.float32),
-        y_train=tensor(dataset.y_train, torch.long),
-        x_test=tensor(dataset.x_test, torch.float32),
-        y_test=tensor(dataset.y_test, torch.long),
+        x_train=tensor(dataset.x_train),
+        y_train=tensor(dataset.y_train),
+        x_test=tensor(dataset.x_test),
+        y_test=tensor(dataset.y_test),
     )
 
 

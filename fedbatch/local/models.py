@@ -7,10 +7,10 @@ from torch import nn
 from fedbatch.config import ModelConfig
 
 
-def _norm(kind: str, channels: int, groups: int) -> nn.Module:
-    """A normalization layer over `channels` features; works on (N, C) and (N, C, L)."""
+def _norm(kind: str, channels: int, groups: int, spatial_dims: int = 1) -> nn.Module:
+    """A normalization layer over `channels` features of (N, C), (N, C, L) or (N, C, H, W)."""
     if kind == "batch":
-        return nn.BatchNorm1d(channels)
+        return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm1d(channels)
     if kind == "group":
         return nn.GroupNorm(_divisor_at_most(channels, groups), channels)
     if kind == "layer":
@@ -51,6 +51,22 @@ def _cnn1d(cfg: ModelConfig, length: int, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A 2-D CNN for (C, H, W) images: conv → norm → ReLU → 2×2 max-pool per block."""
+    width, height, breadth = input_shape
+    layers: list[nn.Module] = []
+    for channels in cfg.channels:
+        layers += [
+            nn.Conv2d(width, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
+            _norm(cfg.norm, channels, cfg.groups, spatial_dims=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        ]
+        width, height, breadth = channels, (height + 1) // 2, (breadth + 1) // 2
+    layers += [nn.Flatten(), nn.Linear(width * height * breadth, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the configured model for inputs of `input_shape` (without the batch axis)."""
     features = 1
@@ -62,4 +78,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         return _mlp(cfg, features, num_classes)
     if cfg.name == "cnn1d":
         return _cnn1d(cfg, features, num_classes)
+    if cfg.name == "cnn":
+        if len(input_shape) != 3:
+            raise ValueError(f"model=cnn needs (C, H, W) images, got input shape {input_shape}")
+        return _cnn(cfg, input_shape, num_classes)
     raise ValueError(f"unknown model {cfg.name!r}")

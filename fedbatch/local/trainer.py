@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedbatch.local.probes import gradient_norm
+
 
 @dataclass(frozen=True)
 class LocalResult:
@@ -106,7 +108,7 @@ def train_local(
             distance = sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
             objective = loss + 0.5 * prox_mu * distance
         objective.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+        norms.append(gradient_norm(params))
         optimizer.step()
         loss_sum += loss.detach() * len(index)
         correct += (logits.detach().argmax(dim=1) == targets).sum()

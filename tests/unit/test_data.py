@@ -19,9 +19,10 @@ SMALL = {
     "digits": DataConfig(name="digits"),
     "mnist1d": DataConfig(name="mnist1d", num_samples=200),
     "synthetic": DataConfig(name="synthetic", num_samples=300, num_features=7, num_classes=3),
+    "images": DataConfig(name="images", num_samples=200, num_classes=4),
 }
-INPUT_SHAPES = {"digits": (64,), "mnist1d": (40,), "synthetic": (7,)}
-NUM_CLASSES = {"digits": 10, "mnist1d": 10, "synthetic": 3}
+INPUT_SHAPES = {"digits": (64,), "mnist1d": (40,), "synthetic": (7,), "images": (3, 32, 32)}
+NUM_CLASSES = {"digits": 10, "mnist1d": 10, "synthetic": 3, "images": 4}
 
 
 def _fresh(cfg: DataConfig, seed: int) -> fb_datasets.Dataset:
@@ -126,6 +127,16 @@ def test_synthetic_one_source_is_linear_many_sources_are_not() -> None:
 
     assert train_accuracy(1) > 0.98  # y = argmax(x W + b): linearly separable
     assert train_accuracy(30) < 0.9  # 30 different (W_k, b_k) pooled
+
+
+def test_images_are_class_templates_under_noise() -> None:
+    ds = load_dataset(DataConfig(name="images", num_samples=2000, num_classes=4), 0)
+    x = ds.x_train.reshape(len(ds.x_train), -1)
+    means = np.stack([x[ds.y_train == k].mean(axis=0) for k in range(4)])
+    # class means differ (templates), and the pixel noise has the documented scale
+    assert np.abs(means[0] - means[1]).mean() > 0.1
+    residual = x - means[ds.y_train]
+    assert 1.5 <= residual.std() <= 2.0  # noise 1.5, plus the spread from translations
 
 
 def test_unknown_dataset_is_a_config_error() -> None:

@@ -132,6 +132,16 @@ def test_models_with_each_norm_train_on_small_batches(name, norm):
     assert model(x).shape == (9, 10)
 
 
+@pytest.mark.parametrize("norm", NORMS)
+def test_image_cnn_with_each_norm_trains(norm):
+    model = build_model(ModelConfig(name="cnn", norm=norm, channels=(4, 8)), (3, 32, 32), 5)
+    x = torch.randn(6, 3, 32, 32)
+    y = torch.randint(0, 5, (6,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = train_local(model, opt, x, y, batch_size=3, generator=_generator())
+    assert result.steps == 2 and model(x).shape == (6, 5)
+
+
 def test_logreg_is_one_linear_layer():
     model = build_model(ModelConfig(name="logreg"), (8, 8), 10)
     assert sum(p.numel() for p in model.parameters()) == 64 * 10 + 10

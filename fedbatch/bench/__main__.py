@@ -1,0 +1,154 @@
+"""`python -m fedbatch.bench [--case small|scale] [--repeats N] [--out DIR]`.
+
+Runs the same federated work (same model, data, clients, rounds, local steps, batch size,
+seed) through each runner, each run in a fresh process, interleaved and repeated, since
+this machine kind changes speed even within a run. Prints a table (min and median wall
+time, time per client-round, peak RSS, accuracy, ratio of the mins to `plain`) and writes
+`bench.json` as {case: {runner: {seconds, seconds_median, rss_mb, accuracy, ratio}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedbatch.bench.cases import CASES, BenchCase
+from fedbatch.config import RunConfig
+
+# Runs of the same seed must agree on accuracy; the engines differ only by float order.
+ACCURACY_TOLERANCE = 0.01
+SAME_WORK = ("plain", "inprocess", "ray")
+
+
+def run_once(runner: str, cfg: RunConfig) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedbatch.bench.runners", runner, cfg.to_json()],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"runner {runner} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    seconds = [r["seconds"] for r in runs]
+    client_rounds = cfg.rounds * cfg.clients_per_round
+    summary = {
+        "seconds": min(seconds),
+        "seconds_median": statistics.median(seconds),
+        "seconds_per_client_round": min(seconds) / client_rounds,
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "accuracy": runs[0]["accuracy"],
+        "repeats": len(runs),
+    }
+    round_seconds = [s for r in runs for s in r.get("round_seconds", [])]
+    if round_seconds:
+        summary["round_seconds_median"] = statistics.median(round_seconds)
+    return summary
+
+
+def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str, Any]:
+    cfg = case.config()
+    runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
+    for _ in range(repeats):
+        for runner in runners:  # interleaved: every repeat sees every runner
+            runs[runner].append(run_once(runner, cfg))
+    results = {runner: summarize(runs[runner], cfg) for runner in runners}
+    baseline = results.get("plain", {}).get("seconds")
+    for result in results.values():
+        result["ratio"] = result["seconds"] / baseline if baseline else None
+    return results
+
+
+def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
+    """Per-round time and peak RSS of the in-process engine as registered clients grow."""
+    results: dict[str, Any] = {}
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in case.registered}
+    for _ in range(repeats):
+        for registered in case.registered:
+            runs[registered].append(run_once("inprocess", case.config(num_clients=registered)))
+    smallest = None
+    for registered in case.registered:
+        result = summarize(runs[registered], case.config(num_clients=registered))
+        smallest = smallest or result["round_seconds_median"]
+        result["ratio"] = result["round_seconds_median"] / smallest
+        results[f"inprocess@{registered}"] = result
+    return results
+
+
+def check_same_work(results: dict[str, Any]) -> list[str]:
+    """Runners doing the same work must reach the same accuracy for the same seed."""
+    accuracies = {r: results[r]["accuracy"] for r in SAME_WORK if r in results}
+    if not accuracies:
+        return []
+    reference = next(iter(accuracies.values()))
+    return [
+        f"{runner} reached accuracy {acc:.4f}, not {reference:.4f}: not the same work"
+        for runner, acc in accuracies.items()
+        if abs(acc - reference) > ACCURACY_TOLERANCE
+    ]
+
+
+def print_table(case: BenchCase, results: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{case.name}: {case.description}")
+    for column in ("runner", "min s", "median s", "ms/client-round", "median round s",
+                   "peak RSS MB", "accuracy", "ratio"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for runner, r in results.items():
+        round_median = r.get("round_seconds_median")
+        table.add_row(
+            runner,
+            f"{r['seconds']:.3f}",
+            f"{r['seconds_median']:.3f}",
+            f"{1000 * r['seconds_per_client_round']:.2f}",
+            f"{round_median:.4f}" if round_median is not None else "-",
+            f"{r['rss_mb']:.0f}",
+            f"{r['accuracy']:.4f}",
+            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedbatch.bench", description=__doc__)
+    parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--runners", help="comma-separated subset of the case's runners")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    console = Console()
+    report: dict[str, Any] = {}
+    problems: list[str] = []
+    for name in args.case or ["small"]:
+        case = CASES[name]
+        if case.registered:
+            results = bench_scale(case, args.repeats)
+        else:
+            runners = args.runners.split(",") if args.runners else list(case.runners)
+            unknown = sorted(set(runners) - set(case.runners))
+            if unknown:
+                parser.error(f"--runners: unknown {unknown}; allowed {', '.join(case.runners)}")
+            results = bench_runners(case, runners, args.repeats)
+            problems += check_same_work(results)
+        report[name] = results
+        print_table(case, results, console)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {args.out / 'bench.json'}")
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

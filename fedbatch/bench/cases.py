@@ -1,0 +1,82 @@
+"""Benchmark cases: one federated workload each, as a fedbatch config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedbatch.config import RunConfig, build_config
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    name: str
+    description: str
+    raw: dict[str, Any]
+    runners: tuple[str, ...] = ("plain", "inprocess", "ray", "flower", "pfl")
+    registered: tuple[int, ...] = field(default=())  # scale case: registered client counts
+
+    def config(self, **top: Any) -> RunConfig:
+        return build_config(self.raw | {"progress": "off"} | top)
+
+
+SMALL = BenchCase(
+    name="small",
+    description="10 clients × 5 rounds × 20 steps, B=32, MLP 60-256-256-10 (84k params)",
+    raw={
+        "seed": 0,
+        "rounds": 5,
+        "num_clients": 10,
+        "clients_per_round": 10,
+        "data": {"name": "synthetic", "num_samples": 6000, "alpha": 0.0, "beta": 0.0},
+        "model": {"name": "mlp", "hidden": [256, 256]},
+        "client": {"batch_size": 32, "steps": 20, "optimizer": "sgd", "lr": 0.05},
+        "strategy": {"name": "fedavg"},
+        "eval": {"every": 1000},  # evaluate the final model only, as every runner does
+    },
+)
+
+PFL = BenchCase(
+    name="pfl",
+    description="pfl-research style: 1,000 clients × 50 images (3×32×32), 50 per round, "
+    "B=10, E=1, 10 rounds, CNN 16-32",
+    raw={
+        "seed": 0,
+        "rounds": 10,
+        "num_clients": 1000,
+        "clients_per_round": 50,
+        # 55,000 images with a 1/11 test split: 50,000 for training, 50 per client.
+        "data": {"name": "images", "num_samples": 55_000, "test_fraction": 1 / 11},
+        "model": {"name": "cnn", "channels": [16, 32], "kernel_size": 5},
+        "client": {"batch_size": 10, "epochs": 1, "optimizer": "sgd", "lr": 0.05},
+        "strategy": {"name": "fedavg"},
+        "eval": {"every": 1000},
+    },
+    runners=("plain", "inprocess", "ray", "flower", "pfl"),
+)
+
+SCALE = BenchCase(
+    name="scale",
+    description="100 of N registered clients per round, 3 rounds, 2 steps of B=10 each",
+    raw={
+        "seed": 0,
+        "rounds": 3,
+        "num_clients": 100,
+        "clients_per_round": 100,
+        "data": {
+            "name": "synthetic",
+            "num_samples": 200_000,
+            "num_features": 20,
+            "alpha": 0.0,
+            "beta": 0.0,
+        },
+        "model": {"name": "logreg"},
+        "client": {"batch_size": 10, "steps": 2, "optimizer": "sgd", "lr": 0.05},
+        "strategy": {"name": "fedavg"},
+        "eval": {"every": 1000},
+    },
+    runners=("inprocess",),
+    registered=(100, 1_000, 10_000),
+)
+
+CASES = {case.name: case for case in (SMALL, PFL, SCALE)}

@@ -1,0 +1,108 @@
+"""The runners of the benchmark. Each runs a case's federated work once, in this process.
+
+`python -m fedbatch.bench.runners <runner> <config-json>` prints one JSON line:
+seconds (the federated work, engine start-up included, imports and data generation
+excluded), peak RSS of this process and final test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from importlib import import_module
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from fedbatch.config import RunConfig, config_from_json
+from fedbatch.federated.sampling import sample_clients
+from fedbatch.federated.workload import Workload, workload_for
+from fedbatch.local.trainer import batch_schedule, evaluate
+from fedbatch.seeding import derive_seed
+
+
+def plain(cfg: RunConfig, workload: Workload) -> float:
+    """The limit: the same SGD steps and FedAvg average in a bare PyTorch loop."""
+    model = workload.initial_model()
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for server_round in range(1, cfg.rounds + 1):
+        clients = sample_clients(cfg.seed, server_round, cfg.num_clients, cfg.clients_per_round)
+        total = sum(len(workload.partitions[c]) for c in clients)
+        new_state = {k: torch.zeros_like(v) for k, v in global_state.items()}
+        for client in clients:
+            model.load_state_dict(global_state)
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr)
+            x, y = workload.client_data(client)
+            generator = torch.Generator().manual_seed(
+                derive_seed(cfg.seed, "shuffle", client, server_round)
+            )
+            batch_size = len(x) if cfg.client.batch_size == "full" else int(cfg.client.batch_size)
+            for index in batch_schedule(
+                len(x), batch_size, generator, epochs=cfg.client.epochs, steps=cfg.client.steps
+            ):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x[index]), y[index]).backward()
+                optimizer.step()
+            weight = len(x) / total
+            for key, value in model.state_dict().items():
+                new_state[key] += value * weight
+        global_state = new_state
+    model.load_state_dict(global_state)
+    return evaluate(model, workload.x_test, workload.y_test)[1]
+
+
+def fedbatch_engine(name: str) -> Callable[[RunConfig, Workload], float]:
+    def run(cfg: RunConfig, workload: Workload) -> float:
+        from fedbatch.engine import run_engine
+
+        cfg = replace(cfg, engine=replace(cfg.engine, name=name))
+        with tempfile.TemporaryDirectory() as out:
+            summary = run_engine(cfg, Path(out), progress=False)
+            rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+        ROUND_SECONDS.extend(row["seconds"] for row in rows if row["round"] > 0)
+        return float(summary["test_accuracy"])
+
+    return run
+
+
+# Measured seconds of each round, where the runner records them (fedbatch engines).
+ROUND_SECONDS: list[float] = []
+
+RUNNERS: dict[str, Callable[[RunConfig, Workload], float]] = {
+    "plain": plain,
+    "inprocess": fedbatch_engine("inprocess"),
+    "ray": fedbatch_engine("ray"),
+}
+
+
+# Runners with heavier imports (Ray's simulation app, pfl), loaded only when asked for.
+OPTIONAL_RUNNERS = {"flower": "fedbatch.bench.vanilla_flower", "pfl": "fedbatch.bench.pfl_runner"}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str]) -> None:
+    runner, config_json = argv
+    if runner in OPTIONAL_RUNNERS:
+        RUNNERS[runner] = import_module(OPTIONAL_RUNNERS[runner]).run
+    cfg = config_from_json(config_json)
+    workload = workload_for(cfg.to_json())  # data generation is not part of the timing
+    start = time.perf_counter()
+    accuracy = RUNNERS[runner](cfg, workload)
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "rss_mb": peak_rss_mb(), "accuracy": accuracy}
+    if ROUND_SECONDS:
+        result["round_seconds"] = ROUND_SECONDS
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

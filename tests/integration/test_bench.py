@@ -1,0 +1,60 @@
+"""The benchmark compares equal work: the plain loop and the engines agree on accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedbatch.bench import __main__ as bench
+from fedbatch.bench.cases import BenchCase
+from fedbatch.bench.runners import RUNNERS
+from fedbatch.federated.workload import workload_for
+
+TINY = BenchCase(
+    name="tiny",
+    description="test",
+    raw={
+        "seed": 1,
+        "rounds": 2,
+        "num_clients": 4,
+        "clients_per_round": 2,
+        "data": {"name": "synthetic", "num_samples": 400, "alpha": 0.0, "beta": 0.0},
+        "model": {"name": "mlp", "hidden": [16]},
+        "client": {"batch_size": 8, "steps": 5, "optimizer": "sgd", "lr": 0.1},
+        "eval": {"every": 1000},
+    },
+)
+
+
+def test_plain_loop_and_inprocess_engine_do_the_same_work():
+    cfg = TINY.config()
+    workload = workload_for(cfg.to_json())
+    plain = RUNNERS["plain"](cfg, workload)
+    inprocess = RUNNERS["inprocess"](cfg, workload)
+    assert inprocess == pytest.approx(plain, abs=1e-9)
+
+
+def test_accuracy_mismatch_is_reported():
+    results = {
+        "plain": {"accuracy": 0.80},
+        "inprocess": {"accuracy": 0.80},
+        "ray": {"accuracy": 0.5},
+    }
+    problems = bench.check_same_work(results)
+    assert len(problems) == 1 and problems[0].startswith("ray")
+
+
+@pytest.mark.slow
+def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.CASES, "tiny", TINY)
+    code = bench.main(
+        ["--case", "tiny", "--runners", "plain,inprocess", "--repeats", "1", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    plain, inprocess = report["tiny"]["plain"], report["tiny"]["inprocess"]
+    assert plain["ratio"] == 1.0
+    assert inprocess["ratio"] == pytest.approx(inprocess["seconds"] / plain["seconds"])
+    assert inprocess["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-9)
+    assert inprocess["rss_mb"] > 50
