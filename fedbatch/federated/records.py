@@ -1,12 +1,25 @@
-"""Conversions between torch models and Flower records, and client-metric aggregation."""
+"""Conversions between torch models and Flower records, and client-metric aggregation.
+
+Flower stores each array as `np.save` bytes. Writing and parsing those `.npy` headers
+(`np.load` parses them with `ast.literal_eval`) cost more than the copy itself for small
+tensors, twice per client per round. The converters below produce byte-identical Arrays
+with a header cached per (dtype, shape), and read them back with `np.frombuffer`.
+"""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+import io
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 # BatchNorm's step counter is an integer bookkeeping buffer, not a weight to average.
 _NOT_AVERAGED = ("num_batches_tracked",)
+_NUMPY_STYPE = "numpy.ndarray"
 
 NUM_EXAMPLES = "num-examples"
 # How each client metric combines across clients (the rest: mean weighted by num-examples).
@@ -14,16 +27,54 @@ SUMMED = ("steps", "examples_seen")
 MAXED = ("grad_norm_max",)
 
 
+@lru_cache(maxsize=1024)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """The `.npy` header `np.save` writes for a C-contiguous array of this dtype and shape."""
+    buffer = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def tensor_to_array(tensor: torch.Tensor) -> Array:
+    """An Array identical to `Array(tensor)`, without re-formatting the header each time."""
+    values = tensor.detach().cpu().contiguous().numpy()
+    dtype, shape = str(values.dtype), tuple(values.shape)
+    return Array(dtype, shape, _NUMPY_STYPE, _npy_header(dtype, shape) + values.tobytes())
+
+
+def array_to_tensor(array: Array) -> torch.Tensor:
+    """A read-only CPU tensor viewing the Array's bytes (no header parsing, no copy)."""
+    header = _npy_header(array.dtype, tuple(array.shape))
+    if array.stype != _NUMPY_STYPE or not array.data.startswith(header):
+        return torch.from_numpy(array.numpy())  # another layout (e.g. Fortran order)
+    values = np.frombuffer(array.data, dtype=array.dtype, offset=len(header))
+    values = values.reshape(array.shape)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(values)
+
+
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith(_NOT_AVERAGED)}
-    return ArrayRecord(state)
+    record = ArrayRecord()
+    for key, value in model.state_dict().items():
+        if not key.endswith(_NOT_AVERAGED):
+            record[key] = tensor_to_array(value)
+    return record
 
 
+@torch.no_grad()
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Load global weights into `model` in place."""
-    missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-    if unexpected or any(not k.endswith(_NOT_AVERAGED) for k in missing):
-        raise ValueError(f"weights do not fit the model: missing {missing}, extra {unexpected}")
+    """Copy global weights into `model` in place."""
+    state = model.state_dict()
+    expected = {k for k in state if not k.endswith(_NOT_AVERAGED)}
+    if set(arrays.keys()) != expected:
+        raise ValueError(
+            f"weights do not fit the model: got {sorted(arrays)}, need {sorted(expected)}"
+        )
+    for key, array in arrays.items():
+        state[key].copy_(array_to_tensor(array))
 
 
 def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -1,0 +1,68 @@
+"""Fast record conversion must produce exactly what Flower's own conversion produces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from torch import nn
+
+from fedbatch.federated.records import (
+    aggregate_client_metrics,
+    array_to_tensor,
+    load_arrays,
+    model_to_arrays,
+    tensor_to_array,
+)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(3, 5),
+        torch.randn(7),
+        torch.tensor(2.5),
+        torch.arange(6, dtype=torch.int64),
+        torch.randn(4, 3).T,
+        torch.randn(2, 3, 4, dtype=torch.float64),
+    ],
+)
+def test_arrays_match_flowers_own(tensor):
+    ours, flowers = tensor_to_array(tensor), Array(tensor)
+    assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+    if tensor.is_contiguous():
+        assert ours.data == flowers.data
+    np.testing.assert_array_equal(ours.numpy(), tensor.numpy())  # Flower reads ours
+    np.testing.assert_array_equal(flowers.numpy(), tensor.numpy())
+    torch.testing.assert_close(array_to_tensor(flowers), tensor.contiguous())
+
+
+def test_model_round_trip_skips_batchnorm_counter():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    model(torch.randn(5, 4))  # moves running stats
+    record = model_to_arrays(model)
+    assert "1.num_batches_tracked" not in record
+    assert ArrayRecord(model.state_dict())["0.weight"].data == record["0.weight"].data
+    other = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    load_arrays(other, record)
+    for key, value in model.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(other.state_dict()[key], value)
+
+
+def test_loading_weights_of_another_model_fails_clearly():
+    with pytest.raises(ValueError, match="do not fit"):
+        load_arrays(nn.Linear(4, 3), model_to_arrays(nn.Linear(4, 2, bias=False)))
+
+
+def test_metrics_sum_counts_max_maxima_and_weight_means():
+    def record(n, loss, steps, gmax):
+        metrics = {"num-examples": n, "train_loss": loss, "steps": steps, "grad_norm_max": gmax}
+        return RecordDict({"metrics": MetricRecord(metrics)})
+
+    out = aggregate_client_metrics(
+        [record(10, 1.0, 3, 5.0), record(30, 2.0, 4, 2.0)], "num-examples"
+    )
+    assert out["num-examples"] == 40 and out["steps"] == 7 and out["grad_norm_max"] == 5.0
+    assert out["train_loss"] == pytest.approx(1.75)
