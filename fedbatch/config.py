@@ -8,10 +8,22 @@ and rejects bad input with a `ConfigError` naming the key, the value and what is
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
+
+from fedbatch.checks import (
+    ConfigError,
+    check_known,
+    choice,
+    integer,
+    integers,
+    number,
+    on_off,
+    optional,
+    section,
+)
 
 DATASETS = ("synthetic", "mnist1d", "digits", "images")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
@@ -22,14 +34,6 @@ STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"
 ENGINES = ("inprocess", "ray")
 DEVICES = ("auto", "cpu", "cuda")
 FULL_BATCH = "full"
-
-
-class ConfigError(ValueError):
-    """A bad configuration value, reported to the user as one line."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        super().__init__(f"{key}={value!r} is invalid: allowed {allowed}")
-        self.key = key
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class EngineConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     address: str | None = None
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -125,49 +130,6 @@ class RunConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-# --- checks -------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(key, value, "one of " + ", ".join(allowed))
-    return value
-
-
-def _int(key: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    ok = ok and value >= minimum and (maximum is None or value <= maximum)
-    if not ok:
-        upper = f" and <= {maximum}" if maximum is not None else ""
-        raise ConfigError(key, value, f"an integer >= {minimum}{upper}")
-    return int(value)  # type: ignore[arg-type]
-
-
-def _float(
-    key: str, value: object, low: float, high: float | None = None, *, open_low: bool
-) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = number and (value > low if open_low else value >= low)  # type: ignore[operator]
-    ok = ok and (high is None or value <= high)  # type: ignore[operator]
-    if not ok:
-        bound = f"> {low}" if open_low else f">= {low}"
-        upper = f" and <= {high}" if high is not None else ""
-        raise ConfigError(key, value, f"a number {bound}{upper}")
-    return float(value)  # type: ignore[arg-type]
-
-
-def _optional(check: Callable[[str, object], T], key: str, value: object) -> T | None:
-    return None if value is None else check(key, value)
-
-
-def _ints(key: str, value: object) -> tuple[int, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(key, value, "a non-empty list of integers >= 1")
-    return tuple(_int(f"{key}[{i}]", v, 1) for i, v in enumerate(value))
-
-
 def _batch_size(value: object) -> int | str:
     if value == FULL_BATCH:
         return FULL_BATCH
@@ -176,59 +138,40 @@ def _batch_size(value: object) -> int | str:
     raise ConfigError("client.batch_size", value, f"an integer >= 1 or '{FULL_BATCH}'")
 
 
-def _on_off(value: object) -> object:
-    """YAML reads a bare `on`/`off` as a boolean."""
-    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-
-
-def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, value, "a config group")
-    return value
-
-
-def _check_known(section: str, raw: Mapping[str, Any], known: set[str]) -> None:
-    for key in raw:
-        if key not in known:
-            allowed = "keys " + ", ".join(sorted(known))
-            raise ConfigError(f"{section}.{key}" if section else key, raw[key], allowed)
-
-
 # --- building -------------------------------------------------------------------------
 
 
 def _data(raw: Mapping[str, Any]) -> DataConfig:
     d = DataConfig()
-    _check_known("data", raw, set(asdict(d)))
+    check_known("data", raw, set(asdict(d)))
     return DataConfig(
-        name=_choice("data", raw.get("name", d.name), DATASETS),
-        test_fraction=_float(
+        name=choice("data", raw.get("name", d.name), DATASETS),
+        test_fraction=number(
             "data.test_fraction",
             raw.get("test_fraction", d.test_fraction),
             0.0,
             0.9,
             open_low=True,
         ),
-        num_samples=_int("data.num_samples", raw.get("num_samples", d.num_samples), 20),
-        alpha=_float("data.alpha", raw.get("alpha", d.alpha), 0.0, open_low=False),
-        beta=_float("data.beta", raw.get("beta", d.beta), 0.0, open_low=False),
-        num_features=_int("data.num_features", raw.get("num_features", d.num_features), 1),
-        num_classes=_int("data.num_classes", raw.get("num_classes", d.num_classes), 2),
-        num_sources=_int("data.num_sources", raw.get("num_sources", d.num_sources), 1),
+        num_samples=integer("data.num_samples", raw.get("num_samples", d.num_samples), 20),
+        alpha=number("data.alpha", raw.get("alpha", d.alpha), 0.0, open_low=False),
+        beta=number("data.beta", raw.get("beta", d.beta), 0.0, open_low=False),
+        num_features=integer("data.num_features", raw.get("num_features", d.num_features), 1),
+        num_classes=integer("data.num_classes", raw.get("num_classes", d.num_classes), 2),
+        num_sources=integer("data.num_sources", raw.get("num_sources", d.num_sources), 1),
     )
 
 
 def _partition(raw: Mapping[str, Any]) -> PartitionConfig:
     d = PartitionConfig()
-    _check_known("partition", raw, set(asdict(d)))
+    check_known("partition", raw, set(asdict(d)))
     return PartitionConfig(
-        name=_choice("partition", raw.get("name", d.name), PARTITIONS),
-        alpha=_float("partition.alpha", raw.get("alpha", d.alpha), 0.0, open_low=True),
-        shards_per_client=_int(
+        name=choice("partition", raw.get("name", d.name), PARTITIONS),
+        alpha=number("partition.alpha", raw.get("alpha", d.alpha), 0.0, open_low=True),
+        shards_per_client=integer(
             "partition.shards_per_client", raw.get("shards_per_client", d.shards_per_client), 1
         ),
-        min_partition_size=_int(
+        min_partition_size=integer(
             "partition.min_partition_size",
             raw.get("min_partition_size", d.min_partition_size),
             1,
@@ -238,42 +181,42 @@ def _partition(raw: Mapping[str, Any]) -> PartitionConfig:
 
 def _model(raw: Mapping[str, Any]) -> ModelConfig:
     d = ModelConfig()
-    _check_known("model", raw, set(asdict(d)))
-    name = _choice("model", raw.get("name", d.name), MODELS)
-    norm = _choice("model.norm", raw.get("norm", d.norm), NORMS)
+    check_known("model", raw, set(asdict(d)))
+    name = choice("model", raw.get("name", d.name), MODELS)
+    norm = choice("model.norm", raw.get("norm", d.norm), NORMS)
     if name == "logreg" and norm != "none":
         raise ConfigError("model.norm", norm, "none for model=logreg (it has no hidden layer)")
     return ModelConfig(
         name=name,
         norm=norm,
-        hidden=_ints("model.hidden", raw.get("hidden", list(d.hidden))),
-        channels=_ints("model.channels", raw.get("channels", list(d.channels))),
-        kernel_size=_int("model.kernel_size", raw.get("kernel_size", d.kernel_size), 1),
-        groups=_int("model.groups", raw.get("groups", d.groups), 1),
+        hidden=integers("model.hidden", raw.get("hidden", list(d.hidden))),
+        channels=integers("model.channels", raw.get("channels", list(d.channels))),
+        kernel_size=integer("model.kernel_size", raw.get("kernel_size", d.kernel_size), 1),
+        groups=integer("model.groups", raw.get("groups", d.groups), 1),
     )
 
 
 def _client(raw: Mapping[str, Any]) -> ClientConfig:
     d = ClientConfig()
-    _check_known("client", raw, set(asdict(d)))
+    check_known("client", raw, set(asdict(d)))
     return ClientConfig(
         batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
-        epochs=_int("client.epochs", raw.get("epochs", d.epochs), 1),
-        steps=_optional(lambda k, v: _int(k, v, 1), "client.steps", raw.get("steps")),
-        optimizer=_choice("client.optimizer", raw.get("optimizer", d.optimizer), OPTIMIZERS),
-        lr=_float("client.lr", raw.get("lr", d.lr), 0.0, open_low=True),
-        momentum=_float(
+        epochs=integer("client.epochs", raw.get("epochs", d.epochs), 1),
+        steps=optional(lambda k, v: integer(k, v, 1), "client.steps", raw.get("steps")),
+        optimizer=choice("client.optimizer", raw.get("optimizer", d.optimizer), OPTIMIZERS),
+        lr=number("client.lr", raw.get("lr", d.lr), 0.0, open_low=True),
+        momentum=number(
             "client.momentum", raw.get("momentum", d.momentum), 0.0, 1.0, open_low=False
         ),
-        weight_decay=_float(
+        weight_decay=number(
             "client.weight_decay", raw.get("weight_decay", d.weight_decay), 0.0, open_low=False
         ),
     )
 
 
 def _strategy(raw: Mapping[str, Any]) -> StrategyConfig:
-    name = _choice("strategy", raw.get("name", "fedavg"), STRATEGIES)
-    fraction = _float(
+    name = choice("strategy", raw.get("name", "fedavg"), STRATEGIES)
+    fraction = number(
         "strategy.fraction_evaluate",
         raw.get("fraction_evaluate", 0.0),
         0.0,
@@ -291,37 +234,38 @@ def _strategy(raw: Mapping[str, Any]) -> StrategyConfig:
 
 def _engine(raw: Mapping[str, Any]) -> EngineConfig:
     d = EngineConfig()
-    _check_known("engine", raw, set(asdict(d)))
+    check_known("engine", raw, set(asdict(d)))
     return EngineConfig(
-        name=_choice("engine", raw.get("name", d.name), ENGINES),
-        num_cpus=_float("engine.num_cpus", raw.get("num_cpus", d.num_cpus), 0.0, open_low=True),
-        num_gpus=_float("engine.num_gpus", raw.get("num_gpus", d.num_gpus), 0.0, open_low=False),
+        name=choice("engine", raw.get("name", d.name), ENGINES),
+        num_cpus=number("engine.num_cpus", raw.get("num_cpus", d.num_cpus), 0.0, open_low=True),
+        num_gpus=number("engine.num_gpus", raw.get("num_gpus", d.num_gpus), 0.0, open_low=False),
         address=raw.get("address"),
+        threads=integer("engine.threads", raw.get("threads", d.threads), 1),
     )
 
 
 def _stop(raw: Mapping[str, Any]) -> StopConfig:
-    _check_known("stop", raw, set(asdict(StopConfig())))
+    check_known("stop", raw, set(asdict(StopConfig())))
 
     def accuracy(k: str, v: object) -> float:
-        return _float(k, v, 0.0, 1.0, open_low=True)
+        return number(k, v, 0.0, 1.0, open_low=True)
 
     def loss(k: str, v: object) -> float:
-        return _float(k, v, 0.0, open_low=False)
+        return number(k, v, 0.0, open_low=False)
 
     return StopConfig(
-        target_accuracy=_optional(accuracy, "stop.target_accuracy", raw.get("target_accuracy")),
-        target_loss=_optional(loss, "stop.target_loss", raw.get("target_loss")),
-        patience=_optional(lambda k, v: _int(k, v, 1), "stop.patience", raw.get("patience")),
+        target_accuracy=optional(accuracy, "stop.target_accuracy", raw.get("target_accuracy")),
+        target_loss=optional(loss, "stop.target_loss", raw.get("target_loss")),
+        patience=optional(lambda k, v: integer(k, v, 1), "stop.patience", raw.get("patience")),
         min_delta=loss("stop.min_delta", raw.get("min_delta", 0.0)),
     )
 
 
 def _eval(raw: Mapping[str, Any]) -> EvalConfig:
-    _check_known("eval", raw, set(asdict(EvalConfig())))
+    check_known("eval", raw, set(asdict(EvalConfig())))
     return EvalConfig(
-        every=_int("eval.every", raw.get("every", 1), 1),
-        batch_size=_int("eval.batch_size", raw.get("batch_size", 1024), 1),
+        every=integer("eval.every", raw.get("every", 1), 1),
+        batch_size=integer("eval.batch_size", raw.get("batch_size", 1024), 1),
     )
 
 
@@ -331,27 +275,27 @@ SECTIONS = ("data", "partition", "model", "client", "strategy", "engine", "stop"
 def build_config(raw: Mapping[str, Any]) -> RunConfig:
     """Validate a plain mapping into a RunConfig, or raise ConfigError."""
     top = {k: v for k, v in raw.items() if k not in SECTIONS and k != "hydra"}
-    _check_known(
+    check_known(
         "", top, {"seed", "rounds", "num_clients", "clients_per_round", "device", "progress"}
     )
-    num_clients = _int("num_clients", raw.get("num_clients", 10), 1)
+    num_clients = integer("num_clients", raw.get("num_clients", 10), 1)
     cfg = RunConfig(
-        seed=_int("seed", raw.get("seed", 0), 0),
-        rounds=_int("rounds", raw.get("rounds", 30), 1),
+        seed=integer("seed", raw.get("seed", 0), 0),
+        rounds=integer("rounds", raw.get("rounds", 30), 1),
         num_clients=num_clients,
-        clients_per_round=_int(
+        clients_per_round=integer(
             "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
         ),
-        device=_choice("device", raw.get("device", "auto"), DEVICES),
-        progress=_choice("progress", _on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
-        data=_data(_section(raw, "data")),
-        partition=_partition(_section(raw, "partition")),
-        model=_model(_section(raw, "model")),
-        client=_client(_section(raw, "client")),
-        strategy=_strategy(_section(raw, "strategy")),
-        engine=_engine(_section(raw, "engine")),
-        stop=_stop(_section(raw, "stop")),
-        eval=_eval(_section(raw, "eval")),
+        device=choice("device", raw.get("device", "auto"), DEVICES),
+        progress=choice("progress", on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
+        data=_data(section(raw, "data")),
+        partition=_partition(section(raw, "partition")),
+        model=_model(section(raw, "model")),
+        client=_client(section(raw, "client")),
+        strategy=_strategy(section(raw, "strategy")),
+        engine=_engine(section(raw, "engine")),
+        stop=_stop(section(raw, "stop")),
+        eval=_eval(section(raw, "eval")),
     )
     if cfg.model.norm == "batch" and cfg.client.batch_size == 1:
         raise ConfigError(

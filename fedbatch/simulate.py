@@ -65,19 +65,26 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
-    """Everything that can be checked before training: config values, then the data."""
+    """Everything that can be checked before training: values first, then the data."""
+    cfg = build_config(raw)  # cheap: no torch or Flower import before this passes
     from fedbatch.federated.strategies import check_strategy_params
-    from fedbatch.federated.workload import resolve_device, workload_for
+    from fedbatch.federated.workload import workload_for
 
-    cfg = build_config(raw)
     check_strategy_params(cfg)
     if cfg.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto or cpu (no CUDA device is visible)")
-    resolve_device(cfg.device)
-    workload_for(cfg.to_json())  # loads data and partitions: too many clients fails here
+    workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
+    smallest = min(len(p) for p in workload.partitions)
+    if cfg.model.norm == "batch" and smallest < 2:
+        raise ConfigError(
+            "model.norm",
+            "batch",
+            f"none, group or layer here: a client holds only {smallest} "
+            "sample and BatchNorm needs two (or use fewer clients)",
+        )
     return cfg
 
 
@@ -101,10 +108,12 @@ def main(dcfg: DictConfig) -> float | None:
     summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))
     accuracy = summary.get("test_accuracy")
     print(
-        f"fedbatch: {summary['rounds_completed']} rounds ({summary['stopped_because']}), "
-        f"test accuracy {accuracy:.4f} (best {summary['best_test_accuracy']:.4f}), "
-        f"{summary['seconds']:.2f} s → {out_dir}"
+        f"fedbatch: stopped after {summary['rounds_completed']} rounds "
+        f"({summary['stopped_because']}), test accuracy {accuracy:.4f} "
+        f"(best {summary['best_test_accuracy']:.4f}), {summary['seconds']:.2f} s → {out_dir}"
     )
+    if summary.get("client_error"):
+        print(f"fedbatch: a client failed: {summary['client_error']}", file=sys.stderr)
     return accuracy
 
 

@@ -8,9 +8,12 @@ work) arrive beside it. In simulation the server also names the partition to tra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedbatch.config import FULL_BATCH
 from fedbatch.federated.records import NUM_EXAMPLES, load_arrays, model_to_arrays
@@ -22,14 +25,22 @@ from fedbatch.seeding import derive_seed
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[Workload, ConfigRecord, int]:
+@dataclass(frozen=True)
+class _Task:
+    workload: Workload
+    config: ConfigRecord
+    partition_id: int
+    model: nn.Module  # this process's model, holding the received global weights
+
+
+def _setup(msg: Message, context: Context) -> _Task:
     config = msg.content["config"]
     workload = workload_for(str(config["run-config"]))
     key = "partition-id"
     partition_id = int(config[key] if key in config else context.node_config[key])
     model = workload.model()
     load_arrays(model, msg.content["arrays"])
-    return workload, config, partition_id
+    return _Task(workload, config, partition_id, model)
 
 
 def resolve_batch_size(value: object, num_examples: int) -> int:
@@ -39,11 +50,10 @@ def resolve_batch_size(value: object, num_examples: int) -> int:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    workload, config, partition_id = _setup(msg, context)
-    cfg = workload.cfg
-    x, y = workload.client_data(partition_id)
+    task = _setup(msg, context)
+    cfg, config, model, partition_id = task.workload.cfg, task.config, task.model, task.partition_id
+    x, y = task.workload.client_data(partition_id)
     server_round = int(config["server-round"])
-    model = workload.model()
     anchor = None
     prox_mu = float(config.get("proximal-mu", 0.0))
     if prox_mu > 0.0:
@@ -83,8 +93,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """The global model's loss and accuracy on this client's local data."""
-    workload, _, partition_id = _setup(msg, context)
-    x, y = workload.client_data(partition_id)
-    loss, accuracy = evaluate(workload.model(), x, y, workload.cfg.eval.batch_size)
+    task = _setup(msg, context)
+    x, y = task.workload.client_data(task.partition_id)
+    loss, accuracy = evaluate(task.model, x, y, task.workload.cfg.eval.batch_size)
     metrics = MetricRecord({NUM_EXAMPLES: len(x), "eval_loss": loss, "eval_accuracy": accuracy})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

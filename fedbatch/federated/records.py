@@ -22,9 +22,16 @@ _NOT_AVERAGED = ("num_batches_tracked",)
 _NUMPY_STYPE = "numpy.ndarray"
 
 NUM_EXAMPLES = "num-examples"
-# How each client metric combines across clients (the rest: mean weighted by num-examples).
+# How each client metric combines across clients: counts add up, maxima take the max,
+# per-sample and per-step means are weighted by what they average over, and the rest by
+# the client's dataset size (num-examples, FedAvg's weight).
 SUMMED = ("steps", "examples_seen")
 MAXED = ("grad_norm_max",)
+MEAN_WEIGHTS = {
+    "train_loss": "examples_seen",
+    "train_accuracy": "examples_seen",
+    "grad_norm_mean": "steps",
+}
 
 
 @lru_cache(maxsize=1024)
@@ -84,8 +91,6 @@ def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> Metr
     Flower's default weighted mean would average step counts and maxima.
     """
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    weights = [float(m[weight_key]) for m in metrics]
-    total = sum(weights) or 1.0
     out = MetricRecord()
     for key in metrics[0]:
         values = [m[key] for m in metrics]
@@ -94,5 +99,9 @@ def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> Metr
         elif key in MAXED:
             out[key] = max(values)
         else:
-            out[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total
+            by = MEAN_WEIGHTS.get(key, weight_key)
+            weights = [float(m[by]) if by in m else float(m[weight_key]) for m in metrics]
+            pairs = [(v, w) for v, w in zip(values, weights, strict=True) if w > 0]
+            total = sum(w for _, w in pairs)
+            out[key] = sum(v * w for v, w in pairs) / total if total else float("nan")
     return out

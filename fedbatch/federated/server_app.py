@@ -31,7 +31,7 @@ ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
     "client_eval_loss", "client_eval_accuracy", "clients_sampled", "clients_replied",
     "clients_failed", "examples", "examples_seen", "steps", "grad_norm_mean",
-    "grad_norm_max", "seconds", "elapsed_seconds",
+    "grad_norm_max", "client_error", "seconds", "elapsed_seconds",
 )  # fmt: skip
 
 
@@ -113,7 +113,8 @@ def run_rounds(
             )
             evaluation = strategy.aggregate_evaluate(server_round, eval_replies)
         now = time.perf_counter()
-        replied = sum(not r.has_error() for r in replies)
+        errors = [r.error.reason for r in replies if r.has_error()]
+        replied = len(replies) - len(errors)
         row = dict.fromkeys(ROW_KEYS) | {
             "round": server_round,
             "train_loss": _metric(train, "train_loss"),
@@ -128,11 +129,14 @@ def run_rounds(
             "steps": _metric(train, "steps"),
             "grad_norm_mean": _metric(train, "grad_norm_mean"),
             "grad_norm_max": _metric(train, "grad_norm_max"),
+            "client_error": errors[0] if errors else None,
             "seconds": now - round_start,
             "elapsed_seconds": now - start,
         }
         state = RoundState(server_round, arrays, row)
         notify(state)
+        if messages and not replied:
+            state.stop_reason = state.stop_reason or "all_clients_failed"
         completed = server_round
         if state.stop_reason is not None:
             stopped_because = state.stop_reason

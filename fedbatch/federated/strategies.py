@@ -6,7 +6,8 @@ import inspect
 
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
-from fedbatch.config import ConfigError, RunConfig
+from fedbatch.checks import ConfigError, number
+from fedbatch.config import RunConfig
 from fedbatch.federated.records import aggregate_client_metrics
 
 STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
@@ -39,15 +40,39 @@ def tunable_parameters(name: str) -> list[str]:
     return [p for p in signature.parameters if p not in _MANAGED and p != "self"]
 
 
+# Ranges of the strategies' parameters: (lowest, highest, lowest allowed itself).
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "proximal_mu": (0.0, None, True),
+    "server_learning_rate": (0.0, None, False),
+    "server_momentum": (0.0, 1.0, True),
+    "eta": (0.0, None, False),
+    "eta_l": (0.0, None, False),
+    "tau": (0.0, None, False),
+    "beta_1": (0.0, 1.0, True),
+    "beta_2": (0.0, 1.0, True),
+}
+# Strategies whose server step would also move BatchNorm's running statistics.
+_SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
 def check_strategy_params(cfg: RunConfig) -> None:
-    allowed = tunable_parameters(cfg.strategy.name)
+    name = cfg.strategy.name
+    allowed = tunable_parameters(name)
     for key, value in cfg.strategy.params.items():
         if key not in allowed:
             raise ConfigError(
-                f"strategy.{key}",
-                value,
-                f"parameters of {cfg.strategy.name}: " + (", ".join(allowed) or "none"),
+                f"strategy.{key}", value, f"parameters of {name}: " + (", ".join(allowed) or "none")
             )
+        if key in _RANGES:
+            low, high, inclusive = _RANGES[key]
+            number(f"strategy.{key}", value, low, high, open_low=not inclusive)
+    if name in _SERVER_OPTIMIZERS and cfg.model.norm == "batch":
+        raise ConfigError(
+            "model.norm",
+            "batch",
+            f"none, group or layer with strategy={name} (its server "
+            "optimizer would also step BatchNorm's running statistics; use fedavg or fedprox)",
+        )
 
 
 def build_strategy(cfg: RunConfig) -> FedAvg:

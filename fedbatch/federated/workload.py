@@ -22,7 +22,7 @@ from fedbatch.seeding import derive_seed
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; `cuda` without a GPU is a configuration error."""
+    """`auto` picks CUDA when present, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -68,6 +68,9 @@ class Workload:
 
 
 def build_workload(cfg: RunConfig) -> Workload:
+    # Torch's default (one thread per core) oversubscribes the cores as soon as anything
+    # else runs, e.g. other sweep jobs or Ray actors, and small models gain little from it.
+    torch.set_num_threads(cfg.engine.threads)
     dataset = load_dataset(cfg.data, cfg.seed)
     partitions = partition_indices(dataset.y_train, cfg.partition, cfg.num_clients, cfg.seed)
     device = resolve_device(cfg.device)

@@ -38,10 +38,12 @@ class Callback:
 
 @dataclass
 class ConvergenceMonitor(Callback):
-    """Stops the run at a target test accuracy or loss, or after `patience` flat rounds.
+    """Stops the run at a target test accuracy or loss, after `patience` evaluations
+    without improvement, or when the test loss is no longer finite (diverged).
 
-    Improvement means a better test accuracy by more than `min_delta` (or, when only a
-    loss target is set, a lower test loss). Round 0 only sets the starting point.
+    Improvement means beating the last improving value by more than `min_delta`: test
+    accuracy, or test loss when only a loss target is set. Round 0 sets the baseline.
+    `best_*` report the best values seen, `best_round` the round of the best accuracy.
     """
 
     stop: StopConfig
@@ -49,23 +51,31 @@ class ConvergenceMonitor(Callback):
     best_loss: float = math.inf
     best_round: int = 0
     rounds_to_target: int | None = None
-    _since_best: int = field(default=0, repr=False)
+    _baseline: float = field(default=math.nan, repr=False)
+    _since_improvement: int = field(default=0, repr=False)
+
+    def _improved(self, accuracy: float, loss: float) -> bool:
+        by_loss = self.stop.target_loss is not None and self.stop.target_accuracy is None
+        value = -loss if by_loss else accuracy  # larger is better
+        if math.isnan(self._baseline) or value > self._baseline + self.stop.min_delta:
+            self._baseline = value
+            return True
+        return False
 
     def on_round_end(self, state: RoundState) -> None:
         accuracy = state.row.get("test_accuracy")
         loss = state.row.get("test_loss")
         if accuracy is None or loss is None:
             return
-        by_loss = self.stop.target_loss is not None and self.stop.target_accuracy is None
-        improved = (
-            loss < self.best_loss - self.stop.min_delta
-            if by_loss
-            else accuracy > self.best_accuracy + self.stop.min_delta
-        )
+        if not math.isfinite(loss):
+            state.stop_reason = "diverged"
+            return
         self.best_loss = min(self.best_loss, loss)
         if accuracy > self.best_accuracy:
             self.best_accuracy, self.best_round = accuracy, state.round
-        self._since_best = 0 if improved else self._since_best + 1
+        self._since_improvement = (
+            0 if self._improved(accuracy, loss) else self._since_improvement + 1
+        )
         if state.round == 0:
             return
         target_acc, target_loss = self.stop.target_accuracy, self.stop.target_loss
@@ -73,7 +83,7 @@ class ConvergenceMonitor(Callback):
             state.stop_reason = "target_accuracy"
         elif target_loss is not None and loss <= target_loss:
             state.stop_reason = "target_loss"
-        elif self.stop.patience is not None and self._since_best >= self.stop.patience:
+        elif self.stop.patience is not None and self._since_improvement >= self.stop.patience:
             state.stop_reason = "patience"
         if state.stop_reason in ("target_accuracy", "target_loss"):
             self.rounds_to_target = state.round

@@ -43,10 +43,12 @@ class SummaryWriter(Callback):
         self.path = path
         self.monitor = monitor
         self.last_row: dict[str, Any] = {}
+        self.first_error: str | None = None
         self.summary: dict[str, Any] = {}
 
     def on_round_end(self, state: RoundState) -> None:
         self.last_row = state.row
+        self.first_error = self.first_error or state.row.get("client_error")
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         last, monitor = self.last_row, self.monitor
@@ -60,6 +62,7 @@ class SummaryWriter(Callback):
             "rounds_completed": outcome.rounds_completed,
             "rounds_to_target": monitor.rounds_to_target,
             "stopped_because": outcome.stopped_because,
+            "client_error": self.first_error,
             "seconds": outcome.seconds,
         }
         self.path.write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
