@@ -120,9 +120,6 @@ def test_ray_engine_matches_inprocess(tmp_path):
     run_engine(cfg_local, tmp_path / "local", progress=False)
     ray_rows = without_measured(read_rows(tmp_path / "ray"))
     local_rows = without_measured(read_rows(tmp_path / "local"))
-    assert len(ray_rows) == len(local_rows) == 3
-    for ray_row, local_row in zip(ray_rows, local_rows, strict=True):
-        assert ray_row.keys() == local_row.keys()
-        for key, value in local_row.items():
-            expected = value if value is None else pytest.approx(value, rel=1e-5, abs=1e-7)
-            assert ray_row[key] == expected, key
+    assert len(local_rows) == 3
+    # One torch thread per client process on both engines: bit-identical numbers.
+    assert ray_rows == local_rows
