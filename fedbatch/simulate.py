@@ -25,43 +25,71 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _known_keys(conf_dir: Path) -> dict[str, set[str]]:
-    """Keys each config section may have: `config.yaml`'s, and any option's of a group."""
-    root = OmegaConf.load(conf_dir / "config.yaml")
-    known = {"": {k for k in root if k not in ("defaults", "hydra")}}
-    for name, section in root.items():
-        if isinstance(section, DictConfig) and name != "hydra":
-            known[str(name)] = set(section.keys())
-    for group in (p for p in conf_dir.iterdir() if p.is_dir()):
-        known[""].add(group.name)
-        keys = known.setdefault(group.name, set())
-        for option in group.glob("*.yaml"):
-            keys.update(OmegaConf.load(option).keys())
-    return known
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+    """`key=value` arguments that Hydra would apply to fedbatch's own config."""
+    pairs = [arg.partition("=") for arg in argv]
+    return [(k, v) for k, sep, v in pairs if sep and not k.startswith(("hydra", "+", "~"))]
+
+
+def _selected_options(argv: list[str], conf_dir: Path) -> dict[str, list[str]]:
+    """Each config group's chosen option(s): the defaults list, overridden by argv."""
+    defaults = OmegaConf.load(conf_dir / "config.yaml").defaults
+    chosen = {str(k): [str(v)] for entry in defaults if isinstance(entry, DictConfig)
+              for k, v in entry.items()}  # fmt: skip
+    for key, value in _overrides(argv):
+        if (conf_dir / key).is_dir() and "(" not in value:
+            allowed = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+            for option in value.split(","):
+                if option not in allowed:
+                    fail(f"{key}={option!r} is invalid: allowed one of {', '.join(allowed)}")
+            chosen[key] = value.split(",")
+    return chosen
 
 
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Reject unknown groups, options and keys with one line, before Hydra composes."""
-    known = _known_keys(conf_dir)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key.startswith(("hydra", "+", "~")) or key.count(".") > 1:
+    """Reject unknown groups, options and keys with one line, before Hydra composes.
+
+    A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
+    `partition=iid` is caught here rather than by Hydra's multi-line struct error.
+    """
+    chosen = _selected_options(argv, conf_dir)
+    root = OmegaConf.load(conf_dir / "config.yaml")
+    sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
+    sections.pop("hydra", None)
+    top_level = {str(k) for k in root if k not in ("defaults", "hydra")} | set(chosen)
+    for key, _ in _overrides(argv):
+        head, _, name = key.partition(".")
+        if head not in top_level:
+            fail(f"{head} is not a known key: allowed {', '.join(sorted(top_level))}")
+        if not name or "." in name:
             continue
-        section, _, name = key.rpartition(".")
-        if section not in known:
-            section, name = "", section
-        if name not in known[section]:
-            where = f"keys of {section}" if section else "top-level keys and groups"
-            allowed_keys = ", ".join(sorted(known[section]))
-            shown = f"{section}.{name}" if section else name
-            fail(f"{shown} is not a known key: allowed {where}: {allowed_keys}")
-        group = conf_dir / key
-        if section or not group.is_dir() or "(" in value:
-            continue
-        allowed = sorted(p.stem for p in group.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice and choice not in allowed:
-                fail(f"{key}={choice!r} is invalid: allowed one of {', '.join(allowed)}")
+        if head in chosen:
+            where = f"{head}={','.join(chosen[head])}"
+            keys = {k for option in chosen[head]
+                    for k in OmegaConf.load(conf_dir / head / f"{option}.yaml")}  # fmt: skip
+        else:
+            where, keys = head, sections.get(head, set())
+        if name not in keys:
+            fail(f"{key} is not a key of {where}: allowed {', '.join(sorted(keys))}")
+
+
+def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """In a multirun, validate every job's values before the first job starts."""
+    if not {"-m", "--multirun"} & set(argv) or any(a.startswith("--config") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    own = [f"{k}={v}" for k, v in _overrides(argv)]
+    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(own), None)[0]
+    with initialize_config_dir(str(conf_dir), version_base="1.3"):
+        for number, job in enumerate(jobs):
+            raw = OmegaConf.to_container(compose("config", overrides=job), resolve=True)
+            try:
+                build_config(raw)  # type: ignore[arg-type]
+            except ConfigError as error:
+                fail(f"job {number} ({' '.join(job)}): {error}")
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
@@ -119,6 +147,7 @@ def main(dcfg: DictConfig) -> float | None:
 
 def cli() -> None:
     check_overrides(sys.argv[1:])
+    check_sweep(sys.argv[1:])
     main()
 
 

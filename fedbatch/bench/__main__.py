@@ -101,8 +101,8 @@ def check_same_work(results: dict[str, Any]) -> list[str]:
 
 def print_table(case: BenchCase, results: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{case.name}: {case.description}")
-    for column in ("runner", "min s", "median s", "ms/client-round", "median round s",
-                   "peak RSS MB", "accuracy", "ratio"):  # fmt: skip
+    for column in ("runner", "min s", "median s", "ms/client-round", "round s",
+                   "RSS MB", "accuracy", "ratio"):  # fmt: skip
         table.add_column(column, justify="right")
     for runner, r in results.items():
         round_median = r.get("round_seconds_median")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     report: dict[str, Any] = {}
     problems: list[str] = []
     for name in args.case or ["small"]:

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from fedbatch.metrics.sweep import RunRecord
 
@@ -101,6 +102,8 @@ def _new_axes(runs: list[RunRecord], title: str, xlabel: str, ylabel: str) -> tu
     axes.set_title(title, fontsize=11)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
+    if xlabel == "round":
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(True, alpha=0.3)
     return figure, axes
 

@@ -67,6 +67,7 @@ def test_bad_values_are_rejected_before_any_work(override, key, allowed):
         ("data=cifar10", "data", "mnist1d"),
         ("model=resnet", "model", "cnn1d"),
         ("client.batchsize=3", "client.batchsize", "batch_size, epochs"),
+        ("partition.alpha=0.1", "partition=iid", "allowed name"),
         ("client.batch_size=0", "client.batch_size", "'full'"),
         ("num_clients=5000", "num_clients", "at most"),
     ],
@@ -79,6 +80,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, override, key, allowed):
     assert key in lines[0] and allowed in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_bad_job_in_a_sweep_fails_before_any_job_runs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = simulate("-m", "client.batch_size=8,0", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fedbatch: error: job 1 (client.batch_size=0): client.batch_size=0 is invalid: "
+        "allowed an integer >= 1 or 'full'"
+    ]
+    assert not sweep_dir.exists()
 
 
 @pytest.mark.slow
