@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint format clean
+.PHONY: run test bench format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(BIN)/.installed  ## lint, format check and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
+
+bench: $(BIN)/.installed  ## performance benchmark against a plain loop, Ray, vanilla Flower, pfl-research
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,bench]"
+	$(BIN)/python -m fedbatch.bench --case small --case pfl --case scale $(ARGS)
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

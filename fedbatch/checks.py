@@ -23,6 +23,12 @@ def choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
 def integer(key: str, value: object, minimum: int, maximum: int | None = None) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and value >= minimum and (maximum is None or value <= maximum)

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedbatch.checks import (
     ConfigError,
+    boolean,
     check_known,
     choice,
     integer,
@@ -106,6 +107,7 @@ class StopConfig:
 class EvalConfig:
     every: int = 1
     batch_size: int = 1024
+    initial: bool = True
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def _eval(raw: Mapping[str, Any]) -> EvalConfig:
     return EvalConfig(
         every=integer("eval.every", raw.get("every", 1), 1),
         batch_size=integer("eval.batch_size", raw.get("batch_size", 1024), 1),
+        initial=boolean("eval.initial", raw.get("initial", True)),
     )
 
 

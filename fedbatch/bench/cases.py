@@ -32,7 +32,8 @@ SMALL = BenchCase(
         "model": {"name": "mlp", "hidden": [256, 256]},
         "client": {"batch_size": 32, "steps": 20, "optimizer": "sgd", "lr": 0.05},
         "strategy": {"name": "fedavg"},
-        "eval": {"every": 1000},  # evaluate the final model only, as every runner does
+        # Evaluate the final model only, as every runner does.
+        "eval": {"every": 1000, "initial": False},
     },
 )
 
@@ -50,7 +51,7 @@ PFL = BenchCase(
         "model": {"name": "cnn", "channels": [16, 32], "kernel_size": 5},
         "client": {"batch_size": 10, "epochs": 1, "optimizer": "sgd", "lr": 0.05},
         "strategy": {"name": "fedavg"},
-        "eval": {"every": 1000},
+        "eval": {"every": 1000, "initial": False},
     },
     runners=("plain", "inprocess", "ray", "flower", "pfl"),
 )
@@ -73,7 +74,7 @@ SCALE = BenchCase(
         "model": {"name": "logreg"},
         "client": {"batch_size": 10, "steps": 2, "optimizer": "sgd", "lr": 0.05},
         "strategy": {"name": "fedavg"},
-        "eval": {"every": 1000},
+        "eval": {"every": 1000, "initial": False},
     },
     runners=("inprocess",),
     registered=(100, 1_000, 10_000),

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.sampling import sample_clients
 from fedbatch.federated.workload import Workload, workload_for
-from fedbatch.local.trainer import batch_schedule, evaluate
+from fedbatch.local.trainer import batch_schedule, evaluate, resolve_batch_size
 from fedbatch.seeding import derive_seed
 
 
@@ -42,7 +42,7 @@ def plain(cfg: RunConfig, workload: Workload) -> float:
             generator = torch.Generator().manual_seed(
                 derive_seed(cfg.seed, "shuffle", client, server_round)
             )
-            batch_size = len(x) if cfg.client.batch_size == "full" else int(cfg.client.batch_size)
+            batch_size = resolve_batch_size(cfg.client.batch_size, len(x))
             for index in batch_schedule(
                 len(x), batch_size, generator, epochs=cfg.client.epochs, steps=cfg.client.steps
             ):

@@ -91,7 +91,11 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 
 
 def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.ascontiguousarray(array, dtype=dtype).copy()
+    """A read-only C-contiguous array of `dtype`, copied only when it is not one already
+    (large image sets would otherwise exist twice while loading)."""
+    out = np.ascontiguousarray(array, dtype=dtype)
+    if out is array and (array.base is not None or not array.flags.owndata):
+        out = out.copy()  # never freeze a view of someone else's array
     out.flags.writeable = False
     return out
 
@@ -176,5 +180,7 @@ def _images(cfg: DataConfig, seed: int) -> Arrays:
     for dy, dx in np.unique(shifts, axis=0):
         moved = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
         x[moved] = np.roll(x[moved], (dy, dx), axis=(2, 3))
-    x += 1.5 * rng.standard_normal((cfg.num_samples, 3, 32, 32), dtype=np.float32)
+    for start in range(0, cfg.num_samples, 4096):  # noise in chunks: no second full copy
+        chunk = x[start : start + 4096]
+        chunk += 1.5 * rng.standard_normal(chunk.shape, dtype=np.float32)
     return *_random_split(x, y, cfg, rng), cfg.num_classes

@@ -15,11 +15,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedbatch.config import FULL_BATCH
 from fedbatch.federated.records import NUM_EXAMPLES, load_arrays, model_to_arrays
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.optim import build_optimizer
-from fedbatch.local.trainer import evaluate, train_local
+from fedbatch.local.trainer import evaluate, resolve_batch_size, train_local
 from fedbatch.seeding import derive_seed
 
 app = ClientApp()
@@ -41,11 +40,6 @@ def _setup(msg: Message, context: Context) -> _Task:
     model = workload.model()
     load_arrays(model, msg.content["arrays"])
     return _Task(workload, config, partition_id, model)
-
-
-def resolve_batch_size(value: object, num_examples: int) -> int:
-    """`full` means the whole local dataset (full-batch gradient descent)."""
-    return num_examples if value == FULL_BATCH else min(int(value), num_examples)
 
 
 @app.train()

@@ -9,16 +9,24 @@ from fedbatch.metrics.callbacks import Callback, RoundState
 
 
 class ServerEvaluation(Callback):
-    """Loss and accuracy of the global model on the central held-out test set."""
+    """Loss and accuracy of the global model on the central held-out test set.
 
-    def __init__(self, workload: Workload, every: int = 1, last_round: int | None = None):
+    Evaluates every `eval.every` rounds and the last one, and round 0 (the initial model)
+    unless `eval.initial` is false.
+    """
+
+    def __init__(self, workload: Workload) -> None:
         self.workload = workload
-        self.every = every
-        self.last_round = last_round
         self.model = workload.initial_model()
 
+    def _due(self, server_round: int) -> bool:
+        cfg = self.workload.cfg
+        if server_round == 0:
+            return cfg.eval.initial
+        return server_round % cfg.eval.every == 0 or server_round == cfg.rounds
+
     def on_round_end(self, state: RoundState) -> None:
-        if state.round % self.every and state.round != self.last_round:
+        if not self._due(state.round):
             return
         load_arrays(self.model, state.arrays)
         w = self.workload

@@ -155,7 +155,7 @@ def standard_callbacks(
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryWriter(out_dir / "summary.json", monitor)
     callbacks: list[Callback] = [
-        ServerEvaluation(workload, cfg.eval.every, last_round=cfg.rounds),
+        ServerEvaluation(workload),
         monitor,
         JsonlSink(out_dir / "metrics.jsonl"),
         summary,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedbatch.config import FULL_BATCH
 from fedbatch.local.probes import gradient_norm
 
 
@@ -26,6 +27,11 @@ class LocalResult:
     accuracy: float
     grad_norm_mean: float  # L2 norm of the mini-batch gradient, over steps
     grad_norm_max: float
+
+
+def resolve_batch_size(value: int | str, num_examples: int) -> int:
+    """`full` means the whole local dataset (full-batch gradient descent)."""
+    return num_examples if value == FULL_BATCH else min(int(value), num_examples)
 
 
 def epoch_batches(
