@@ -17,7 +17,7 @@ from flwr.simulation import run_simulation
 
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as client_app
-from fedbatch.federated.server_app import run_experiment
+from fedbatch.federated.server_app import quiet_flower_logs, run_experiment
 
 
 def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
@@ -31,8 +31,10 @@ def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
     if cfg.engine.address:
         init_args["address"] = cfg.engine.address
-    # Ray's dashboard/metrics exporters are not needed and only cost start-up time.
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    # Keep Ray's current behaviour (no GPU env override) without its FutureWarning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    quiet_flower_logs()
     run_simulation(
         server_app=server_app,
         client_app=client_app,

@@ -165,12 +165,17 @@ def standard_callbacks(
     return callbacks, summary
 
 
+def quiet_flower_logs() -> None:
+    """Flower logs every sampling and aggregation at INFO: noise on a hot path."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's link-state DB
+
+
 def run_experiment(
     grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool, assign_partitions: bool = True
 ) -> dict[str, Any]:
     """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`."""
-    # Flower logs every sampling and aggregation at INFO: noise on a hot path.
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    quiet_flower_logs()
     workload = workload_for(cfg.to_json())
     callbacks, summary = standard_callbacks(workload, out_dir, progress=progress)
     run_rounds(
