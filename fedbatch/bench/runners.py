@@ -18,13 +18,12 @@ from importlib import import_module
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
+from fedbatch.bench.bare import bare_local_sgd
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.sampling import sample_clients
 from fedbatch.federated.workload import Workload, workload_for
-from fedbatch.local.trainer import batch_schedule, evaluate, resolve_batch_size
-from fedbatch.seeding import derive_seed
+from fedbatch.local.trainer import evaluate
 
 
 def plain(cfg: RunConfig, workload: Workload) -> float:
@@ -37,19 +36,7 @@ def plain(cfg: RunConfig, workload: Workload) -> float:
         new_state = {k: torch.zeros_like(v) for k, v in global_state.items()}
         for client in clients:
             model.load_state_dict(global_state)
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr)
-            x, y = workload.client_data(client)
-            generator = torch.Generator().manual_seed(
-                derive_seed(cfg.seed, "shuffle", client, server_round)
-            )
-            batch_size = resolve_batch_size(cfg.client.batch_size, len(x))
-            for index in batch_schedule(
-                len(x), batch_size, generator, epochs=cfg.client.epochs, steps=cfg.client.steps
-            ):
-                optimizer.zero_grad()
-                F.cross_entropy(model(x[index]), y[index]).backward()
-                optimizer.step()
-            weight = len(x) / total
+            weight = bare_local_sgd(model, workload, client, server_round) / total
             for key, value in model.state_dict().items():
                 new_state[key] += value * weight
         global_state = new_state

@@ -11,18 +11,14 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
-from torch.nn import functional as F
 
+from fedbatch.bench.bare import bare_local_sgd
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import Workload, workload_for
-from fedbatch.local.optim import build_optimizer
-from fedbatch.local.trainer import batch_schedule, evaluate, resolve_batch_size
-from fedbatch.seeding import derive_seed
+from fedbatch.local.trainer import evaluate
 
 
 def run(cfg: RunConfig, workload: Workload) -> float:
-    import torch
-
     client_app = ClientApp()
     config_json = cfg.to_json()
 
@@ -33,22 +29,11 @@ def run(cfg: RunConfig, workload: Workload) -> float:
         server_round = int(msg.content["config"]["server-round"])
         model = work.model()
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        optimizer = build_optimizer(model.parameters(), cfg.client)
-        x, y = work.client_data(partition)
-        generator = torch.Generator().manual_seed(
-            derive_seed(cfg.seed, "shuffle", partition, server_round)
-        )
-        batch_size = resolve_batch_size(cfg.client.batch_size, len(x))
-        for index in batch_schedule(
-            len(x), batch_size, generator, epochs=cfg.client.epochs, steps=cfg.client.steps
-        ):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[index]), y[index]).backward()
-            optimizer.step()
+        examples = bare_local_sgd(model, work, partition, server_round)
         content = RecordDict(
             {
                 "arrays": ArrayRecord(model.state_dict()),
-                "metrics": MetricRecord({"num-examples": len(x)}),
+                "metrics": MetricRecord({"num-examples": examples}),
             }
         )
         return Message(content=content, reply_to=msg)
