@@ -116,6 +116,10 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _progress_wanted(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and sys.stderr.isatty())
 
@@ -137,8 +141,8 @@ def main(dcfg: DictConfig) -> float | None:
     accuracy = summary.get("test_accuracy")
     print(
         f"fedbatch: stopped after {summary['rounds_completed']} rounds "
-        f"({summary['stopped_because']}), test accuracy {accuracy:.4f} "
-        f"(best {summary['best_test_accuracy']:.4f}), {summary['seconds']:.2f} s → {out_dir}"
+        f"({summary['stopped_because']}), test accuracy {_fmt(accuracy)} "
+        f"(best {_fmt(summary['best_test_accuracy'])}), {summary['seconds']:.2f} s → {out_dir}"
     )
     if summary.get("client_error"):
         print(f"fedbatch: a client failed: {summary['client_error']}", file=sys.stderr)
