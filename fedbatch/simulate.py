@@ -75,14 +75,21 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """In a multirun, validate every job's values before the first job starts."""
-    if not {"-m", "--multirun"} & set(argv) or any(a.startswith("--config") for a in argv):
+    if not {"-m", "--multirun"} & set(argv) or any(
+        a.startswith(("--config", "hydra/sweeper")) for a in argv
+    ):
         return
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     own = [f"{k}={v}" for k, v in _overrides(argv)]
-    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(own), None)[0]
+    try:
+        parsed = OverridesParser.create().parse_overrides(own)
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as error:  # e.g. interval(), which only Optuna-like sweepers take
+        fail(f"{error} (the default sweeper takes lists a,b,c and range())")
     with initialize_config_dir(str(conf_dir), version_base="1.3"):
         for number, job in enumerate(jobs):
             raw = OmegaConf.to_container(compose("config", overrides=job), resolve=True)
