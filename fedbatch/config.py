@@ -30,7 +30,7 @@ DATASETS = ("synthetic", "mnist1d", "digits", "images")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop", "adagrad")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lars")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 ENGINES = ("inprocess", "ray")
 DEVICES = ("auto", "cpu", "cuda")
@@ -77,6 +77,7 @@ class ClientConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    trust_coefficient: float = 0.001  # LARS's eta (You et al. 2017)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,12 @@ def _client(raw: Mapping[str, Any]) -> ClientConfig:
         ),
         weight_decay=number(
             "client.weight_decay", raw.get("weight_decay", d.weight_decay), 0.0, open_low=False
+        ),
+        trust_coefficient=number(
+            "client.trust_coefficient",
+            raw.get("trust_coefficient", d.trust_coefficient),
+            0.0,
+            open_low=True,
         ),
     )
 
