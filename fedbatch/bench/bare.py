@@ -7,8 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.federated.workload import Workload
+from fedbatch.local.batches import batch_schedule, resolve_batch_size
 from fedbatch.local.optim import build_optimizer
-from fedbatch.local.trainer import batch_schedule, resolve_batch_size
 from fedbatch.seeding import derive_seed
 
 

@@ -1,27 +1,39 @@
-"""The Flower ClientApp: local mini-batch training and evaluation on one partition.
+"""The Flower ClientApp: local mini-batch training, evaluation and gradient probes.
 
 The run configuration arrives as JSON in every message's ConfigRecord (`run-config`), so
-the same app works under every engine; per-round values (batch size, learning rate, local
-work) arrive beside it. In simulation the server also names the partition to train on
-(`partition-id`); a real SuperNode uses the one in its node config.
+the same app works under every engine; the round's plan (batch size, AdaScale gain,
+schedule progress, probes due) arrives beside it. In simulation the server also names the
+partition to train on (`partition-id`); a real SuperNode uses the one in its node config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedbatch.federated.records import NUM_EXAMPLES, load_arrays, model_to_arrays
+from fedbatch.federated.records import (
+    NUM_EXAMPLES,
+    array_to_tensor,
+    load_arrays,
+    model_to_arrays,
+    tensor_to_array,
+)
 from fedbatch.federated.workload import Workload, workload_for
+from fedbatch.local.batching import RoundPlan
+from fedbatch.local.instruments import mean_gradient, measure_at_weights
+from fedbatch.local.models import norm_state_keys, set_dropout
 from fedbatch.local.optim import build_optimizer
-from fedbatch.local.trainer import evaluate, resolve_batch_size, train_local
+from fedbatch.local.plan import LocalPlan, plan_round
+from fedbatch.local.trainer import LocalResult, TrainOptions, evaluate, train_local
 from fedbatch.seeding import derive_seed
 
 app = ClientApp()
+LOCAL_NORMS = "fedbn"  # context.state record holding this client's own BatchNorm layers
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,24 @@ class _Task:
     config: ConfigRecord
     partition_id: int
     model: nn.Module  # this process's model, holding the received global weights
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def server_round(self) -> int:
+        return int(self.config["server-round"])
+
+    def generator(self, purpose: str) -> torch.Generator:
+        seed = derive_seed(self.workload.cfg.seed, purpose, self.partition_id, self.server_round)
+        return torch.Generator().manual_seed(seed)
+
+    def plan(self) -> LocalPlan:
+        config, cfg = self.config, self.workload.cfg
+        round_plan = RoundPlan(
+            config["batch-size"], float(config["lr-gain"]), float(config["progress"])
+        )
+        mean_examples = len(self.workload.x_train) / cfg.num_clients
+        return plan_round(cfg, round_plan, self.partition_id, len(self.x), mean_examples)
 
 
 def _setup(msg: Message, context: Context) -> _Task:
@@ -39,56 +69,114 @@ def _setup(msg: Message, context: Context) -> _Task:
     partition_id = int(config[key] if key in config else context.node_config[key])
     model = workload.model()
     load_arrays(model, msg.content["arrays"])
-    return _Task(workload, config, partition_id, model)
+    if workload.cfg.model.fedbn and LOCAL_NORMS in context.state:
+        _load_local_norms(model, context.state[LOCAL_NORMS])
+    x, y = workload.client_data(partition_id)
+    return _Task(workload, config, partition_id, model, x, y)
+
+
+@torch.no_grad()
+def _load_local_norms(model: nn.Module, record: ArrayRecord) -> None:
+    state = model.state_dict()
+    for key, array in record.items():
+        state[key].copy_(array_to_tensor(array))
+
+
+def _save_local_norms(model: nn.Module, context: Context) -> None:
+    """FedBN: this client's BatchNorm layers survive the next round's global weights."""
+    state = model.state_dict()
+    context.state[LOCAL_NORMS] = ArrayRecord(
+        {key: tensor_to_array(state[key]) for key in norm_state_keys(model)}
+    )
+
+
+def _metrics(task: _Task, plan: LocalPlan, result: LocalResult, probes: dict) -> MetricRecord:
+    values = {
+        NUM_EXAMPLES: len(task.x),
+        "train_loss": result.loss,
+        "train_accuracy": result.accuracy,
+        "steps": result.steps,
+        "examples_seen": result.examples_seen,
+        "batch_size": plan.batch_size,
+        "effective_batch_size": plan.effective_batch_size,
+        "lr": result.lr_mean if plan.lr_at is not None else plan.lr,
+    }
+    if bool(task.config["grad-norms"]):
+        values |= {"grad_norm_mean": result.grad_norm_mean, "grad_norm_max": result.grad_norm_max}
+    values |= {f"grad_norm/{name}": v for name, v in result.layer_grad_norms.items()}
+    if result.times is not None:
+        values |= {"data_seconds": result.times.data, "compute_seconds": result.times.compute}
+    return MetricRecord(values | probes)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     task = _setup(msg, context)
-    cfg, config, model, partition_id = task.workload.cfg, task.config, task.model, task.partition_id
-    x, y = task.workload.client_data(partition_id)
-    server_round = int(config["server-round"])
-    anchor = None
-    prox_mu = float(config.get("proximal-mu", 0.0))
-    if prox_mu > 0.0:
-        anchor = [p.detach().clone() for p in model.parameters()]
-    optimizer = build_optimizer(model.parameters(), cfg.client, lr=float(config["lr"]))
-    steps = int(config["local-steps"])
-    generator = torch.Generator().manual_seed(
-        derive_seed(cfg.seed, "shuffle", partition_id, server_round)
-    )
-    result = train_local(
+    cfg, config, model = task.workload.cfg, task.config, task.model
+    plan = task.plan()
+    probes = measure_at_weights(
         model,
-        optimizer,
-        x,
-        y,
-        batch_size=resolve_batch_size(config["batch-size"], len(x)),
-        generator=generator,
-        epochs=int(config["local-epochs"]),
-        steps=steps if steps > 0 else None,
+        task.x,
+        task.y,
+        list(config["probes"]),
+        cfg.monitor,
+        plan.batch_size,
+        task.generator("probe"),
+    )
+    prox_mu = float(config.get("proximal-mu", 0.0))
+    anchor = [p.detach().clone() for p in model.parameters()] if prox_mu > 0.0 else None
+    client_cfg = cfg.client
+    if plan.weight_decay != client_cfg.weight_decay:
+        client_cfg = dataclasses.replace(client_cfg, weight_decay=plan.weight_decay)
+    optimizer = build_optimizer(model.parameters(), client_cfg, lr=plan.first_lr())
+    if cfg.model.dropout > 0:
+        set_dropout(model, plan.dropout)
+    options = TrainOptions(
+        batch_size=plan.batch_size,
+        epochs=client_cfg.epochs,
+        steps=client_cfg.steps,
+        accumulate=client_cfg.accumulate,
+        precision=client_cfg.precision,
+        lr_at=plan.lr_at,
         prox_mu=prox_mu,
         anchor=anchor,
+        grad_norms=bool(config["grad-norms"]),
+        layer_norms=bool(config["layer-norms"]),
+        timing=cfg.monitor.timing,
+        prefetch=client_cfg.prefetch,
     )
-    metrics = MetricRecord(
-        {
-            NUM_EXAMPLES: len(x),
-            "train_loss": result.loss,
-            "train_accuracy": result.accuracy,
-            "grad_norm_mean": result.grad_norm_mean,
-            "grad_norm_max": result.grad_norm_max,
-            "steps": result.steps,
-            "examples_seen": result.examples_seen,
-        }
+    result = train_local(
+        model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
     )
+    if cfg.model.fedbn:
+        _save_local_norms(model, context)
+    metrics = _metrics(task, plan, result, probes)
     content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def gradient_probe(msg: Message, context: Context) -> Message:
+    """The mean gradient over one batch of this client's B at the global weights: the
+    per-client gradients of an across-client noise-scale probe round."""
+    task = _setup(msg, context)
+    batch = min(task.plan().batch_size, len(task.x))
+    index = torch.randperm(len(task.x), generator=task.generator("gradient-probe"))[:batch]
+    index = index.to(task.x.device)
+    grads = mean_gradient(task.model, task.x[index], task.y[index])
+    names = [n for n, p in task.model.named_parameters() if p.requires_grad]
+    arrays = ArrayRecord({n: tensor_to_array(g) for n, g in zip(names, grads, strict=True)})
+    grad_sq = float(sum(g.double().pow(2).sum() for g in grads))
+    metrics = MetricRecord({NUM_EXAMPLES: batch, "grad_sq": grad_sq})
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """The global model's loss and accuracy on this client's local data."""
     task = _setup(msg, context)
-    x, y = task.workload.client_data(task.partition_id)
-    loss, accuracy = evaluate(task.model, x, y, task.workload.cfg.eval.batch_size)
-    metrics = MetricRecord({NUM_EXAMPLES: len(x), "eval_loss": loss, "eval_accuracy": accuracy})
+    loss, accuracy = evaluate(task.model, task.x, task.y, task.workload.cfg.eval.batch_size)
+    metrics = MetricRecord(
+        {NUM_EXAMPLES: len(task.x), "eval_loss": loss, "eval_accuracy": accuracy}
+    )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

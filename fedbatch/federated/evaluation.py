@@ -12,7 +12,8 @@ class ServerEvaluation(Callback):
     """Loss and accuracy of the global model on the central held-out test set.
 
     Evaluates every `eval.every` rounds and the last one, and round 0 (the initial model)
-    unless `eval.initial` is false.
+    unless `eval.initial` is false. The generalization gap is test loss − train loss, the
+    train loss being the clients' mean over the round's local steps.
     """
 
     def __init__(self, workload: Workload) -> None:
@@ -33,3 +34,6 @@ class ServerEvaluation(Callback):
         loss, accuracy = evaluate(self.model, w.x_test, w.y_test, w.cfg.eval.batch_size)
         state.row["test_loss"] = loss
         state.row["test_accuracy"] = accuracy
+        train_loss = state.row.get("train_loss")
+        if train_loss is not None:
+            state.row["generalization_gap"] = loss - train_loss

@@ -25,7 +25,7 @@ NUM_EXAMPLES = "num-examples"
 # How each client metric combines across clients: counts add up, maxima take the max,
 # per-sample and per-step means are weighted by what they average over, and the rest by
 # the client's dataset size (num-examples, FedAvg's weight).
-SUMMED = ("steps", "examples_seen")
+SUMMED = ("steps", "examples_seen", "data_seconds", "compute_seconds")
 MAXED = ("grad_norm_max",)
 MEAN_WEIGHTS = {
     "train_loss": "examples_seen",

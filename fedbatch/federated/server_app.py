@@ -14,11 +14,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.evaluation import ServerEvaluation
+from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
+from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.sampling import SampledNodesGrid
 from fedbatch.federated.strategies import build_strategy
@@ -31,19 +41,9 @@ ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
     "client_eval_loss", "client_eval_accuracy", "clients_sampled", "clients_replied",
     "clients_failed", "examples", "examples_seen", "steps", "grad_norm_mean",
-    "grad_norm_max", "client_error", "seconds", "elapsed_seconds",
+    "grad_norm_max", "generalization_gap", "client_error", "seconds", "elapsed_seconds",
+    *INSTRUMENT_KEYS,
 )  # fmt: skip
-
-
-def _round_config(cfg: RunConfig) -> dict[str, Any]:
-    client = cfg.client
-    return {
-        "run-config": cfg.to_json(),
-        "batch-size": client.batch_size,
-        "lr": client.lr,
-        "local-epochs": client.epochs,
-        "local-steps": client.steps or 0,
-    }
 
 
 def _address(messages: Iterable[Message], partition_of: dict[int, int]) -> list[Message]:
@@ -80,7 +80,8 @@ def run_rounds(
     nodes = SampledNodesGrid(grid)
     partition_of = {node: i for i, node in enumerate(nodes.all_node_ids)}
     evaluate_count = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
-    arrays, base = initial_arrays, _round_config(cfg)
+    instruments = RoundInstruments(cfg)
+    arrays, base = initial_arrays, {"run-config": cfg.to_json()}
     start = time.perf_counter()
 
     def notify(state: RoundState) -> None:
@@ -91,8 +92,16 @@ def run_rounds(
         configure: Any, server_round: int, phase: str, count: int
     ) -> tuple[list[Message], list[Message]]:
         """Sample `count` clients, let the strategy configure them, collect the replies."""
-        nodes.offer(cfg.seed, server_round, phase, count)
-        messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
+        offered = nodes.offer(cfg.seed, server_round, phase, count)
+        if configure is None:  # a query to the offered nodes, outside the strategy
+            config = ConfigRecord(base | {"server-round": server_round})
+            content = RecordDict({"arrays": arrays, "config": config})
+            messages = [
+                grid.create_message(content, MessageType.QUERY, node, str(server_round))
+                for node in offered
+            ]
+        else:
+            messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
         if assign_partitions:
             messages = _address(messages, partition_of)
         return messages, list(grid.send_and_receive(messages)) if messages else []
@@ -101,6 +110,12 @@ def run_rounds(
     stopped_because, completed = "rounds", 0
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()
+        base |= instruments.round_config(server_round)
+        across = None
+        if instruments.across_due(server_round):
+            _, probe_replies = exchange(None, server_round, "train", cfg.clients_per_round)
+            across = instruments.across_clients(probe_replies)
+        before = arrays
         messages, replies = exchange(
             strategy.configure_train, server_round, "train", cfg.clients_per_round
         )
@@ -130,9 +145,11 @@ def run_rounds(
             "grad_norm_mean": _metric(train, "grad_norm_mean"),
             "grad_norm_max": _metric(train, "grad_norm_max"),
             "client_error": errors[0] if errors else None,
+            "noise_scale_across": across,
             "seconds": now - round_start,
             "elapsed_seconds": now - start,
         }
+        row |= instruments.measure(server_round, before, replies, train)
         state = RoundState(server_round, arrays, row)
         notify(state)
         if messages and not replied:

@@ -2,13 +2,76 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from fedbatch.config import ModelConfig
 
 
-def _norm(kind: str, channels: int, groups: int, spatial_dims: int = 1) -> nn.Module:
+class _GhostBatchNorm:
+    """Ghost batch norm (Hoffer et al. 2017): in training, normalize each virtual batch of
+    `ghost` samples with its own statistics, so BatchNorm behaves the same at any B."""
+
+    ghost: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or len(x) <= self.ghost:  # type: ignore[attr-defined]
+            return super().forward(x)  # type: ignore[misc]
+        chunks = list(x.split(self.ghost))
+        if len(chunks[-1]) < 2:  # BatchNorm cannot normalize a single sample
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        return torch.cat([super().forward(chunk) for chunk in chunks])  # type: ignore[misc]
+
+
+class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
+    def __init__(self, channels: int, ghost: int) -> None:
+        super().__init__(channels)
+        self.ghost = ghost
+
+
+class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
+    def __init__(self, channels: int, ghost: int) -> None:
+        super().__init__(channels)
+        self.ghost = ghost
+
+
+class Block(nn.Sequential):
+    """A hidden block; with `checkpointing` its activations are recomputed in backward
+    instead of stored (torch.utils.checkpoint): less memory for a large B, more time."""
+
+    def __init__(self, *layers: nn.Module, checkpointing: bool = False) -> None:
+        super().__init__(*layers)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
+
+
+def _block(cfg: ModelConfig, *layers: nn.Module) -> Block:
+    extra = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []
+    return Block(*layers, *extra, checkpointing=cfg.checkpointing)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout layer's probability (client.regularization scales it with B)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+
+
+def _norm(
+    kind: str, channels: int, groups: int, spatial_dims: int = 1, ghost: int | None = None
+) -> nn.Module:
     """A normalization layer over `channels` features of (N, C), (N, C, L) or (N, C, H, W)."""
+    if kind == "batch" and ghost is not None:
+        return (
+            GhostBatchNorm2d(channels, ghost)
+            if spatial_dims == 2
+            else GhostBatchNorm1d(channels, ghost)
+        )
     if kind == "batch":
         return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm1d(channels)
     if kind == "group":
@@ -29,7 +92,8 @@ def _mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for hidden in cfg.hidden:
-        layers += [nn.Linear(width, hidden), _norm(cfg.norm, hidden, cfg.groups), nn.ReLU()]
+        norm = _norm(cfg.norm, hidden, cfg.groups, ghost=cfg.ghost_batch)
+        layers.append(_block(cfg, nn.Linear(width, hidden), norm, nn.ReLU()))
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
@@ -39,12 +103,15 @@ def _cnn1d(cfg: ModelConfig, length: int, num_classes: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Unflatten(1, (1, length))]
     width = 1
     for channels in cfg.channels:
-        layers += [
-            nn.Conv1d(width, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
-            _norm(cfg.norm, channels, cfg.groups),
-            nn.ReLU(),
-            nn.MaxPool1d(2, ceil_mode=True),
-        ]
+        layers.append(
+            _block(
+                cfg,
+                nn.Conv1d(width, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
+                _norm(cfg.norm, channels, cfg.groups, ghost=cfg.ghost_batch),
+                nn.ReLU(),
+                nn.MaxPool1d(2, ceil_mode=True),
+            )
+        )
         width = channels
         length = (length + 1) // 2
     layers += [nn.Flatten(), nn.Linear(width * length, num_classes)]
@@ -56,12 +123,15 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn
     width, height, breadth = input_shape
     layers: list[nn.Module] = []
     for channels in cfg.channels:
-        layers += [
-            nn.Conv2d(width, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
-            _norm(cfg.norm, channels, cfg.groups, spatial_dims=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2, ceil_mode=True),
-        ]
+        layers.append(
+            _block(
+                cfg,
+                nn.Conv2d(width, channels, cfg.kernel_size, padding=cfg.kernel_size // 2),
+                _norm(cfg.norm, channels, cfg.groups, spatial_dims=2, ghost=cfg.ghost_batch),
+                nn.ReLU(),
+                nn.MaxPool2d(2, ceil_mode=True),
+            )
+        )
         width, height, breadth = channels, (height + 1) // 2, (breadth + 1) // 2
     layers += [nn.Flatten(), nn.Linear(width * height * breadth, num_classes)]
     return nn.Sequential(*layers)
@@ -83,3 +153,13 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
             raise ValueError(f"model=cnn needs (C, H, W) images, got input shape {input_shape}")
         return _cnn(cfg, input_shape, num_classes)
     raise ValueError(f"unknown model {cfg.name!r}")
+
+
+def norm_state_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the BatchNorm layers: their affine weights and running statistics."""
+    return [
+        f"{name}.{key}"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for key in module.state_dict()
+    ]

@@ -1,12 +1,122 @@
-"""Client optimizers by name (pure torch, no Flower)."""
+"""Client optimizers and learning-rate rules by name (pure torch, no Flower)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from fedbatch.config import ClientConfig
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def _ratio_from_norms(
+    w_norm: torch.Tensor,
+    g_norm: torch.Tensor,
+    trust_coefficient: float,
+    weight_decay: float,
+    eps: float,
+) -> torch.Tensor:
+    ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    # A zero weight (fresh init) or zero gradient would freeze or blow up the layer.
+    return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+
+
+def lars_trust_ratio(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    trust_coefficient: float,
+    weight_decay: float,
+    eps: float = 1e-9,
+) -> torch.Tensor:
+    """LARS's trust ratio tc·‖w‖ / (‖g‖ + wd·‖w‖ + eps), or 1 when ‖w‖ or ‖g‖ is 0.
+
+    A 0-dim tensor on the weight's device (no host sync).
+    """
+    return _ratio_from_norms(
+        torch.linalg.vector_norm(weight),
+        torch.linalg.vector_norm(grad),
+        trust_coefficient,
+        weight_decay,
+        eps,
+    )
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al. 2017): momentum SGD, per-tensor LR.
+
+    For a tensor w with gradient g: d = ratio·(g + wd·w) with ratio = `lars_trust_ratio`,
+    buf ← momentum·buf + d (buf = d on the first step), w ← w − lr·buf. The buffer holds no
+    lr, so a schedule's change of lr acts at once. Tensors with ndim <= 1 (biases, norm
+    affine parameters) get neither the trust ratio nor weight decay (plain momentum SGD),
+    the common practice since LARS was introduced.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-9,
+    ) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0 or trust_coefficient <= 0 or eps < 0:
+            raise ValueError(
+                "LARS needs lr, momentum, weight_decay, eps >= 0 and trust_coefficient > 0"
+            )
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            wd, momentum = group["weight_decay"], group["momentum"]
+            layers = [i for i, p in enumerate(params) if p.ndim > 1]
+            updates = list(grads)
+            if layers:
+                w = [params[i] for i in layers]
+                g = [grads[i] for i in layers]
+                w_norms = torch._foreach_norm(w)
+                g_norms = torch._foreach_norm(g)
+                ratios = [
+                    _ratio_from_norms(wn, gn, group["trust_coefficient"], wd, group["eps"])
+                    for wn, gn in zip(w_norms, g_norms, strict=True)
+                ]
+                d = torch._foreach_add(g, w, alpha=wd) if wd else [x.clone() for x in g]
+                torch._foreach_mul_(d, ratios)
+                for i, di in zip(layers, d, strict=True):
+                    updates[i] = di
+            if momentum:
+                bufs = []
+                for p, u in zip(params, updates, strict=True):
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = u.detach().clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(u)
+                    bufs.append(state["momentum_buffer"])
+                updates = bufs
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        return loss
 
 
 def build_optimizer(
@@ -24,8 +134,89 @@ def build_optimizer(
         )
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    if name == "lars":
+        return LARS(
+            params,
+            lr=lr,
+            momentum=cfg.momentum,
+            weight_decay=wd,
+            trust_coefficient=cfg.trust_coefficient,
+        )
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+# --- learning rates ------------------------------------------------------------------------
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str) -> float:
+    """`lr` tuned at `base_batch_size`, moved to `batch_size`.
+
+    none: lr; linear: lr·B/B_base (Goyal et al. 2017); sqrt: lr·√(B/B_base).
+    """
+    if batch_size < 1 or base_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {base_batch_size}")
+    k = batch_size / base_batch_size
+    if rule == "none":
+        return lr
+    if rule == "linear":
+        return lr * k
+    if rule == "sqrt":
+        return lr * math.sqrt(k)
+    raise ValueError(f"unknown LR scaling rule {rule!r}; expected one of {LR_SCALING}")
+
+
+def lr_at(
+    step: float,
+    *,
+    lr: float,
+    total_steps: float,
+    schedule: str = "constant",
+    warmup_steps: float = 0.0,
+    warmup_start: float = 0.0,
+    milestones: Sequence[float] = (),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> float:
+    """The learning rate at optimizer step `step` (counted from the start of training).
+
+    constant: lr. step: lr·gamma^(number of milestones <= step).
+    cosine: min_lr + (lr − min_lr)·(1 + cos(π·min(step/total_steps, 1)))/2.
+    Linear warmup multiplies the schedule's value by
+    warmup_start + (1 − warmup_start)·step/warmup_steps while step < warmup_steps, so it
+    ramps from the fraction `warmup_start` of the schedule to the full schedule; the
+    schedule itself runs from step 0, not from the end of warmup.
+    """
+    if schedule == "constant":
+        target = lr
+    elif schedule == "step":
+        target = lr * gamma ** bisect_right(sorted(milestones), step)
+    elif schedule == "cosine":
+        if total_steps <= 0:
+            raise ValueError(f"cosine schedule needs total_steps > 0, got {total_steps}")
+        progress = min(max(step, 0.0) / total_steps, 1.0)
+        target = min_lr + (lr - min_lr) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    else:
+        raise ValueError(f"unknown LR schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    if warmup_steps > 0 and step < warmup_steps:
+        target *= warmup_start + (1.0 - warmup_start) * max(step, 0.0) / warmup_steps
+    return target
+
+
+def adascale_gain(trace_cov: float, grad_sq: float, scale: float) -> float:
+    """AdaScale's gain r = (trΣ + |G|²) / (trΣ/S + |G|²) for an S-times larger batch.
+
+    r = 1 at S = 1 and r → S as |G|² → 0 (pure noise; also returned when both are 0).
+    Negative (noisy) estimates of trΣ or |G|² are clamped at 0 first, and r to [1, S].
+    """
+    if scale < 1:
+        raise ValueError(f"AdaScale scale must be >= 1, got {scale}")
+    t, g = max(trace_cov, 0.0), max(grad_sq, 0.0)
+    if t == 0 and g == 0:
+        return float(scale)
+    return float(min(max((t + g) / (t / scale + g), 1.0), scale))

@@ -6,15 +6,19 @@ optimizer step → next batch until the epoch ends → reshuffle for the next ep
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedbatch.config import FULL_BATCH
-from fedbatch.local.probes import gradient_norm
+from fedbatch.local.batches import batch_schedule
+from fedbatch.local.probes import gradient_norm, layer_gradient_norms
 
 
 @dataclass(frozen=True)
@@ -27,53 +31,77 @@ class LocalResult:
     accuracy: float
     grad_norm_mean: float  # L2 norm of the mini-batch gradient, over steps
     grad_norm_max: float
-
-
-def resolve_batch_size(value: int | str, num_examples: int) -> int:
-    """`full` means the whole local dataset (full-batch gradient descent)."""
-    return num_examples if value == FULL_BATCH else min(int(value), num_examples)
-
-
-def epoch_batches(
-    n: int, batch_size: int, generator: torch.Generator, min_batch: int = 1
-) -> list[torch.Tensor]:
-    """One epoch: a fresh permutation of range(n) cut into mini-batches of `batch_size`.
-
-    Every sample appears exactly once. A trailing batch smaller than `min_batch` (BatchNorm
-    cannot train on a single sample) is folded into the batch before it.
-    """
-    batches = list(torch.randperm(n, generator=generator).split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < min_batch:
-        batches[-2:] = [torch.cat(batches[-2:])]
-    return batches
-
-
-def batch_schedule(
-    n: int,
-    batch_size: int,
-    generator: torch.Generator,
-    *,
-    epochs: int,
-    steps: int | None = None,
-    min_batch: int = 1,
-) -> Iterator[torch.Tensor]:
-    """Index batches for a round: `epochs` full epochs, or exactly `steps` steps.
-
-    With `steps`, epochs follow each other (each reshuffled) until the count is reached.
-    """
-    done = 0
-    epoch = 0
-    while (steps is None and epoch < epochs) or (steps is not None and done < steps):
-        for batch in epoch_batches(n, batch_size, generator, min_batch):
-            if steps is not None and done >= steps:
-                return
-            yield batch
-            done += 1
-        epoch += 1
+    layer_grad_norms: dict[str, float] = field(default_factory=dict)  # mean per tensor
+    lr_mean: float = float("nan")  # mean LR over steps, when a schedule set it
+    times: StepTimes | None = None
 
 
 def _uses_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Measured seconds spent gathering mini-batches versus computing on them."""
+
+    data: float = 0.0
+    compute: float = 0.0
+
+
+class _Clock:
+    """Per-step data/compute timing; synchronizes CUDA so that the split is honest."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.data = self.compute = 0.0
+        self.mark = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        elapsed, self.mark = now - self.mark, now
+        return elapsed
+
+
+def _gathered(
+    x: torch.Tensor, y: torch.Tensor, schedule: Iterator[torch.Tensor], prefetch: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) per step; with `prefetch`, the next batch is gathered meanwhile."""
+
+    def gather(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.to(x.device, non_blocking=True)
+        return x[index], y[index]
+
+    if not prefetch:
+        yield from map(gather, schedule)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for index in schedule:
+            ready, pending = pending, pool.submit(gather, index)
+            if ready is not None:
+                yield ready.result()
+        if pending is not None:
+            yield pending.result()
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How one round of local training runs, beyond the data and the optimizer."""
+
+    batch_size: int
+    epochs: int = 1
+    steps: int | None = None
+    accumulate: int = 1  # micro-batches of `batch_size` per optimizer step
+    precision: str = "fp32"
+    lr_at: Callable[[int], float] | None = None  # the LR of each step (None: as set)
+    prox_mu: float = 0.0
+    anchor: Sequence[torch.Tensor] | None = None
+    grad_norms: bool = True
+    layer_norms: bool = False
+    timing: bool = False
+    prefetch: bool = False
 
 
 def train_local(
@@ -82,53 +110,128 @@ def train_local(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    batch_size: int,
     generator: torch.Generator,
-    epochs: int = 1,
-    steps: int | None = None,
-    prox_mu: float = 0.0,
-    anchor: Sequence[torch.Tensor] | None = None,
+    options: TrainOptions | None = None,
+    **option_values: Any,
 ) -> LocalResult:
     """Run local mini-batch training on (x, y) in place; return its measurements.
 
-    `prox_mu` > 0 adds FedProx's proximal term mu/2·||w − anchor||² to every batch loss.
+    Options come as a TrainOptions or as its fields by keyword. `prox_mu` > 0 adds FedProx's
+    proximal term mu/2·||w − anchor||². With `accumulate` = k each step averages the
+    gradients of k micro-batches of B, weighted by their sizes: the update of one k·B batch.
     """
+    opts = options or TrainOptions(**option_values)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
     min_batch = 2 if _uses_batchnorm(model) else 1
+    autocast = _autocast(x.device, opts.precision)
+    scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     norms: list[torch.Tensor] = []
+    layer_sums = torch.zeros(len(params), device=x.device) if opts.layer_norms else None
+    lrs: list[float] = []
     seen = 0
+    clock = _Clock(x.device) if opts.timing else None
+    step_size = opts.batch_size * opts.accumulate
     schedule = batch_schedule(
-        len(x), batch_size, generator, epochs=epochs, steps=steps, min_batch=min_batch
+        len(x), step_size, generator, epochs=opts.epochs, steps=opts.steps, min_batch=min_batch
     )
-    for index in schedule:
-        index = index.to(x.device, non_blocking=True)
-        inputs, targets = x[index], y[index]
+    steps = 0
+    for inputs, targets in _gathered(x, y, schedule, opts.prefetch):
+        if clock is not None:
+            clock.data += clock.lap()
+        if opts.lr_at is not None:
+            lrs.append(_set_lr(optimizer, opts.lr_at(steps)))
         optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
-        objective = loss
-        if prox_mu > 0.0 and anchor is not None:
-            distance = sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
-            objective = loss + 0.5 * prox_mu * distance
-        objective.backward()
-        norms.append(gradient_norm(params))
-        optimizer.step()
-        loss_sum += loss.detach() * len(index)
-        correct += (logits.detach().argmax(dim=1) == targets).sum()
-        seen += len(index)
-    if not norms:
-        return LocalResult(0, 0, float("nan"), float("nan"), float("nan"), float("nan"))
-    stacked = torch.stack(norms)
+        for micro_x, micro_y in _micro_batches(inputs, targets, opts, min_batch):
+            with autocast:
+                logits = model(micro_x)
+                loss = F.cross_entropy(logits, micro_y)
+            objective = loss * (len(micro_y) / len(targets)) if opts.accumulate > 1 else loss
+            if opts.prox_mu > 0.0 and opts.anchor is not None:
+                distance = sum(
+                    (p - a).pow(2).sum() for p, a in zip(params, opts.anchor, strict=True)
+                )
+                objective = objective + 0.5 * opts.prox_mu * distance * len(micro_y) / len(targets)
+            (scaler.scale(objective) if scaler else objective).backward()
+            loss_sum += loss.detach().float() * len(micro_y)
+            correct += (logits.detach().argmax(dim=1) == micro_y).sum()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if opts.grad_norms:
+            norms.append(gradient_norm(params))
+        if layer_sums is not None:
+            layer_sums += layer_gradient_norms(params)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        seen += len(targets)
+        steps += 1
+        if clock is not None:
+            clock.compute += clock.lap()
+    times = StepTimes(clock.data, clock.compute) if clock else None
+    return _result(steps, seen, loss_sum, correct, norms, layer_sums, names, lrs, times)
+
+
+def _micro_batches(
+    inputs: torch.Tensor, targets: torch.Tensor, opts: TrainOptions, min_batch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The step's micro-batches of B (one without accumulation); a trailing one smaller
+    than `min_batch` is folded into the one before, as epoch_batches does."""
+    if opts.accumulate == 1:
+        return [(inputs, targets)]
+    pairs = list(zip(inputs.split(opts.batch_size), targets.split(opts.batch_size), strict=True))
+    if len(pairs) > 1 and len(pairs[-1][1]) < min_batch:
+        (x1, y1), (x2, y2) = pairs[-2:]
+        pairs[-2:] = [(torch.cat([x1, x2]), torch.cat([y1, y2]))]
+    return pairs
+
+
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _result(
+    steps: int,
+    seen: int,
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    norms: list[torch.Tensor],
+    layer_sums: torch.Tensor | None,
+    names: Sequence[str],
+    lrs: list[float],
+    times: StepTimes | None,
+) -> LocalResult:
+    nan = float("nan")
+    if not seen:
+        return LocalResult(0, 0, nan, nan, nan, nan)
+    stacked = torch.stack(norms) if norms else None
+    layers = {}
+    if layer_sums is not None:
+        layers = dict(zip(names, (layer_sums / steps).tolist(), strict=True))
     return LocalResult(
-        steps=len(norms),
+        steps=steps,
         examples_seen=seen,
         loss=float(loss_sum) / seen,
         accuracy=float(correct) / seen,
-        grad_norm_mean=float(stacked.mean()),
-        grad_norm_max=float(stacked.max()),
+        grad_norm_mean=float(stacked.mean()) if stacked is not None else nan,
+        grad_norm_max=float(stacked.max()) if stacked is not None else nan,
+        layer_grad_norms=layers,
+        lr_mean=sum(lrs) / len(lrs) if lrs else nan,
+        times=times,
     )
 
 

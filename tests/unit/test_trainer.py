@@ -8,9 +8,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.config import NORMS, OPTIMIZERS, ClientConfig, ModelConfig
+from fedbatch.local.batches import batch_schedule, epoch_batches
 from fedbatch.local.models import build_model
 from fedbatch.local.optim import build_optimizer
-from fedbatch.local.trainer import batch_schedule, epoch_batches, evaluate, train_local
+from fedbatch.local.trainer import evaluate, train_local
 
 
 def _generator(seed: int = 0) -> torch.Generator:

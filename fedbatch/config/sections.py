@@ -1,16 +1,9 @@
-"""The validated run configuration: one object built from Hydra's composed config.
-
-Everything a run does is decided here, at the edge. `build_config` turns a plain mapping
-(Hydra's resolved config, or the JSON copy that travels to clients) into frozen dataclasses
-and rejects bad input with a `ConfigError` naming the key, the value and what is allowed.
-"""
+"""Config sections for data, model, strategy, engine and the run's stopping and evaluation."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from fedbatch.checks import (
@@ -21,20 +14,15 @@ from fedbatch.checks import (
     integer,
     integers,
     number,
-    on_off,
     optional,
-    section,
 )
 
 DATASETS = ("synthetic", "mnist1d", "digits", "images")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lars")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 ENGINES = ("inprocess", "ray")
-DEVICES = ("auto", "cpu", "cuda")
-FULL_BATCH = "full"
 
 
 @dataclass(frozen=True)
@@ -66,18 +54,10 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32)
     kernel_size: int = 5
     groups: int = 4
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    batch_size: int | str = 32
-    epochs: int = 2
-    steps: int | None = None
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    trust_coefficient: float = 0.001  # LARS's eta (You et al. 2017)
+    dropout: float = 0.0  # before each hidden layer's output; see client.regularization
+    ghost_batch: int | None = None  # BatchNorm statistics over virtual batches of this size
+    fedbn: bool = False  # FedBN: normalization layers stay local, never aggregated
+    checkpointing: bool = False  # recompute activations in backward (less memory, more time)
 
 
 @dataclass(frozen=True)
@@ -111,40 +91,10 @@ class EvalConfig:
     initial: bool = True
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    seed: int = 0
-    rounds: int = 30
-    num_clients: int = 10
-    clients_per_round: int = 5
-    device: str = "auto"
-    progress: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    stop: StopConfig = field(default_factory=StopConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def to_json(self) -> str:
-        """The form that travels to clients inside Flower messages."""
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-def _batch_size(value: object) -> int | str:
-    if value == FULL_BATCH:
-        return FULL_BATCH
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ConfigError("client.batch_size", value, f"an integer >= 1 or '{FULL_BATCH}'")
-
-
 # --- building -------------------------------------------------------------------------
 
 
-def _data(raw: Mapping[str, Any]) -> DataConfig:
+def data_config(raw: Mapping[str, Any]) -> DataConfig:
     d = DataConfig()
     check_known("data", raw, set(asdict(d)))
     return DataConfig(
@@ -165,7 +115,7 @@ def _data(raw: Mapping[str, Any]) -> DataConfig:
     )
 
 
-def _partition(raw: Mapping[str, Any]) -> PartitionConfig:
+def partition_config(raw: Mapping[str, Any]) -> PartitionConfig:
     d = PartitionConfig()
     check_known("partition", raw, set(asdict(d)))
     return PartitionConfig(
@@ -182,13 +132,16 @@ def _partition(raw: Mapping[str, Any]) -> PartitionConfig:
     )
 
 
-def _model(raw: Mapping[str, Any]) -> ModelConfig:
+def model_config(raw: Mapping[str, Any]) -> ModelConfig:
     d = ModelConfig()
     check_known("model", raw, set(asdict(d)))
     name = choice("model", raw.get("name", d.name), MODELS)
     norm = choice("model.norm", raw.get("norm", d.norm), NORMS)
     if name == "logreg" and norm != "none":
         raise ConfigError("model.norm", norm, "none for model=logreg (it has no hidden layer)")
+    for key in ("ghost_batch", "fedbn"):
+        if raw.get(key) not in (None, False) and norm != "batch":
+            raise ConfigError(f"model.{key}", raw[key], "null/false unless model.norm=batch")
     return ModelConfig(
         name=name,
         norm=norm,
@@ -196,34 +149,16 @@ def _model(raw: Mapping[str, Any]) -> ModelConfig:
         channels=integers("model.channels", raw.get("channels", list(d.channels))),
         kernel_size=integer("model.kernel_size", raw.get("kernel_size", d.kernel_size), 1),
         groups=integer("model.groups", raw.get("groups", d.groups), 1),
+        dropout=number("model.dropout", raw.get("dropout", d.dropout), 0.0, 0.95, open_low=False),
+        ghost_batch=optional(
+            lambda k, v: integer(k, v, 2), "model.ghost_batch", raw.get("ghost_batch")
+        ),
+        fedbn=boolean("model.fedbn", raw.get("fedbn", d.fedbn)),
+        checkpointing=boolean("model.checkpointing", raw.get("checkpointing", d.checkpointing)),
     )
 
 
-def _client(raw: Mapping[str, Any]) -> ClientConfig:
-    d = ClientConfig()
-    check_known("client", raw, set(asdict(d)))
-    return ClientConfig(
-        batch_size=_batch_size(raw.get("batch_size", d.batch_size)),
-        epochs=integer("client.epochs", raw.get("epochs", d.epochs), 1),
-        steps=optional(lambda k, v: integer(k, v, 1), "client.steps", raw.get("steps")),
-        optimizer=choice("client.optimizer", raw.get("optimizer", d.optimizer), OPTIMIZERS),
-        lr=number("client.lr", raw.get("lr", d.lr), 0.0, open_low=True),
-        momentum=number(
-            "client.momentum", raw.get("momentum", d.momentum), 0.0, 1.0, open_low=False
-        ),
-        weight_decay=number(
-            "client.weight_decay", raw.get("weight_decay", d.weight_decay), 0.0, open_low=False
-        ),
-        trust_coefficient=number(
-            "client.trust_coefficient",
-            raw.get("trust_coefficient", d.trust_coefficient),
-            0.0,
-            open_low=True,
-        ),
-    )
-
-
-def _strategy(raw: Mapping[str, Any]) -> StrategyConfig:
+def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
     name = choice("strategy", raw.get("name", "fedavg"), STRATEGIES)
     fraction = number(
         "strategy.fraction_evaluate",
@@ -241,7 +176,7 @@ def _strategy(raw: Mapping[str, Any]) -> StrategyConfig:
     return StrategyConfig(name=name, fraction_evaluate=fraction, params=params)
 
 
-def _engine(raw: Mapping[str, Any]) -> EngineConfig:
+def engine_config(raw: Mapping[str, Any]) -> EngineConfig:
     d = EngineConfig()
     check_known("engine", raw, set(asdict(d)))
     return EngineConfig(
@@ -253,7 +188,7 @@ def _engine(raw: Mapping[str, Any]) -> EngineConfig:
     )
 
 
-def _stop(raw: Mapping[str, Any]) -> StopConfig:
+def stop_config(raw: Mapping[str, Any]) -> StopConfig:
     check_known("stop", raw, set(asdict(StopConfig())))
 
     def accuracy(k: str, v: object) -> float:
@@ -270,54 +205,10 @@ def _stop(raw: Mapping[str, Any]) -> StopConfig:
     )
 
 
-def _eval(raw: Mapping[str, Any]) -> EvalConfig:
+def eval_config(raw: Mapping[str, Any]) -> EvalConfig:
     check_known("eval", raw, set(asdict(EvalConfig())))
     return EvalConfig(
         every=integer("eval.every", raw.get("every", 1), 1),
         batch_size=integer("eval.batch_size", raw.get("batch_size", 1024), 1),
         initial=boolean("eval.initial", raw.get("initial", True)),
     )
-
-
-SECTIONS = ("data", "partition", "model", "client", "strategy", "engine", "stop", "eval")
-
-
-def build_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Validate a plain mapping into a RunConfig, or raise ConfigError."""
-    top = {k: v for k, v in raw.items() if k not in SECTIONS and k != "hydra"}
-    check_known(
-        "", top, {"seed", "rounds", "num_clients", "clients_per_round", "device", "progress"}
-    )
-    num_clients = integer("num_clients", raw.get("num_clients", 10), 1)
-    cfg = RunConfig(
-        seed=integer("seed", raw.get("seed", 0), 0),
-        rounds=integer("rounds", raw.get("rounds", 30), 1),
-        num_clients=num_clients,
-        clients_per_round=integer(
-            "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
-        ),
-        device=choice("device", raw.get("device", "auto"), DEVICES),
-        progress=choice("progress", on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
-        data=_data(section(raw, "data")),
-        partition=_partition(section(raw, "partition")),
-        model=_model(section(raw, "model")),
-        client=_client(section(raw, "client")),
-        strategy=_strategy(section(raw, "strategy")),
-        engine=_engine(section(raw, "engine")),
-        stop=_stop(section(raw, "stop")),
-        eval=_eval(section(raw, "eval")),
-    )
-    if cfg.model.norm == "batch" and cfg.client.batch_size == 1:
-        raise ConfigError(
-            "client.batch_size",
-            1,
-            "an integer >= 2 with model.norm=batch (BatchNorm needs "
-            "two samples per batch; use model.norm=group or layer for B=1)",
-        )
-    return cfg
-
-
-@lru_cache(maxsize=8)
-def config_from_json(text: str) -> RunConfig:
-    """Rebuild (and cache) the RunConfig a client receives as JSON."""
-    return build_config(json.loads(text))

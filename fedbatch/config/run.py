@@ -1,0 +1,132 @@
+"""The validated run configuration: one object built from Hydra's composed config.
+
+Everything a run does is decided here, at the edge. `build_config` turns a plain mapping
+(Hydra's resolved config, or the JSON copy that travels to clients) into frozen dataclasses
+and rejects bad input with a `ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from fedbatch.checks import ConfigError, check_known, choice, integer, on_off, section
+from fedbatch.config.sections import (
+    DataConfig,
+    EngineConfig,
+    EvalConfig,
+    ModelConfig,
+    PartitionConfig,
+    StopConfig,
+    StrategyConfig,
+    data_config,
+    engine_config,
+    eval_config,
+    model_config,
+    partition_config,
+    stop_config,
+    strategy_config,
+)
+from fedbatch.config.training import (
+    BatchConfig,
+    ClientConfig,
+    MonitorConfig,
+    batch_config,
+    client_config,
+    monitor_config,
+)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    rounds: int = 30
+    num_clients: int = 10
+    clients_per_round: int = 5
+    device: str = "auto"
+    progress: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_json(self) -> str:
+        """The form that travels to clients inside Flower messages."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+BUILDERS = {
+    "data": data_config,
+    "partition": partition_config,
+    "model": model_config,
+    "client": client_config,
+    "batch": batch_config,
+    "monitor": monitor_config,
+    "strategy": strategy_config,
+    "engine": engine_config,
+    "stop": stop_config,
+    "eval": eval_config,
+}
+
+
+def _check_combinations(cfg: RunConfig) -> None:
+    """Values that are fine alone but not together."""
+    if cfg.model.norm == "batch" and cfg.client.batch_size == 1:
+        raise ConfigError(
+            "client.batch_size",
+            1,
+            "an integer >= 2 with model.norm=batch (BatchNorm needs "
+            "two samples per batch; use model.norm=group or layer for B=1)",
+        )
+    noise_measured = cfg.monitor.noise_scale > 0 or cfg.monitor.noise_across > 0
+    if cfg.batch.name == "adaptive" and not noise_measured:
+        raise ConfigError(
+            "batch", "adaptive", "with monitor.noise_scale or monitor.noise_across >= 1"
+        )
+    if cfg.batch.adascale and not noise_measured:
+        raise ConfigError(
+            "batch.adascale", True, "with monitor.noise_scale or monitor.noise_across >= 1"
+        )
+    if cfg.client.precision == "fp16" and cfg.device == "cpu":
+        raise ConfigError("client.precision", "fp16", "fp32 or bf16 on device=cpu")
+    if cfg.monitor.noise_exact and cfg.model.norm == "batch":
+        raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
+
+
+def build_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a plain mapping into a RunConfig, or raise ConfigError."""
+    top = {k: v for k, v in raw.items() if k not in BUILDERS and k != "hydra"}
+    check_known(
+        "", top, {"seed", "rounds", "num_clients", "clients_per_round", "device", "progress"}
+    )
+    num_clients = integer("num_clients", raw.get("num_clients", 10), 1)
+    cfg = RunConfig(
+        seed=integer("seed", raw.get("seed", 0), 0),
+        rounds=integer("rounds", raw.get("rounds", 30), 1),
+        num_clients=num_clients,
+        clients_per_round=integer(
+            "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
+        ),
+        device=choice("device", raw.get("device", "auto"), DEVICES),
+        progress=choice("progress", on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
+        **{name: build(section(raw, name)) for name, build in BUILDERS.items()},
+    )
+    _check_combinations(cfg)
+    return cfg
+
+
+@lru_cache(maxsize=8)
+def config_from_json(text: str) -> RunConfig:
+    """Rebuild (and cache) the RunConfig a client receives as JSON."""
+    return build_config(json.loads(text))

@@ -1,0 +1,123 @@
+"""The server's side of the batch-size science: each round's plan and measurements.
+
+`RoundInstruments` decides what a round does (batch size, AdaScale gain, schedule progress,
+which probes are due) and turns the replies into metrics-row values: the running gradient
+noise scale, across-client probes, update norms and the cosine similarity of client updates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedbatch.config import RunConfig
+from fedbatch.federated.records import array_to_tensor
+from fedbatch.local.batching import BatchPlanner, NoiseEstimate, RoundPlan
+from fedbatch.local.instruments import START_PROBES
+from fedbatch.local.noise import NoiseScaleEMA, across_client_estimates
+from fedbatch.local.probes import cosine_similarities
+
+# Row keys this module fills (None when not measured in a round).
+ROW_KEYS = (
+    "batch_size", "effective_batch_size", "lr", "lr_gain", "noise_grad_sq", "noise_trace",
+    "noise_scale", "noise_scale_across", "noise_scale_exact", "sharpness", "hessian_top",
+    "weight_norm", "update_norm_mean", "update_cosine_mean", "update_cosine_min",
+    "data_seconds", "compute_seconds",
+)  # fmt: skip
+_FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "sharpness", "hessian_top")
+_FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
+
+
+def _due(frequency: int, server_round: int) -> bool:
+    return frequency > 0 and server_round % frequency == 0
+
+
+def _ratio(grad_sq: float, trace: float) -> float:
+    return NoiseEstimate(grad_sq, trace).b_simple
+
+
+def _flat(record: ArrayRecord) -> torch.Tensor:
+    return torch.cat([array_to_tensor(a).reshape(-1).double() for a in record.values()])
+
+
+class RoundInstruments:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.planner = BatchPlanner(cfg.batch, cfg.client.batch_size, cfg.rounds)
+        self.noise = NoiseScaleEMA(decay=cfg.monitor.noise_decay or None)
+        self.plan = RoundPlan(cfg.client.batch_size, 1.0, 0.0)
+
+    def estimate(self) -> NoiseEstimate | None:
+        if not self.noise.count:
+            return None
+        return NoiseEstimate(self.noise.grad_sq, self.noise.trace)
+
+    def round_config(self, server_round: int) -> dict[str, Any]:
+        """What every client is told this round, beside the run config."""
+        monitor = self.cfg.monitor
+        self.plan = self.planner.plan(server_round, self.estimate())
+        probes = [p for p in START_PROBES if _due(getattr(monitor, p), server_round)]
+        grad_norms = _due(monitor.grad_norm, server_round)
+        return {
+            "batch-size": self.plan.batch_size,
+            "lr-gain": self.plan.lr_gain,
+            "progress": self.plan.progress,
+            "probes": probes,
+            "grad-norms": grad_norms,
+            "layer-norms": grad_norms and monitor.layer_norms,
+        }
+
+    def across_due(self, server_round: int) -> bool:
+        return _due(self.cfg.monitor.noise_across, server_round)
+
+    def across_clients(self, replies: Sequence[Message]) -> float:
+        """B_simple from per-client gradients at the same weights (a probe round)."""
+        ok = [r.content for r in replies if not r.has_error()]
+        if len(ok) < 2:
+            return math.nan
+        sizes = [int(c["metrics"]["num-examples"]) for c in ok]
+        grads = [_flat(c["arrays"]) for c in ok]
+        mean = sum(g * b for g, b in zip(grads, sizes, strict=True)) / sum(sizes)
+        grad_sq, trace = across_client_estimates(
+            [float(c["metrics"]["grad_sq"]) for c in ok], sizes, float(mean.pow(2).sum())
+        )
+        if self.cfg.monitor.noise_scale == 0:  # the only noise measurement: it drives B
+            self.noise.update(grad_sq, trace)
+        return _ratio(grad_sq, trace)
+
+    def measure(
+        self, server_round: int, before: ArrayRecord, replies: Sequence[Message], train: Any
+    ) -> dict[str, Any]:
+        """Row values from the round's aggregated metrics and the client updates."""
+        metrics: MetricRecord = train if train is not None else MetricRecord()
+        row: dict[str, Any] = {k: metrics[k] for k in _FROM_CLIENTS if k in metrics}
+        row |= {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
+        row["lr_gain"] = self.plan.lr_gain
+        if "noise_grad_sq" in metrics:
+            self.noise.update(float(metrics["noise_grad_sq"]), float(metrics["noise_trace"]))
+        if self.noise.count:
+            row["noise_scale"] = self.noise.b_simple
+        if "exact_grad_sq" in metrics:
+            row["noise_scale_exact"] = _ratio(
+                float(metrics["exact_grad_sq"]), float(metrics["exact_trace"])
+            )
+        if _due(self.cfg.monitor.updates, server_round):
+            row |= self._updates(before, replies)
+        return row
+
+    @staticmethod
+    def _updates(before: ArrayRecord, replies: Sequence[Message]) -> dict[str, float]:
+        start = _flat(before)
+        updates = [_flat(r.content["arrays"]) - start for r in replies if not r.has_error()]
+        mean_cos, min_cos = cosine_similarities([[u] for u in updates])
+        norms = [float(u.norm()) for u in updates]
+        return {
+            "weight_norm": float(start.norm()),
+            "update_norm_mean": sum(norms) / len(norms) if norms else math.nan,
+            "update_cosine_mean": mean_cos,
+            "update_cosine_min": min_cos,
+        }

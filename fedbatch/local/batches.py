@@ -1,0 +1,52 @@
+"""Shuffled index batches for local epochs or a fixed number of steps (pure torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from fedbatch.config import FULL_BATCH
+
+
+def resolve_batch_size(value: int | str, num_examples: int) -> int:
+    """`full` means the whole local dataset (full-batch gradient descent)."""
+    return num_examples if value == FULL_BATCH else min(int(value), num_examples)
+
+
+def epoch_batches(
+    n: int, batch_size: int, generator: torch.Generator, min_batch: int = 1
+) -> list[torch.Tensor]:
+    """One epoch: a fresh permutation of range(n) cut into mini-batches of `batch_size`.
+
+    Every sample appears exactly once. A trailing batch smaller than `min_batch` (BatchNorm
+    cannot train on a single sample) is folded into the batch before it.
+    """
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < min_batch:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+def batch_schedule(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    epochs: int,
+    steps: int | None = None,
+    min_batch: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Index batches for a round: `epochs` full epochs, or exactly `steps` steps.
+
+    With `steps`, epochs follow each other (each reshuffled) until the count is reached.
+    """
+    done = 0
+    epoch = 0
+    while (steps is None and epoch < epochs) or (steps is not None and done < steps):
+        for batch in epoch_batches(n, batch_size, generator, min_batch):
+            if steps is not None and done >= steps:
+                return
+            yield batch
+            done += 1
+        epoch += 1

@@ -1,0 +1,87 @@
+"""One client's hyperparameters for one round: B, LR per step, regularization (pure).
+
+The server sends the round's batch size, AdaScale gain and schedule progress; the client
+turns them into its own values with `plan_round`, given the size of its data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedbatch.config import RunConfig
+from fedbatch.local.batching import RoundPlan, client_batch_size
+from fedbatch.local.optim import lr_at, scaled_lr
+
+_EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    batch_size: int  # micro-batch B
+    effective_batch_size: int  # B · accumulate: samples per optimizer step
+    steps_per_round: int
+    lr: float  # after scaling, before schedule and warmup
+    weight_decay: float
+    dropout: float
+    lr_at: Callable[[int], float] | None  # LR of local step s, or None when constant
+
+    def first_lr(self) -> float:
+        return self.lr_at(0) if self.lr_at is not None else self.lr
+
+
+def steps_per_round(cfg: RunConfig, num_examples: int, effective_batch: int) -> int:
+    if cfg.client.steps is not None:
+        return cfg.client.steps
+    return cfg.client.epochs * math.ceil(num_examples / effective_batch)
+
+
+def plan_round(
+    cfg: RunConfig, plan: RoundPlan, partition_id: int, num_examples: int, mean_examples: float
+) -> LocalPlan:
+    """This client's values for the round.
+
+    The LR schedule runs in local steps as if the client trained every round: round r
+    starts at step progress·S (S = this client's steps per round), so milestones in rounds
+    and warmup in steps or epochs mean the same for every client. AdaScale multiplies the
+    LR by its gain r and advances the schedule r steps per step.
+    """
+    client = cfg.client
+    batch = client_batch_size(
+        cfg.batch, plan.batch_size, client.batch_size, partition_id, num_examples, mean_examples
+    )
+    effective = batch * client.accumulate
+    per_round = steps_per_round(cfg, num_examples, effective)
+    lr = scaled_lr(client.lr, effective, client.base_batch_size, client.lr_scaling)
+    regularization = (effective / client.base_batch_size) ** _EXPONENT[client.regularization]
+    warmup = client.warmup_steps or client.warmup_epochs * math.ceil(num_examples / effective)
+    scheduled = client.lr_schedule != "constant" or warmup > 0 or plan.lr_gain != 1.0
+    step_lr = None
+    if scheduled:
+        start, gain = plan.progress * per_round, plan.lr_gain
+        total = cfg.rounds * per_round
+        milestones = tuple((m - 1) * per_round for m in client.lr_milestones)
+
+        def step_lr(step: int) -> float:
+            return gain * lr_at(
+                start + gain * step,
+                lr=lr,
+                total_steps=total,
+                schedule=client.lr_schedule,
+                warmup_steps=warmup,
+                warmup_start=client.warmup_start,
+                milestones=milestones,
+                gamma=client.lr_gamma,
+                min_lr=client.min_lr,
+            )
+
+    return LocalPlan(
+        batch_size=batch,
+        effective_batch_size=effective,
+        steps_per_round=per_round,
+        lr=lr,
+        weight_decay=client.weight_decay * regularization,
+        dropout=min(cfg.model.dropout * regularization, 0.95),
+        lr_at=step_lr,
+    )

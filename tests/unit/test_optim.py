@@ -1,0 +1,218 @@
+"""Optimizers and learning-rate rules, checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fedbatch.config import ClientConfig
+from fedbatch.local.optim import (
+    LARS,
+    adascale_gain,
+    build_optimizer,
+    lars_trust_ratio,
+    lr_at,
+    scaled_lr,
+)
+
+# --- LARS ----------------------------------------------------------------------------------
+
+
+def test_trust_ratio_matches_formula():
+    w = torch.tensor([[3.0, 4.0]])  # ‖w‖ = 5
+    g = torch.tensor([[0.9, 1.2]])  # ‖g‖ = 1.5
+    # 0.02 · 5 / (1.5 + 0.1 · 5) = 0.05
+    ratio = lars_trust_ratio(w, g, trust_coefficient=0.02, weight_decay=0.1, eps=0.0)
+    assert ratio.shape == ()
+    assert ratio.item() == pytest.approx(0.05)
+    no_wd = lars_trust_ratio(w, g, trust_coefficient=0.02, weight_decay=0.0, eps=0.0)
+    assert no_wd.item() == pytest.approx(0.1 / 1.5)
+
+
+def test_trust_ratio_is_one_for_zero_weight_or_grad():
+    w = torch.tensor([[3.0, 4.0]])
+    zero = torch.zeros(1, 2)
+    assert lars_trust_ratio(zero, w, 0.001, 0.1).item() == 1.0
+    assert lars_trust_ratio(w, zero, 0.001, 0.1).item() == 1.0
+
+
+def _linear(weight: list[float], bias: float) -> nn.Linear:
+    layer = nn.Linear(2, 1).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([weight], dtype=torch.float64))
+        layer.bias.fill_(bias)
+    return layer
+
+
+def _set_grads(layer: nn.Linear, weight_grad: list[float], bias_grad: float) -> None:
+    layer.weight.grad = torch.tensor([weight_grad], dtype=torch.float64)
+    layer.bias.grad = torch.tensor([bias_grad], dtype=torch.float64)
+
+
+def test_lars_two_steps_match_hand_computed_updates():
+    lr, m, wd, tc = 0.1, 0.9, 0.1, 0.02
+    layer = _linear([3.0, 4.0], 0.5)
+    opt = LARS(layer.parameters(), lr=lr, momentum=m, weight_decay=wd, trust_coefficient=tc, eps=0)
+
+    # Step 1: ratio 0.05 (as above); d = 0.05 · (g + 0.1 w) = 0.05 · [1.2, 1.6] = [0.06, 0.08].
+    _set_grads(layer, [0.9, 1.2], 0.2)
+    opt.step()
+    assert layer.weight[0].tolist() == pytest.approx([2.994, 3.992])
+    # The bias is plain momentum SGD without weight decay: 0.5 − 0.1 · 0.2.
+    assert layer.bias.item() == pytest.approx(0.48)
+
+    # Step 2: w = 0.998 · [3, 4], ‖w‖ = 4.99; ratio = 0.02 · 4.99 / (1.5 + 0.499).
+    _set_grads(layer, [0.9, 1.2], -0.1)
+    opt.step()
+    ratio = 0.02 * 4.99 / (1.5 + 0.499)
+    d = [ratio * (0.9 + 0.1 * 2.994), ratio * (1.2 + 0.1 * 3.992)]
+    buf = [0.9 * 0.06 + d[0], 0.9 * 0.08 + d[1]]
+    assert layer.weight[0].tolist() == pytest.approx([2.994 - lr * buf[0], 3.992 - lr * buf[1]])
+    # Bias buffer 0.9 · 0.2 − 0.1 = 0.08.
+    assert layer.bias.item() == pytest.approx(0.48 - lr * 0.08)
+
+
+def test_lars_without_momentum_or_decay_keeps_no_state():
+    layer = _linear([3.0, 4.0], 0.5)
+    opt = LARS(layer.parameters(), lr=1.0, momentum=0.0, trust_coefficient=0.02, eps=0)
+    _set_grads(layer, [0.9, 1.2], 0.2)
+    layer.bias.grad = None  # skipped
+    opt.step()
+    # ratio = 0.02 · 5 / 1.5; w − ratio · g
+    ratio = 0.1 / 1.5
+    assert layer.weight[0].tolist() == pytest.approx([3 - ratio * 0.9, 4 - ratio * 1.2])
+    assert layer.bias.item() == 0.5
+    assert not opt.state
+
+
+def test_build_optimizer_lars_uses_client_config():
+    model = nn.Linear(3, 2)
+    cfg = ClientConfig(optimizer="lars", momentum=0.8, weight_decay=0.01, trust_coefficient=0.05)
+    opt = build_optimizer(model.parameters(), cfg, lr=2.0)
+    assert isinstance(opt, LARS)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (2.0, 0.8, 0.01)
+    assert group["trust_coefficient"] == 0.05
+
+
+# --- AdamW ---------------------------------------------------------------------------------
+
+
+def test_adamw_decays_weights_decoupled():
+    w0 = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    p = nn.Parameter(w0.clone())
+    opt = build_optimizer([p], ClientConfig(optimizer="adamw", weight_decay=0.5), lr=0.1)
+    assert isinstance(opt, torch.optim.AdamW)
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    # Zero gradient: the Adam step is 0, only the decoupled decay w ← w − lr·wd·w acts.
+    assert p.tolist() == pytest.approx((w0 * (1 - 0.1 * 0.5)).tolist())
+
+
+def test_unknown_optimizer_raises():
+    with pytest.raises(ValueError, match="lion"):
+        build_optimizer(nn.Linear(2, 1).parameters(), ClientConfig(optimizer="lion"))
+
+
+# --- learning-rate scaling -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "batch", "expected"),
+    [
+        ("none", 256, 0.1),
+        ("linear", 256, 0.8),
+        ("sqrt", 256, 0.1 * math.sqrt(8)),
+        ("linear", 16, 0.05),
+        ("sqrt", 8, 0.05),
+    ],
+)
+def test_scaled_lr(rule, batch, expected):
+    assert scaled_lr(0.1, batch, 32, rule) == pytest.approx(expected)
+
+
+def test_scaled_lr_rejects_unknown_rule_and_bad_batch():
+    with pytest.raises(ValueError, match="cubic"):
+        scaled_lr(0.1, 64, 32, "cubic")
+    with pytest.raises(ValueError):
+        scaled_lr(0.1, 0, 32, "linear")
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("step", "expected"), [(0, 0.0), (5, 0.05), (10, 0.1), (20, 0.1)])
+def test_linear_warmup_from_zero(step, expected):
+    lr = lr_at(step, lr=0.1, total_steps=100, warmup_steps=10)
+    assert lr == pytest.approx(expected)
+
+
+def test_warmup_start_is_a_fraction_of_the_target():
+    kw = dict(lr=0.1, total_steps=100, warmup_steps=10, warmup_start=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.01)
+    assert lr_at(5, **kw) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
+    assert lr_at(10, **kw) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 1.0), (9.9, 1.0), (10, 0.1), (15, 0.1), (20, 0.01), (99, 0.01)]
+)
+def test_step_schedule(step, expected):
+    kw = dict(lr=1.0, total_steps=100, schedule="step", gamma=0.1)
+    assert lr_at(step, milestones=(10, 20), **kw) == pytest.approx(expected)
+    assert lr_at(step, milestones=[20, 10], **kw) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1.0),
+        (25, 0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2),
+        (50, 0.55),
+        (100, 0.1),
+        (150, 0.1),
+    ],
+)
+def test_cosine_schedule(step, expected):
+    lr = lr_at(step, lr=1.0, total_steps=100, schedule="cosine", min_lr=0.1)
+    assert lr == pytest.approx(expected)
+
+
+def test_warmup_multiplies_the_cosine_schedule():
+    kw = dict(lr=1.0, total_steps=100, schedule="cosine", warmup_steps=10)
+    assert lr_at(0, **kw) == 0.0
+    assert lr_at(5, **kw) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.05)) / 2)
+    assert lr_at(10, **kw) == pytest.approx((1 + math.cos(math.pi * 0.1)) / 2)
+
+
+def test_lr_at_rejects_unknown_schedule_and_empty_cosine():
+    with pytest.raises(ValueError, match="linear"):
+        lr_at(0, lr=0.1, total_steps=10, schedule="linear")
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_at(0, lr=0.1, total_steps=0, schedule="cosine")
+
+
+# --- AdaScale ------------------------------------------------------------------------------
+
+
+def test_adascale_gain_formula():
+    # (3 + 1) / (3/4 + 1) = 16/7
+    assert adascale_gain(3.0, 1.0, 4.0) == pytest.approx(16 / 7)
+
+
+def test_adascale_gain_limits():
+    assert adascale_gain(3.0, 1.0, 1.0) == pytest.approx(1.0)
+    assert adascale_gain(3.0, 0.0, 8.0) == pytest.approx(8.0)  # pure noise
+    assert adascale_gain(0.0, 0.0, 8.0) == 8.0
+    assert adascale_gain(0.0, 2.0, 8.0) == pytest.approx(1.0)  # no noise
+
+
+def test_adascale_gain_clamps_negative_estimates():
+    assert adascale_gain(-1.0, 2.0, 4.0) == pytest.approx(1.0)
+    assert adascale_gain(2.0, -1.0, 4.0) == pytest.approx(4.0)
+    assert 1.0 <= adascale_gain(1e-12, 1e12, 4.0) <= 4.0
+    with pytest.raises(ValueError):
+        adascale_gain(1.0, 1.0, 0.5)
