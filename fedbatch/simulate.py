@@ -112,6 +112,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto or cpu (no CUDA device is visible)")
     workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
+    if cfg.client.precision == "fp16" and workload.device.type != "cuda":
+        raise ConfigError("client.precision", "fp16", "fp32 or bf16 without a CUDA device")
     smallest = min(len(p) for p in workload.partitions)
     if cfg.model.norm == "batch" and smallest < 2:
         raise ConfigError(

@@ -173,8 +173,11 @@ def batch_config(raw: Mapping[str, Any]) -> BatchConfig:
     maximum = batch_size_value("batch.max", raw.get("max", d.max))
     if isinstance(maximum, int) and maximum < minimum:
         raise ConfigError("batch.max", maximum, f"'full' or an integer >= batch.min={minimum}")
+    name = choice("batch", raw.get("name", d.name), BATCH_SCHEDULES)
+    if name == "ramp" and not isinstance(maximum, int):
+        raise ConfigError("batch.max", maximum, "an integer with batch=ramp (the ramp's end)")
     return BatchConfig(
-        name=choice("batch", raw.get("name", d.name), BATCH_SCHEDULES),
+        name=name,
         max=maximum,
         min=minimum,
         milestones=_rounds("batch.milestones", raw.get("milestones", [])),

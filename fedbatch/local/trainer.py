@@ -125,10 +125,9 @@ def train_local(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
     min_batch = 2 if _uses_batchnorm(model) else 1
-    autocast = _autocast(x.device, opts.precision)
+    autocast = autocast_context(x.device, opts.precision)
     scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    tally = _Tally(x.device)
     norms: list[torch.Tensor] = []
     layer_sums = torch.zeros(len(params), device=x.device) if opts.layer_norms else None
     lrs: list[float] = []
@@ -156,8 +155,7 @@ def train_local(
                 )
                 objective = objective + 0.5 * opts.prox_mu * distance * len(micro_y) / len(targets)
             (scaler.scale(objective) if scaler else objective).backward()
-            loss_sum += loss.detach().float() * len(micro_y)
-            correct += (logits.detach().argmax(dim=1) == micro_y).sum()
+            tally.add(loss, logits, micro_y)
         if scaler is not None:
             scaler.unscale_(optimizer)
         if opts.grad_norms:
@@ -174,7 +172,42 @@ def train_local(
         if clock is not None:
             clock.compute += clock.lap()
     times = StepTimes(clock.data, clock.compute) if clock else None
-    return _result(steps, seen, loss_sum, correct, norms, layer_sums, names, lrs, times)
+    tally.flush()
+    return _result(steps, seen, tally.loss_sum, tally.correct, norms, layer_sums, names, lrs, times)
+
+
+class _Tally:
+    """Training loss and correct predictions, kept per step and reduced in chunks: no
+    reduction ops on the per-step hot path, and a bounded number of logits held."""
+
+    MAX_STEPS, MAX_LOGITS = 64, 1 << 20
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.logits: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.held = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.sizes.append(len(targets))
+        self.logits.append(logits.detach())
+        self.targets.append(targets)
+        self.held += logits.numel()
+        if len(self.losses) >= self.MAX_STEPS or self.held >= self.MAX_LOGITS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.losses:
+            return
+        sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.loss_sum.device)
+        self.loss_sum += (torch.stack(self.losses).float() * sizes).sum()
+        predictions = torch.cat(self.logits).argmax(dim=1)
+        self.correct += (predictions == torch.cat(self.targets)).sum()
+        self.losses, self.sizes, self.logits, self.targets, self.held = [], [], [], [], 0
 
 
 def _micro_batches(
@@ -191,7 +224,7 @@ def _micro_batches(
     return pairs
 
 
-def _autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+def autocast_context(device: torch.device, precision: str) -> AbstractContextManager[Any]:
     if precision == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -1,0 +1,145 @@
+"""`python -m fedbatch.calibrate [--batch-sizes 1,2,...] [--variants ...] [--budget-mb M]
+[--out DIR] [Hydra overrides]`: measure what a training step of the configured model costs
+at each batch size B, on this machine's CPU (and CUDA with `device=cuda`).
+
+For each variant (fp32; bf16 autocast; activation checkpointing; both) it prints step time,
+samples per second and memory (weights + gradients + optimizer state + activations saved
+for backward), the largest B within `--budget-mb`, and writes `calibration.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedbatch.config import ConfigError, RunConfig, build_config
+from fedbatch.simulate import CONF_DIR, check_overrides, fail
+
+VARIANTS = {
+    "fp32": ("fp32", False),
+    "bf16": ("bf16", False),
+    "checkpointing": ("fp32", True),
+    "bf16+checkpointing": ("bf16", True),
+}
+MB = 2**20
+
+
+def _compose(overrides: list[str]) -> RunConfig:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    check_overrides(overrides)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        raw = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    try:
+        return build_config(raw)  # type: ignore[arg-type]
+    except ConfigError as error:
+        fail(str(error))
+    raise AssertionError("unreachable")
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        fail(f"--batch-sizes={text!r} is invalid: allowed comma-separated integers >= 1")
+    return sizes
+
+
+def calibrate(
+    cfg: RunConfig, batch_sizes: list[int], variants: list[str], repeats: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Profiles per variant; batch sizes beyond the training set are skipped."""
+    import torch
+
+    from fedbatch.federated.workload import build_workload
+    from fedbatch.local.optim import build_optimizer
+    from fedbatch.local.profile import profile_step
+
+    workload = build_workload(cfg)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for variant in variants:
+        precision, checkpointing = VARIANTS[variant]
+        model_cfg = dataclasses.replace(cfg.model, checkpointing=checkpointing)
+        workload_variant = dataclasses.replace(
+            workload, cfg=dataclasses.replace(cfg, model=model_cfg)
+        )
+        rows = []
+        for batch_size in (b for b in batch_sizes if b <= len(workload.x_train)):
+            model = workload_variant.initial_model()
+            optimizer = build_optimizer(model.parameters(), cfg.client)
+            generator = torch.Generator().manual_seed(batch_size)
+            index = torch.randperm(len(workload.x_train), generator=generator)[:batch_size]
+            index = index.to(workload.device)
+            x, y = workload.x_train[index], workload.y_train[index]
+            step = profile_step(model, optimizer, x, y, precision=precision, repeats=repeats)
+            rows.append(dataclasses.asdict(step) | {"peak_bytes": step.peak_bytes})
+        results[variant] = rows
+    return results
+
+
+def _table(results: dict[str, list[dict[str, Any]]], device: str) -> Table:
+    table = Table(title=f"one training step on {device}: time and memory by batch size")
+    for column in ("variant", "B", "ms/step", "samples/s", "activations MB", "total MB"):
+        table.add_column(column, justify="right")
+    for variant, rows in results.items():
+        for row in rows:
+            table.add_row(
+                variant,
+                str(row["batch_size"]),
+                f"{row['seconds'] * 1e3:.3f}",
+                f"{row['batch_size'] / row['seconds']:.0f}",
+                f"{row['activation_bytes'] / MB:.3f}",
+                f"{row['peak_bytes'] / MB:.3f}",
+            )
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedbatch.calibrate", description=__doc__)
+    parser.add_argument("--batch-sizes", default=",".join(str(2**i) for i in range(11)))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-mb", type=float, default=None)
+    parser.add_argument("--out", type=Path, default=Path("outputs/calibration"))
+    args, overrides = parser.parse_known_args(argv)
+    variants = args.variants.split(",")
+    for variant in variants:
+        if variant not in VARIANTS:
+            fail(f"--variants={variant!r} is invalid: allowed one of {', '.join(VARIANTS)}")
+    cfg = _compose(overrides)
+    from fedbatch.federated.workload import resolve_device
+
+    device = resolve_device(cfg.device)
+    results = calibrate(cfg, _batch_sizes(args.batch_sizes), variants, max(1, args.repeats))
+    console = Console()
+    console.print(_table(results, str(device)))
+    output: dict[str, Any] = {"device": str(device), "model": dataclasses.asdict(cfg.model)}
+    output["variants"] = results
+    if args.budget_mb is not None:
+        from fedbatch.local.profile import StepProfile, largest_batch_within
+
+        budget = int(args.budget_mb * MB)
+        largest = {}
+        for variant, rows in results.items():
+            fields = {f.name for f in dataclasses.fields(StepProfile)}
+            profiles = [StepProfile(**{k: r[k] for k in fields}) for r in rows]
+            largest[variant] = largest_batch_within(profiles, budget)
+            console.print(f"largest B within {args.budget_mb:g} MB, {variant}: {largest[variant]}")
+        output["budget_mb"], output["largest_batch"] = args.budget_mb, largest
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "calibration.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
+    console.print(f"wrote {args.out / 'calibration.json'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
