@@ -25,7 +25,7 @@ from fedbatch.config import RunConfig
 
 # Runs of the same seed must agree on accuracy; the engines differ only by float order.
 ACCURACY_TOLERANCE = 0.01
-SAME_WORK = ("plain", "inprocess", "ray")
+SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on")
 
 
 def run_once(runner: str, cfg: RunConfig) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
     for _ in range(repeats):
         for runner in runners:  # interleaved: every repeat sees every runner
-            runs[runner].append(run_once(runner, cfg))
+            runs[runner].append(run_once(*case.runner_config(runner)))
     results = {runner: summarize(runs[runner], cfg) for runner in runners}
     baseline = results.get("plain", {}).get("seconds")
     for result in results.values():

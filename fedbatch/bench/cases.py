@@ -15,9 +15,16 @@ class BenchCase:
     raw: dict[str, Any]
     runners: tuple[str, ...] = ("plain", "inprocess", "ray", "flower", "pfl")
     registered: tuple[int, ...] = field(default=())  # scale case: registered client counts
+    # Runner variants: name → (runner, config sections replaced for that runner).
+    variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     def config(self, **top: Any) -> RunConfig:
         return build_config(self.raw | {"progress": "off"} | top)
+
+    def runner_config(self, runner: str) -> tuple[str, RunConfig]:
+        """The runner to start and its config, for a plain runner name or a variant."""
+        base, sections = self.variants.get(runner, (runner, {}))
+        return base, self.config(**sections)
 
 
 SMALL = BenchCase(
@@ -80,4 +87,18 @@ SCALE = BenchCase(
     registered=(100, 1_000, 10_000),
 )
 
-CASES = {case.name: case for case in (SMALL, PFL, SCALE)}
+_PROBES_OFF = {"grad_norm": 0}
+_PROBES_ON = {"grad_norm": 1, "layer_norms": True, "noise_scale": 1, "updates": 1}
+PROBES = BenchCase(
+    name="probes",
+    description="the small case with the per-step gradient norm (default), with every "
+    "probe off, and with the per-round probes on: what monitoring costs",
+    raw=SMALL.raw,
+    runners=("plain", "inprocess", "probes-off", "probes-on"),
+    variants={
+        "probes-off": ("inprocess", {"monitor": _PROBES_OFF}),
+        "probes-on": ("inprocess", {"monitor": _PROBES_ON}),
+    },
+)
+
+CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES)}

@@ -60,7 +60,7 @@ def adaptive_batch_size(cfg: BatchConfig, previous: int, noise: NoiseEstimate | 
     if noise is None or math.isnan(noise.b_simple):
         return previous
     target = noise.b_simple if cfg.rule == "simple" else noise.b_simple / cfg.theta**2
-    return max(previous, min(math.ceil(target), math.floor(previous * cfg.growth)))
+    return max(previous, min(math.ceil(target), math.ceil(previous * cfg.growth)))
 
 
 def bounded(cfg: BatchConfig, batch_size: int) -> int:

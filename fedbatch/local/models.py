@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -18,10 +21,11 @@ class _GhostBatchNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or len(x) <= self.ghost:  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
+        normalize = super().forward  # type: ignore[misc]  # (bound here: no super() in comprehensions before 3.12)
         chunks = list(x.split(self.ghost))
         if len(chunks[-1]) < 2:  # BatchNorm cannot normalize a single sample
             chunks[-2:] = [torch.cat(chunks[-2:])]
-        return torch.cat([super().forward(chunk) for chunk in chunks])  # type: ignore[misc]
+        return torch.cat([normalize(chunk) for chunk in chunks])
 
 
 class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
@@ -46,8 +50,28 @@ class Block(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(super().forward, x, use_reentrant=False)
+            return checkpoint(
+                super().forward,
+                x,
+                use_reentrant=False,
+                context_fn=lambda: (nullcontext(), _statistics_kept(self)),
+            )
         return super().forward(x)
+
+
+@contextmanager
+def _statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Undo what a checkpointed block's recomputation in backward does to BatchNorm
+    running statistics, so they are updated once per step, as without checkpointing."""
+    buffers = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers()]  # fmt: skip
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
 
 
 def _block(cfg: ModelConfig, *layers: nn.Module) -> Block:

@@ -51,7 +51,7 @@ def plan_round(
     batch = client_batch_size(
         cfg.batch, plan.batch_size, client.batch_size, partition_id, num_examples, mean_examples
     )
-    effective = batch * client.accumulate
+    effective = min(batch * client.accumulate, num_examples)
     per_round = steps_per_round(cfg, num_examples, effective)
     lr = scaled_lr(client.lr, effective, client.base_batch_size, client.lr_scaling)
     regularization = (effective / client.base_batch_size) ** _EXPONENT[client.regularization]

@@ -96,10 +96,11 @@ def test_adaptive_rounds_a_fractional_target_up():
     assert adaptive_batch_size(cfg, 16, noise) == 51
 
 
-def test_adaptive_growth_floors_a_fractional_factor():
+def test_adaptive_growth_rounds_a_fractional_factor_up():
     cfg = _batch(name="adaptive", rule="simple", growth=1.5)
     noise = NoiseEstimate(grad_sq=1.0, trace=1000.0)
-    assert adaptive_batch_size(cfg, 7, noise) == 10  # floor(10.5)
+    assert adaptive_batch_size(cfg, 7, noise) == 11  # ceil(10.5)
+    assert adaptive_batch_size(cfg, 1, noise) == 2  # B=1 still grows with growth < 2
 
 
 def test_adaptive_never_shrinks():

@@ -58,11 +58,6 @@ def test_linear_scaling_below_the_base_batch_lowers_the_lr():
     assert _plan(cfg).lr == pytest.approx(0.1, rel=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="effective_batch_size = B·accumulate even when B·accumulate exceeds the client's "
-    "data: the optimizer step sees only n samples, but the LR is scaled by B·k/B_base",
-)
 def test_effective_batch_never_exceeds_the_clients_data():
     client = {"batch_size": 32, "accumulate": 4, "base_batch_size": 32, "lr_scaling": "linear"}
     cfg = _cfg(client=client)

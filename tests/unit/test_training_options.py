@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 
 import pytest
 import torch
@@ -92,19 +91,6 @@ def _randomize_affine(bn: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
         bn.bias.copy_(torch.randn(bn.num_features, generator=g))
 
 
-# Zero-argument super() inside a list comprehension fails before Python 3.12 (PEP 709 inlined
-# comprehensions): the comprehension is its own function, so super() sees no `self`.
-ghost_bug = pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    raises=TypeError,
-    reason="_GhostBatchNorm.forward calls super().forward inside a list comprehension: "
-    "TypeError 'super(type, obj): obj must be an instance' on Python < 3.12 whenever a "
-    "training batch is larger than model.ghost_batch",
-)
-
-
-@ghost_bug
 def test_ghost_batchnorm1d_normalizes_each_chunk_on_its_own():
     ghost = GhostBatchNorm1d(5, ghost=4)
     _randomize_affine(ghost, 0)
@@ -140,7 +126,6 @@ def test_ghost_batchnorm1d_in_eval_is_plain_batchnorm_eval():
     torch.testing.assert_close(ghost(x), expected * ghost.weight + ghost.bias)
 
 
-@ghost_bug
 def test_ghost_batchnorm_folds_a_single_sample_tail():
     ghost = GhostBatchNorm1d(3, ghost=4)
     reference = nn.BatchNorm1d(3)
@@ -159,7 +144,6 @@ def test_ghost_batch_at_most_ghost_samples_is_plain_batchnorm():
     assert int(ghost.num_batches_tracked) == 1
 
 
-@ghost_bug
 def test_ghost_batchnorm2d_normalizes_each_chunk_on_its_own():
     ghost = GhostBatchNorm2d(3, ghost=2)
     _randomize_affine(ghost, 6)
@@ -172,7 +156,6 @@ def test_ghost_batchnorm2d_normalizes_each_chunk_on_its_own():
     torch.testing.assert_close(ghost.running_var, reference.running_var)
 
 
-@ghost_bug
 def test_training_a_model_with_ghost_batch_norm():
     cfg = ModelConfig(name="mlp", hidden=(8,), norm="batch", ghost_batch=4)
     model = build_model(cfg, (10,), 3)
@@ -225,11 +208,6 @@ def test_checkpointing_keeps_keys_and_gradients(raw, shape):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpointing recomputes a Block's forward in backward, in train mode, so "
-    "every BatchNorm inside updates its running statistics twice per step",
-)
 def test_checkpointing_updates_batchnorm_running_stats_once():
     raw = {"name": "mlp", "hidden": (8,), "norm": "batch"}
     plain = build_model(ModelConfig(**raw), (5,), 3)
