@@ -27,6 +27,10 @@ class BenchCase:
         return base, self.config(**sections)
 
 
+# The same work as the plain loop, which measures nothing per step.
+_PROBES_OFF = {"grad_norm": 0}
+_EQUAL_WORK = {"probes-off": ("inprocess", {"monitor": _PROBES_OFF})}
+
 SMALL = BenchCase(
     name="small",
     description="10 clients × 5 rounds × 20 steps, B=32, MLP 60-256-256-10 (84k params)",
@@ -42,6 +46,8 @@ SMALL = BenchCase(
         # Evaluate the final model only, as every runner does.
         "eval": {"every": 1000, "initial": False},
     },
+    runners=("plain", "inprocess", "probes-off", "ray", "flower", "pfl"),
+    variants=_EQUAL_WORK,
 )
 
 PFL = BenchCase(
@@ -60,7 +66,8 @@ PFL = BenchCase(
         "strategy": {"name": "fedavg"},
         "eval": {"every": 1000, "initial": False},
     },
-    runners=("plain", "inprocess", "ray", "flower", "pfl"),
+    runners=("plain", "inprocess", "probes-off", "ray", "flower", "pfl"),
+    variants=_EQUAL_WORK,
 )
 
 SCALE = BenchCase(
@@ -87,7 +94,6 @@ SCALE = BenchCase(
     registered=(100, 1_000, 10_000),
 )
 
-_PROBES_OFF = {"grad_norm": 0}
 _PROBES_ON = {"grad_norm": 1, "layer_norms": True, "noise_scale": 1, "updates": 1}
 PROBES = BenchCase(
     name="probes",
@@ -95,10 +101,7 @@ PROBES = BenchCase(
     "probe off, and with the per-round probes on: what monitoring costs",
     raw=SMALL.raw,
     runners=("plain", "inprocess", "probes-off", "probes-on"),
-    variants={
-        "probes-off": ("inprocess", {"monitor": _PROBES_OFF}),
-        "probes-on": ("inprocess", {"monitor": _PROBES_ON}),
-    },
+    variants=_EQUAL_WORK | {"probes-on": ("inprocess", {"monitor": _PROBES_ON})},
 )
 
 CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES)}

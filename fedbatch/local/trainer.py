@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.local.batches import batch_schedule
-from fedbatch.local.probes import gradient_norm, layer_gradient_norms
+from fedbatch.local.tally import StepTally
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def _gathered(
     """(inputs, targets) per step; with `prefetch`, the next batch is gathered meanwhile."""
 
     def gather(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index.to(x.device, non_blocking=True)
+        if index.device != x.device:
+            index = index.to(x.device, non_blocking=True)
         return x[index], y[index]
 
     if not prefetch:
@@ -127,22 +128,18 @@ def train_local(
     min_batch = 2 if _uses_batchnorm(model) else 1
     autocast = autocast_context(x.device, opts.precision)
     scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
-    tally = _Tally(x.device)
-    norms: list[torch.Tensor] = []
-    layer_sums = torch.zeros(len(params), device=x.device) if opts.layer_norms else None
+    tally = StepTally(x.device, opts.grad_norms, opts.layer_norms)
     lrs: list[float] = []
-    seen = 0
     clock = _Clock(x.device) if opts.timing else None
     step_size = opts.batch_size * opts.accumulate
     schedule = batch_schedule(
         len(x), step_size, generator, epochs=opts.epochs, steps=opts.steps, min_batch=min_batch
     )
-    steps = 0
     for inputs, targets in _gathered(x, y, schedule, opts.prefetch):
         if clock is not None:
             clock.data += clock.lap()
         if opts.lr_at is not None:
-            lrs.append(_set_lr(optimizer, opts.lr_at(steps)))
+            lrs.append(_set_lr(optimizer, opts.lr_at(tally.steps)))
         optimizer.zero_grad(set_to_none=True)
         for micro_x, micro_y in _micro_batches(inputs, targets, opts, min_batch):
             with autocast:
@@ -155,59 +152,32 @@ def train_local(
                 )
                 objective = objective + 0.5 * opts.prox_mu * distance * len(micro_y) / len(targets)
             (scaler.scale(objective) if scaler else objective).backward()
-            tally.add(loss, logits, micro_y)
+            tally.add_batch(loss, logits, micro_y)
         if scaler is not None:
             scaler.unscale_(optimizer)
-        if opts.grad_norms:
-            norms.append(gradient_norm(params))
-        if layer_sums is not None:
-            layer_sums += layer_gradient_norms(params)
+        tally.add_step(params)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
-        seen += len(targets)
-        steps += 1
         if clock is not None:
             clock.compute += clock.lap()
-    times = StepTimes(clock.data, clock.compute) if clock else None
-    tally.flush()
-    return _result(steps, seen, tally.loss_sum, tally.correct, norms, layer_sums, names, lrs, times)
-
-
-class _Tally:
-    """Training loss and correct predictions, kept per step and reduced in chunks: no
-    reduction ops on the per-step hot path, and a bounded number of logits held."""
-
-    MAX_STEPS, MAX_LOGITS = 64, 1 << 20
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.losses: list[torch.Tensor] = []
-        self.sizes: list[int] = []
-        self.logits: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        self.held = 0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.losses.append(loss.detach())
-        self.sizes.append(len(targets))
-        self.logits.append(logits.detach())
-        self.targets.append(targets)
-        self.held += logits.numel()
-        if len(self.losses) >= self.MAX_STEPS or self.held >= self.MAX_LOGITS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.losses:
-            return
-        sizes = torch.tensor(self.sizes, dtype=torch.float32).to(self.loss_sum.device)
-        self.loss_sum += (torch.stack(self.losses).float() * sizes).sum()
-        predictions = torch.cat(self.logits).argmax(dim=1)
-        self.correct += (predictions == torch.cat(self.targets)).sum()
-        self.losses, self.sizes, self.logits, self.targets, self.held = [], [], [], [], 0
+    measured = tally.summary()
+    if not tally.samples:
+        nan = float("nan")
+        return LocalResult(0, 0, nan, nan, nan, nan)
+    return LocalResult(
+        steps=tally.steps,
+        examples_seen=tally.samples,
+        loss=measured.loss,
+        accuracy=measured.accuracy,
+        grad_norm_mean=measured.grad_norm_mean,
+        grad_norm_max=measured.grad_norm_max,
+        layer_grad_norms=dict(zip(names, measured.layer_grad_norms, strict=False)),
+        lr_mean=sum(lrs) / len(lrs) if lrs else float("nan"),
+        times=StepTimes(clock.data, clock.compute) if clock else None,
+    )
 
 
 def _micro_batches(
@@ -235,37 +205,6 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
-
-
-def _result(
-    steps: int,
-    seen: int,
-    loss_sum: torch.Tensor,
-    correct: torch.Tensor,
-    norms: list[torch.Tensor],
-    layer_sums: torch.Tensor | None,
-    names: Sequence[str],
-    lrs: list[float],
-    times: StepTimes | None,
-) -> LocalResult:
-    nan = float("nan")
-    if not seen:
-        return LocalResult(0, 0, nan, nan, nan, nan)
-    stacked = torch.stack(norms) if norms else None
-    layers = {}
-    if layer_sums is not None:
-        layers = dict(zip(names, (layer_sums / steps).tolist(), strict=True))
-    return LocalResult(
-        steps=steps,
-        examples_seen=seen,
-        loss=float(loss_sum) / seen,
-        accuracy=float(correct) / seen,
-        grad_norm_mean=float(stacked.mean()) if stacked is not None else nan,
-        grad_norm_max=float(stacked.max()) if stacked is not None else nan,
-        layer_grad_norms=layers,
-        lr_mean=sum(lrs) / len(lrs) if lrs else nan,
-        times=times,
-    )
 
 
 @torch.no_grad()

@@ -1,0 +1,88 @@
+"""Per-step training measurements, kept off the hot path (pure torch, no Flower).
+
+Each step only appends tensors it already has (the loss, the logits) and, when gradient
+norms are on, one fused `_foreach_norm` over the gradients. Reductions run every
+`MAX_STEPS` steps (or when the held logits grow large) and never sync the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TallySummary:
+    loss: float  # mean training loss per sample
+    accuracy: float
+    grad_norm_mean: float  # L2 norm of the whole gradient, mean and max over steps
+    grad_norm_max: float
+    layer_grad_norms: list[float]  # mean norm per parameter tensor (when asked for)
+
+
+class StepTally:
+    MAX_STEPS, MAX_LOGITS = 64, 1 << 20
+
+    def __init__(self, device: torch.device, grad_norms: bool, layer_norms: bool) -> None:
+        self.grad_norms, self.layer_norms = grad_norms or layer_norms, layer_norms
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.norm_sum = torch.zeros((), device=device)
+        self.norm_max = torch.zeros((), device=device)
+        self.layer_sum: torch.Tensor | None = None
+        self.samples = self.steps = self.held = 0
+        self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._norms: list[list[torch.Tensor]] = []
+        self._zero = torch.zeros((), device=device)
+
+    def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """A (micro-)batch's mean loss and logits; kept as they are and reduced later
+        without gradient tracking, so no detach or reduction runs per step."""
+        self._batches.append((loss, logits, targets))
+        self.samples += len(targets)
+        self.held += logits.numel()
+
+    def add_step(self, params: Sequence[torch.Tensor]) -> None:
+        """One optimizer step; records its gradients' norms when they are measured."""
+        self.steps += 1
+        if self.grad_norms:
+            grads = [p.grad if p.grad is not None else self._zero for p in params]
+            self._norms.append(list(torch._foreach_norm(grads)))
+        if len(self._batches) >= self.MAX_STEPS or self.held >= self.MAX_LOGITS:
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        if self._batches:
+            losses, logits, targets = zip(*self._batches, strict=True)
+            sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32)
+            self.loss_sum += (torch.stack(losses).float() * sizes.to(self.loss_sum.device)).sum()
+            predictions = torch.cat(logits).argmax(dim=1)
+            self.correct += (predictions == torch.cat(targets)).sum()
+            self._batches, self.held = [], 0
+        if self._norms:
+            per_tensor = torch.stack([torch.stack(row) for row in self._norms]).float()
+            per_step = per_tensor.pow(2).sum(dim=1).sqrt()
+            self.norm_sum += per_step.sum()
+            self.norm_max = torch.maximum(self.norm_max, per_step.max())
+            if self.layer_norms:
+                layers = per_tensor.sum(dim=0)
+                self.layer_sum = layers if self.layer_sum is None else self.layer_sum + layers
+            self._norms = []
+
+    def summary(self) -> TallySummary:
+        self.flush()
+        nan = float("nan")
+        if not self.samples:
+            return TallySummary(nan, nan, nan, nan, [])
+        measured = self.grad_norms and self.steps > 0
+        layers = (self.layer_sum / self.steps).tolist() if self.layer_sum is not None else []
+        return TallySummary(
+            loss=float(self.loss_sum) / self.samples,
+            accuracy=float(self.correct) / self.samples,
+            grad_norm_mean=float(self.norm_sum) / self.steps if measured else nan,
+            grad_norm_max=float(self.norm_max) if measured else nan,
+            layer_grad_norms=layers,
+        )
