@@ -68,6 +68,8 @@ RUNNERS: dict[str, Callable[[RunConfig, Workload], float]] = {
 }
 
 
+ENGINE_MODULES = {"inprocess": "fedbatch.engine.inprocess", "ray": "fedbatch.engine.ray"}
+
 # Runners with heavier imports (Ray's simulation app, pfl), loaded only when asked for.
 OPTIONAL_RUNNERS = {"flower": "fedbatch.bench.vanilla_flower", "pfl": "fedbatch.bench.pfl_runner"}
 
@@ -80,6 +82,8 @@ def main(argv: list[str]) -> None:
     runner, config_json = argv
     if runner in OPTIONAL_RUNNERS:
         RUNNERS[runner] = import_module(OPTIONAL_RUNNERS[runner]).run
+    if runner in ENGINE_MODULES:  # imports are not part of the timing, for any runner
+        import_module(ENGINE_MODULES[runner])
     cfg = config_from_json(config_json)
     workload = workload_for(cfg.to_json())  # data generation is not part of the timing
     # Torch imports its compiler stack (seconds) at the first optimizer; every runner

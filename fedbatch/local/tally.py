@@ -63,7 +63,9 @@ class StepTally:
             self.correct += (predictions == torch.cat(targets)).sum()
             self._batches, self.held = [], 0
         if self._norms:
-            per_tensor = torch.stack([torch.stack(row) for row in self._norms]).float()
+            rows = len(self._norms)
+            per_tensor = torch.stack([n for row in self._norms for n in row]).view(rows, -1)
+            per_tensor = per_tensor.float()
             per_step = per_tensor.pow(2).sum(dim=1).sqrt()
             self.norm_sum += per_step.sum()
             self.norm_max = torch.maximum(self.norm_max, per_step.max())
