@@ -48,7 +48,11 @@ def _spec(cwd: Path, case: str, runner: str) -> tuple[str, str]:
 
 
 def _seconds(cwd: Path, runner: str, config: str) -> float:
-    code = "import runpy, sys; runpy.run_module('fedbatch.bench.runners', run_name='__main__')"
+    # Both sides import the engines before the timer, whatever their runner does.
+    code = (
+        "import runpy, fedbatch.engine.inprocess\n"
+        "runpy.run_module('fedbatch.bench.runners', run_name='__main__')"
+    )
     return float(json.loads(_python(cwd, code, runner, config))["seconds"])
 
 
