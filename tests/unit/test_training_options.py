@@ -31,6 +31,12 @@ def _mlp(features: int = 10, classes: int = 3, seed: int = 2) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, classes))
 
 
+def _sgd_round(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options):
+    """One round of local training with plain SGD at lr 0.1 and the test's shuffle seed."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return train_local(model, optimizer, x, y, generator=_generator(), **options)
+
+
 def _assert_same_weights(a: nn.Module, b: nn.Module, rtol: float = 1e-5, atol: float = 1e-7):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -258,15 +264,7 @@ def test_bf16_differs_from_fp32_but_only_slightly():
 def test_grad_norms_off_reports_nan():
     x, y = _data(n=40)
     model = _mlp()
-    result = train_local(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        x,
-        y,
-        generator=_generator(),
-        batch_size=8,
-        grad_norms=False,
-    )
+    result = _sgd_round(model, x, y, batch_size=8, grad_norms=False)
     assert result.steps == 5
     assert math.isnan(result.grad_norm_mean) and math.isnan(result.grad_norm_max)
     assert result.layer_grad_norms == {}
@@ -280,15 +278,7 @@ def test_layer_norms_match_a_hand_computation_on_one_step():
     loss = F.cross_entropy(model(x), y)
     grads = torch.autograd.grad(loss, params)
     names = [n for n, _ in model.named_parameters()]
-    result = train_local(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        x,
-        y,
-        generator=_generator(),
-        batch_size=len(x),
-        layer_norms=True,
-    )
+    result = _sgd_round(model, x, y, batch_size=len(x), layer_norms=True)
     assert result.steps == 1
     assert list(result.layer_grad_norms) == names == ["0.weight", "0.bias", "2.weight", "2.bias"]
     for name, grad in zip(names, grads, strict=True):
@@ -328,15 +318,7 @@ def test_layer_norms_are_means_over_steps():
 def test_timing_reports_data_and_compute_seconds():
     x, y = _data(n=64)
     model = _mlp()
-    result = train_local(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        x,
-        y,
-        generator=_generator(),
-        batch_size=8,
-        timing=True,
-    )
+    result = _sgd_round(model, x, y, batch_size=8, timing=True)
     assert result.times is not None
     assert result.times.data >= 0.0
     assert result.times.compute > 0.0
