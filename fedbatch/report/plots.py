@@ -181,3 +181,25 @@ def plot_time(runs: list[RunRecord], out_dir: Path) -> Path | None:
     """Test accuracy against measured wall-clock time since the run started."""
     labels = ("Test accuracy vs wall-clock time", "elapsed seconds (measured)", "test accuracy")
     return _plot_metric(runs, out_dir / "time.png", "elapsed_seconds", "test_accuracy", labels)
+
+
+# Batch-size science: drawn only for runs that recorded them.
+_ROUND_METRICS = {
+    "batch_size": ("Batch size per round", "B (mean over clients)"),
+    "lr": ("Learning rate per round", "client LR (mean over steps and clients)"),
+    "noise_scale": ("Gradient noise scale", "B_simple = tr(Σ)/|G|² (running)"),
+    "grad_norm_mean": ("Gradient norm", "mean mini-batch gradient L2 norm"),
+}
+
+
+def _round_metric_plot(key: str) -> PlotFunction:
+    title, ylabel = _ROUND_METRICS[key]
+
+    def plot(runs: list[RunRecord], out_dir: Path) -> Path | None:
+        return _plot_metric(runs, out_dir / f"{key}.png", "round", key, (title, "round", ylabel))
+
+    return plot
+
+
+for _key in _ROUND_METRICS:
+    register_plot(_key)(_round_metric_plot(_key))
