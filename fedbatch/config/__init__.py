@@ -17,6 +17,7 @@ from fedbatch.config.sections import (
     StopConfig,
     StrategyConfig,
 )
+from fedbatch.config.stream import StreamConfig
 from fedbatch.config.training import (
     FULL_BATCH,
     OPTIMIZERS,
@@ -29,5 +30,5 @@ __all__ = [
     "DATASETS", "DEVICES", "ENGINES", "FULL_BATCH", "MODELS", "NORMS", "OPTIMIZERS",
     "PARTITIONS", "STRATEGIES", "BatchConfig", "ClientConfig", "ConfigError", "DataConfig",
     "EngineConfig", "EvalConfig", "ModelConfig", "MonitorConfig", "PartitionConfig",
-    "RunConfig", "StopConfig", "StrategyConfig", "build_config", "config_from_json",
+    "RunConfig", "StopConfig", "StrategyConfig", "StreamConfig", "build_config", "config_from_json",
 ]  # fmt: skip

@@ -30,6 +30,7 @@ from fedbatch.config.sections import (
     stop_config,
     strategy_config,
 )
+from fedbatch.config.stream import StreamConfig, stream_config
 from fedbatch.config.training import (
     BatchConfig,
     ClientConfig,
@@ -56,6 +57,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     stop: StopConfig = field(default_factory=StopConfig)
@@ -73,6 +75,7 @@ BUILDERS = {
     "client": client_config,
     "batch": batch_config,
     "monitor": monitor_config,
+    "stream": stream_config,
     "strategy": strategy_config,
     "engine": engine_config,
     "stop": stop_config,
@@ -100,6 +103,10 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
     if cfg.client.precision == "fp16" and cfg.device == "cpu":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 on device=cpu")
+    if cfg.eval.follow_drift and cfg.stream.drift not in ("covariate", "concept"):
+        raise ConfigError(
+            "eval.follow_drift", True, "false unless stream.drift=covariate or concept"
+        )
     if cfg.monitor.noise_exact and cfg.model.norm == "batch":
         raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
 
@@ -111,16 +118,20 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
         "", top, {"seed", "rounds", "num_clients", "clients_per_round", "device", "progress"}
     )
     num_clients = integer("num_clients", raw.get("num_clients", 10), 1)
+    rounds = integer("rounds", raw.get("rounds", 30), 1)
+    sections = {name: build(section(raw, name)) for name, build in BUILDERS.items()}
+    stream: StreamConfig = sections["stream"]
+    sections["stream"] = stream_config(section(raw, "stream"), rounds * stream.round_seconds)
     cfg = RunConfig(
         seed=integer("seed", raw.get("seed", 0), 0),
-        rounds=integer("rounds", raw.get("rounds", 30), 1),
+        rounds=rounds,
         num_clients=num_clients,
         clients_per_round=integer(
             "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
         ),
         device=choice("device", raw.get("device", "auto"), DEVICES),
         progress=choice("progress", on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
-        **{name: build(section(raw, name)) for name, build in BUILDERS.items()},
+        **sections,
     )
     _check_combinations(cfg)
     return cfg

@@ -89,6 +89,7 @@ class EvalConfig:
     every: int = 1
     batch_size: int = 1024
     initial: bool = True
+    follow_drift: bool = False  # the test set drifts with the stream (covariate, concept)
 
 
 # --- building -------------------------------------------------------------------------
@@ -211,4 +212,5 @@ def eval_config(raw: Mapping[str, Any]) -> EvalConfig:
         every=integer("eval.every", raw.get("every", 1), 1),
         batch_size=integer("eval.batch_size", raw.get("batch_size", 1024), 1),
         initial=boolean("eval.initial", raw.get("initial", True)),
+        follow_drift=boolean("eval.follow_drift", raw.get("follow_drift", False)),
     )
