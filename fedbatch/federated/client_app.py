@@ -16,6 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedbatch.data.stream import StreamRound
+from fedbatch.federated.client_stream import stream_batches
 from fedbatch.federated.records import (
     NUM_EXAMPLES,
     array_to_tensor,
@@ -109,6 +111,20 @@ def _metrics(task: _Task, plan: LocalPlan, result: LocalResult, probes: dict) ->
     return MetricRecord(values | probes)
 
 
+def _with_stream(metrics: MetricRecord, streamed: StreamRound, result: LocalResult) -> MetricRecord:
+    """Streaming fields; FedAvg weighs the client by the samples it holds (its local data)."""
+    values = dict(metrics) | {
+        NUM_EXAMPLES: max(1, streamed.held),
+        "samples_arrived": streamed.samples_arrived,
+        "samples_trained": streamed.samples_trained,
+        "wait_seconds": streamed.wait_seconds,
+        "prequential_samples": result.prequential_samples,
+        "prequential_loss": result.prequential_loss,
+        "prequential_accuracy": result.prequential_accuracy,
+    }
+    return MetricRecord(values)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     task = _setup(msg, context)
@@ -131,6 +147,12 @@ def train(msg: Message, context: Context) -> Message:
     optimizer = build_optimizer(model.parameters(), client_cfg, lr=plan.first_lr())
     if cfg.model.dropout > 0:
         set_dropout(model, plan.dropout)
+    batches, streamed = None, None
+    if cfg.stream.streaming:
+        batches, streamed = stream_batches(
+            task.workload, task.partition_id, task.server_round, plan.effective_batch_size, context
+        )
+    drifted = cfg.stream.drift in ("covariate", "concept")
     options = TrainOptions(
         batch_size=plan.batch_size,
         epochs=client_cfg.epochs,
@@ -144,6 +166,8 @@ def train(msg: Message, context: Context) -> Message:
         layer_norms=bool(config["layer-norms"]),
         timing=cfg.monitor.timing,
         prefetch=client_cfg.prefetch,
+        batches=batches,
+        transform=task.workload.drift().apply if drifted else None,
     )
     result = train_local(
         model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
@@ -151,6 +175,8 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.model.fedbn:
         _save_local_norms(model, context)
     metrics = _metrics(task, plan, result, probes)
+    if streamed is not None:
+        metrics = _with_stream(metrics, streamed, result)
     content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 

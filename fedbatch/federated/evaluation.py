@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
+
+from fedbatch.data.stream import ClientStream
 from fedbatch.federated.records import load_arrays
 from fedbatch.federated.workload import Workload
 from fedbatch.local.trainer import evaluate
@@ -19,6 +24,28 @@ class ServerEvaluation(Callback):
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
         self.model = workload.initial_model()
+        self.drifting = workload.cfg.eval.follow_drift
+
+    def test_set(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The central test set; with `eval.follow_drift` it drifts as the stream does at
+        the end of the round (without per-client stagger): during a gradual drift, that
+        fraction of its rows (a fixed seeded order) is in the new concept."""
+        w = self.workload
+        if not self.drifting:
+            return w.x_test, w.y_test
+        stream = w.cfg.stream
+        reference = ClientStream(
+            dataclasses.replace(stream, drift_stagger=0.0),
+            w.cfg.seed,
+            0,
+            w.dataset.y_test,
+            w.dataset.num_classes,
+        )
+        fraction = reference.concept_at(server_round * stream.round_seconds)
+        order = torch.randperm(len(w.y_test), generator=torch.Generator().manual_seed(w.cfg.seed))
+        concept = torch.zeros(len(w.y_test), dtype=torch.int8)
+        concept[order[: round(fraction * len(w.y_test))]] = 1
+        return w.drift().apply(w.x_test, w.y_test, concept.to(w.x_test.device))
 
     def _due(self, server_round: int) -> bool:
         cfg = self.workload.cfg
@@ -30,8 +57,8 @@ class ServerEvaluation(Callback):
         if not self._due(state.round):
             return
         load_arrays(self.model, state.arrays)
-        w = self.workload
-        loss, accuracy = evaluate(self.model, w.x_test, w.y_test, w.cfg.eval.batch_size)
+        x, y = self.test_set(state.round)
+        loss, accuracy = evaluate(self.model, x, y, self.workload.cfg.eval.batch_size)
         state.row["test_loss"] = loss
         state.row["test_accuracy"] = accuracy
         train_loss = state.row.get("train_loss")

@@ -26,10 +26,13 @@ ROW_KEYS = (
     "batch_size", "effective_batch_size", "lr", "lr_gain", "noise_grad_sq", "noise_trace",
     "noise_scale", "noise_scale_across", "noise_scale_exact", "sharpness", "hessian_top",
     "weight_norm", "update_norm_mean", "update_cosine_mean", "update_cosine_min",
-    "data_seconds", "compute_seconds",
+    "data_seconds", "compute_seconds", "virtual_seconds", "samples_arrived", "samples_trained",
+    "wait_seconds", "prequential_loss", "prequential_accuracy",
 )  # fmt: skip
 _FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "sharpness", "hessian_top")
 _FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
+_FROM_CLIENTS += ("samples_arrived", "samples_trained", "wait_seconds")
+_FROM_CLIENTS += ("prequential_loss", "prequential_accuracy")
 
 
 def _due(frequency: int, server_round: int) -> bool:
@@ -97,6 +100,8 @@ class RoundInstruments:
         row: dict[str, Any] = {k: metrics[k] for k in _FROM_CLIENTS if k in metrics}
         row |= {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
         row["lr_gain"] = self.plan.lr_gain
+        if self.cfg.stream.streaming:
+            row["virtual_seconds"] = server_round * self.cfg.stream.round_seconds
         if "noise_grad_sq" in metrics:
             self.noise.update(float(metrics["noise_grad_sq"]), float(metrics["noise_trace"]))
         if self.noise.count:

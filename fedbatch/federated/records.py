@@ -25,12 +25,15 @@ NUM_EXAMPLES = "num-examples"
 # How each client metric combines across clients: counts add up, maxima take the max,
 # per-sample and per-step means are weighted by what they average over, and the rest by
 # the client's dataset size (num-examples, FedAvg's weight).
-SUMMED = ("steps", "examples_seen", "data_seconds", "compute_seconds")
+SUMMED = ("steps", "examples_seen", "data_seconds", "compute_seconds", "samples_arrived")
+SUMMED += ("samples_trained", "wait_seconds", "prequential_samples")
 MAXED = ("grad_norm_max",)
 MEAN_WEIGHTS = {
     "train_loss": "examples_seen",
     "train_accuracy": "examples_seen",
     "grad_norm_mean": "steps",
+    "prequential_loss": "prequential_samples",
+    "prequential_accuracy": "prequential_samples",
 }
 
 

@@ -106,7 +106,10 @@ def run_rounds(
             messages = _address(messages, partition_of)
         return messages, list(grid.send_and_receive(messages)) if messages else []
 
-    notify(RoundState(0, arrays, dict.fromkeys(ROW_KEYS) | {"round": 0}))
+    start_row = dict.fromkeys(ROW_KEYS) | {"round": 0}
+    if cfg.stream.streaming:
+        start_row["virtual_seconds"] = 0.0
+    notify(RoundState(0, arrays, start_row))
     stopped_because, completed = "rounds", 0
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()

@@ -16,7 +16,9 @@ from torch import nn
 
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.data.datasets import Dataset, load_dataset
+from fedbatch.data.drift import DriftTransform
 from fedbatch.data.partition import partition_indices
+from fedbatch.data.stream import ClientStream
 from fedbatch.local.models import build_model
 from fedbatch.seeding import derive_seed
 
@@ -40,6 +42,27 @@ class Workload:
     y_test: torch.Tensor
     _indices: dict[int, torch.Tensor] = field(default_factory=dict)
     _model: nn.Module | None = None
+    _streams: dict[int, ClientStream] = field(default_factory=dict)
+    _drift: DriftTransform | None = None
+
+    def stream(self, partition_id: int) -> ClientStream:
+        """The partition's arrival stream over virtual time (cached: it is stateless)."""
+        stream = self._streams.get(partition_id)
+        if stream is None:
+            labels = self.dataset.y_train[self.partitions[partition_id]]
+            stream = ClientStream(
+                self.cfg.stream, self.cfg.seed, partition_id, labels, self.dataset.num_classes
+            )
+            self._streams[partition_id] = stream
+        return stream
+
+    def drift(self) -> DriftTransform:
+        if self._drift is None:
+            features = int(np.prod(self.dataset.input_shape))
+            self._drift = DriftTransform(
+                self.cfg.stream, self.cfg.seed, features, self.dataset.num_classes
+            )
+        return self._drift
 
     def client_data(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The partition's samples as tensors on the device.

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from fedbatch.config import FULL_BATCH
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One step's rows of the client's data, when a stream plans the batches."""
+
+    index: torch.Tensor
+    fresh: int = 0  # leading rows trained on for the first time: prequential metrics
+    concept: torch.Tensor | None = None  # per row, 1 where a drift transform applies
 
 
 def resolve_batch_size(value: int | str, num_examples: int) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class TallySummary:
     grad_norm_mean: float  # L2 norm of the whole gradient, mean and max over steps
     grad_norm_max: float
     layer_grad_norms: list[float]  # mean norm per parameter tensor (when asked for)
+    prequential_loss: float = float("nan")  # on new rows, before training on them
+    prequential_accuracy: float = float("nan")
 
 
 class StepTally:
@@ -36,6 +39,10 @@ class StepTally:
         self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._norms: list[list[torch.Tensor]] = []
         self._zero = torch.zeros((), device=device)
+        self.prequential_samples = 0
+        self._prequential: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.prequential_loss = torch.zeros((), device=device)
+        self.prequential_correct = torch.zeros((), device=device, dtype=torch.long)
 
     def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """A (micro-)batch's mean loss and logits; kept as they are and reduced later
@@ -43,6 +50,11 @@ class StepTally:
         self._batches.append((loss, logits, targets))
         self.samples += len(targets)
         self.held += logits.numel()
+
+    def add_prequential(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Rows seen for the first time: the model's predictions before it trains on them."""
+        self._prequential.append((logits, targets))
+        self.prequential_samples += len(targets)
 
     def add_step(self, params: Sequence[torch.Tensor]) -> None:
         """One optimizer step; records its gradients' norms when they are measured."""
@@ -55,6 +67,11 @@ class StepTally:
 
     @torch.no_grad()
     def flush(self) -> None:
+        if self._prequential:
+            logits, targets = (torch.cat(parts) for parts in zip(*self._prequential, strict=True))
+            self.prequential_loss += F.cross_entropy(logits.float(), targets, reduction="sum")
+            self.prequential_correct += (logits.argmax(dim=1) == targets).sum()
+            self._prequential = []
         if self._batches:
             losses, logits, targets = zip(*self._batches, strict=True)
             sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32)
@@ -80,6 +97,7 @@ class StepTally:
         if not self.samples:
             return TallySummary(nan, nan, nan, nan, [])
         measured = self.grad_norms and self.steps > 0
+        fresh = self.prequential_samples
         layers = (self.layer_sum / self.steps).tolist() if self.layer_sum is not None else []
         return TallySummary(
             loss=float(self.loss_sum) / self.samples,
@@ -87,4 +105,6 @@ class StepTally:
             grad_norm_mean=float(self.norm_sum) / self.steps if measured else nan,
             grad_norm_max=float(self.norm_max) if measured else nan,
             layer_grad_norms=layers,
+            prequential_loss=float(self.prequential_loss) / fresh if fresh else nan,
+            prequential_accuracy=float(self.prequential_correct) / fresh if fresh else nan,
         )

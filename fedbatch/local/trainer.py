@@ -7,7 +7,7 @@ optimizer step → next batch until the epoch ends → reshuffle for the next ep
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedbatch.local.batches import batch_schedule
+from fedbatch.local.batches import PlannedBatch, batch_schedule
 from fedbatch.local.tally import StepTally
 
 
@@ -34,6 +34,9 @@ class LocalResult:
     layer_grad_norms: dict[str, float] = field(default_factory=dict)  # mean per tensor
     lr_mean: float = float("nan")  # mean LR over steps, when a schedule set it
     times: StepTimes | None = None
+    prequential_samples: int = 0  # new samples evaluated before training on them
+    prequential_loss: float = float("nan")
+    prequential_accuracy: float = float("nan")
 
 
 def _uses_batchnorm(model: nn.Module) -> bool:
@@ -64,23 +67,35 @@ class _Clock:
         return elapsed
 
 
-def _gathered(
-    x: torch.Tensor, y: torch.Tensor, schedule: Iterator[torch.Tensor], prefetch: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, targets) per step; with `prefetch`, the next batch is gathered meanwhile."""
+Transform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-    def gather(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _gathered(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    schedule: Iterable[PlannedBatch],
+    prefetch: bool,
+    transform: Transform | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(inputs, targets, fresh rows) per step; with `prefetch`, the next batch is gathered
+    meanwhile. Rows marked by a drifted concept go through `transform`."""
+
+    def gather(batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index = batch.index
         if index.device != x.device:
             index = index.to(x.device, non_blocking=True)
-        return x[index], y[index]
+        inputs, targets = x[index], y[index]
+        if transform is not None and batch.concept is not None:
+            inputs, targets = transform(inputs, targets, batch.concept.to(x.device))
+        return inputs, targets, batch.fresh
 
     if not prefetch:
         yield from map(gather, schedule)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for index in schedule:
-            ready, pending = pending, pool.submit(gather, index)
+        for batch in schedule:
+            ready, pending = pending, pool.submit(gather, batch)
             if ready is not None:
                 yield ready.result()
         if pending is not None:
@@ -103,6 +118,8 @@ class TrainOptions:
     layer_norms: bool = False
     timing: bool = False
     prefetch: bool = False
+    batches: Sequence[PlannedBatch] | None = None  # a stream's plan instead of epochs/steps
+    transform: Transform | None = None  # drift applied to rows with concept 1
 
 
 def train_local(
@@ -132,15 +149,28 @@ def train_local(
     lrs: list[float] = []
     clock = _Clock(x.device) if opts.timing else None
     step_size = opts.batch_size * opts.accumulate
-    schedule = batch_schedule(
-        len(x), step_size, generator, epochs=opts.epochs, steps=opts.steps, min_batch=min_batch
+    schedule: Iterable[PlannedBatch] = (
+        opts.batches
+        if opts.batches is not None
+        else (
+            PlannedBatch(index)
+            for index in batch_schedule(
+                len(x),
+                step_size,
+                generator,
+                epochs=opts.epochs,
+                steps=opts.steps,
+                min_batch=min_batch,
+            )
+        )
     )
-    for inputs, targets in _gathered(x, y, schedule, opts.prefetch):
+    for inputs, targets, fresh in _gathered(x, y, schedule, opts.prefetch, opts.transform):
         if clock is not None:
             clock.data += clock.lap()
         if opts.lr_at is not None:
             lrs.append(_set_lr(optimizer, opts.lr_at(tally.steps)))
         optimizer.zero_grad(set_to_none=True)
+        offset = 0
         for micro_x, micro_y in _micro_batches(inputs, targets, opts, min_batch):
             with autocast:
                 logits = model(micro_x)
@@ -153,6 +183,9 @@ def train_local(
                 objective = objective + 0.5 * opts.prox_mu * distance * len(micro_y) / len(targets)
             (scaler.scale(objective) if scaler else objective).backward()
             tally.add_batch(loss, logits, micro_y)
+            if fresh > offset:  # test-then-train: the new rows, before this step's update
+                tally.add_prequential(logits[: fresh - offset], micro_y[: fresh - offset])
+            offset += len(micro_y)
         if scaler is not None:
             scaler.unscale_(optimizer)
         tally.add_step(params)
@@ -177,6 +210,9 @@ def train_local(
         layer_grad_norms=dict(zip(names, measured.layer_grad_norms, strict=False)),
         lr_mean=sum(lrs) / len(lrs) if lrs else float("nan"),
         times=StepTimes(clock.data, clock.compute) if clock else None,
+        prequential_samples=tally.prequential_samples,
+        prequential_loss=measured.prequential_loss,
+        prequential_accuracy=measured.prequential_accuracy,
     )
 
 

@@ -150,30 +150,64 @@ def plot_accuracy(runs: list[RunRecord], out_dir: Path) -> Path | None:
     return _plot_metric(runs, out_dir / "accuracy.png", "round", "test_accuracy", labels)
 
 
-@register_plot("loss")
-def plot_loss(runs: list[RunRecord], out_dir: Path) -> Path | None:
-    """Test loss (solid) and train loss (dashed) per round, one colour per run."""
-    figure, axes = _new_axes(runs, "Loss per round", "round", "loss")
+def _solid_and_dashed(
+    runs: list[RunRecord],
+    path: Path,
+    axis_labels: tuple[str, str, str],
+    keys: tuple[str, str, str],
+    names: tuple[str, str],
+    log_if_wide: bool = False,
+) -> Path | None:
+    """Two metrics per run against one x: `keys` = (x, solid, dashed), one colour per run."""
+    title, xlabel, ylabel = axis_labels
+    x_key, solid_key, dashed_key = keys
+    figure, axes = _new_axes(runs, title, xlabel, ylabel)
     handles: list[Any] = []
     plotted: list[float] = []
     for run, label, color in zip(runs, line_labels(runs), line_colors(len(runs)), strict=True):
-        test_x, test_y = series(run, "round", "test_loss")
-        train_x, train_y = series(run, "round", "train_loss")
-        if test_x:
-            axes.plot(test_x, test_y, color=color, marker=_marker(test_x), markersize=3)
-        if train_x:
-            axes.plot(train_x, train_y, color=color, linestyle="--")
-        if test_x or train_x:
+        solid_x, solid_y = series(run, x_key, solid_key)
+        dashed_x, dashed_y = series(run, x_key, dashed_key)
+        if solid_x:
+            axes.plot(solid_x, solid_y, color=color, marker=_marker(solid_x), markersize=3)
+        if dashed_x:
+            axes.plot(dashed_x, dashed_y, color=color, linestyle="--")
+        if solid_x or dashed_x:
             handles.append(Line2D([], [], color=color, label=label))
-            plotted += test_y + train_y
+            plotted += solid_y + dashed_y
     if not handles:
         return None
-    _use_log_scale_if_wide(axes, plotted)
+    if log_if_wide:
+        _use_log_scale_if_wide(axes, plotted)
     handles += [
-        Line2D([], [], color="black", label="test loss"),
-        Line2D([], [], color="black", linestyle="--", label="train loss"),
+        Line2D([], [], color="black", label=names[0]),
+        Line2D([], [], color="black", linestyle="--", label=names[1]),
     ]
-    return _save(figure, axes, out_dir / "loss.png", handles)
+    return _save(figure, axes, path, handles)
+
+
+@register_plot("loss")
+def plot_loss(runs: list[RunRecord], out_dir: Path) -> Path | None:
+    """Test loss (solid) and train loss (dashed) per round, one colour per run."""
+    return _solid_and_dashed(
+        runs,
+        out_dir / "loss.png",
+        ("Loss per round", "round", "loss"),
+        ("round", "test_loss", "train_loss"),
+        ("test loss", "train loss"),
+        log_if_wide=True,
+    )
+
+
+@register_plot("stream")
+def plot_stream(runs: list[RunRecord], out_dir: Path) -> Path | None:
+    """Streaming runs: held-out (solid) and prequential (dashed) accuracy over virtual time."""
+    return _solid_and_dashed(
+        runs,
+        out_dir / "stream.png",
+        ("Accuracy over virtual time", "virtual seconds", "accuracy"),
+        ("virtual_seconds", "test_accuracy", "prequential_accuracy"),
+        ("test accuracy", "prequential accuracy (test-then-train)"),
+    )
 
 
 @register_plot("time")

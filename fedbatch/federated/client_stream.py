@@ -1,0 +1,65 @@
+"""A client's streaming partition in Flower terms: its state lives in the node's context.
+
+The stream itself (`fedbatch.data.stream`) is a pure function of the seed, the client and
+virtual time; what a client has consumed and buffered so far is kept in Flower's
+`context.state`, which persists per node across rounds under every engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context
+
+from fedbatch.data.stream import StreamRound, StreamState, plan_round
+from fedbatch.federated.workload import Workload
+from fedbatch.local.batches import PlannedBatch
+
+STATE = "stream-state"
+
+
+def _load(context: Context) -> StreamState:
+    if STATE not in context.state:
+        return StreamState()
+    record = context.state[STATE]
+    return StreamState.from_arrays({key: record[key].numpy() for key in record})
+
+
+def _save(context: Context, state: StreamState) -> None:
+    arrays = {key: Array(np.asarray(value)) for key, value in state.to_arrays().items()}
+    context.state[STATE] = ArrayRecord(arrays)
+
+
+def stream_batches(
+    workload: Workload, partition_id: int, server_round: int, step_size: int, context: Context
+) -> tuple[list[PlannedBatch], StreamRound]:
+    """This round's batches: what has arrived in its window of virtual time, as planned by
+    the stream's buffer and batching rules; the client's stream state moves on."""
+    cfg = workload.cfg
+    stream = workload.stream(partition_id)
+    seconds = cfg.stream.round_seconds
+    planned = plan_round(
+        stream,
+        _load(context),
+        (server_round - 1) * seconds,
+        server_round * seconds,
+        step_size,
+        cfg=cfg.stream,
+        epochs=cfg.client.epochs,
+        max_steps=cfg.client.steps,
+        seed=cfg.seed,
+        client=partition_id,
+        server_round=server_round,
+    )
+    _save(context, planned.state)
+    drifted = cfg.stream.drift in ("covariate", "concept")
+    device = workload.device
+    batches = [
+        PlannedBatch(
+            torch.from_numpy(stream.samples(ordinals)).to(device),
+            fresh=fresh,
+            concept=torch.from_numpy(stream.concepts(ordinals)) if drifted else None,
+        )
+        for ordinals, fresh in zip(planned.steps, planned.fresh, strict=True)
+    ]
+    return batches, planned
