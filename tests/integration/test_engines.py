@@ -111,15 +111,28 @@ def test_stops_after_patience_without_improvement(tmp_path):
     assert summary["rounds_completed"] == 2
 
 
+# Client state that must survive between a client's rounds (Flower's context.state): an
+# online stream's consumed/buffered samples and FedBN's local BatchNorm layers.
+STATEFUL = {
+    "stream": {"name": "poisson", "rate": 4.0, "passes": 1, "buffer": "reservoir",
+               "capacity": 30, "replay_ratio": 0.25},
+    "model": {"norm": "batch", "fedbn": True},
+    "client": {"batch_size": 8},
+}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_ray_engine_matches_inprocess(tmp_path):
+@pytest.mark.parametrize("extra", [{}, STATEFUL], ids=["default", "stateful"])
+def test_ray_engine_matches_inprocess(tmp_path, extra):
+    rounds = 2 if not extra else 4
     raw_engine = {"name": "ray", "num_cpus": 1}
-    cfg_ray = tiny_config(rounds=2, num_clients=4, clients_per_round=2, engine=raw_engine)
-    cfg_local = tiny_config(rounds=2, num_clients=4, clients_per_round=2)
+    shape = {"rounds": rounds, "num_clients": 4, "clients_per_round": 2}
+    cfg_ray = tiny_config(**shape, engine=raw_engine, **extra)
+    cfg_local = tiny_config(**shape, **extra)
     run_engine(cfg_ray, tmp_path / "ray", progress=False)
     run_engine(cfg_local, tmp_path / "local", progress=False)
     ray_rows = without_measured(read_rows(tmp_path / "ray"))
     local_rows = without_measured(read_rows(tmp_path / "local"))
-    assert len(local_rows) == 3
+    assert len(local_rows) == rounds + 1
     # One torch thread per client process on both engines: bit-identical numbers.
     assert ray_rows == local_rows
