@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedbatch.data.stream import StreamRound
+from fedbatch.data.stream_rounds import StreamRound
 from fedbatch.federated.client_stream import stream_batches
 from fedbatch.federated.records import (
     NUM_EXAMPLES,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context
 
-from fedbatch.data.stream import StreamRound, StreamState, plan_round
+from fedbatch.data.stream_rounds import StreamRound, StreamState, plan_round
 from fedbatch.federated.workload import Workload
 from fedbatch.local.batches import PlannedBatch
 

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from fedbatch.config.stream import StreamConfig
-from fedbatch.data.stream import (
-    BLOCK,
-    ClientStream,
-    StreamRound,
-    StreamState,
-    offer,
-    plan_round,
-)
+from fedbatch.data.arrivals import BLOCK
+from fedbatch.data.stream import ClientStream
+from fedbatch.data.stream_rounds import StreamRound, StreamState, offer, plan_round
 
 LABELS = np.arange(100) % 10
 
