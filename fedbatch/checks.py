@@ -78,3 +78,31 @@ def check_known(section: str, raw: Mapping[str, Any], known: set[str]) -> None:
         if key not in known:
             allowed = "keys " + ", ".join(sorted(known))
             raise ConfigError(f"{section}.{key}" if section else key, raw[key], allowed)
+
+
+class SectionReader:
+    """Reads one config section's keys, each defaulting to the section dataclass's value."""
+
+    def __init__(self, name: str, raw: Mapping[str, Any], defaults: object) -> None:
+        self.name, self.raw, self.defaults = name, raw, defaults
+
+    def value(self, key: str) -> object:
+        return self.raw.get(key, getattr(self.defaults, key))
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    def positive(self, key: str) -> float:
+        return number(self.key(key), self.value(key), 0.0, open_low=True)
+
+    def non_negative(self, key: str, high: float | None = None) -> float:
+        return number(self.key(key), self.value(key), 0.0, high, open_low=False)
+
+    def count(self, key: str, minimum: int) -> int:
+        return integer(self.key(key), self.value(key), minimum)
+
+    def named(self, key: str, allowed: tuple[str, ...]) -> str:
+        return choice(self.key(key), self.value(key), allowed)
+
+    def flag(self, key: str) -> bool:
+        return boolean(self.key(key), self.value(key))

@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedbatch.checks import ConfigError, check_known, choice, integer, number, optional
+from fedbatch.checks import (
+    ConfigError,
+    SectionReader,
+    check_known,
+    choice,
+    integer,
+    number,
+    optional,
+)
 
 ARRIVALS = ("static", "constant", "poisson", "bursty")
 PATTERNS = ("onoff", "diurnal")
@@ -50,15 +58,8 @@ def stream_config(raw: Mapping[str, Any], run_seconds: float | None = None) -> S
     d = StreamConfig()
     check_known("stream", raw, set(asdict(d)))
 
-    def positive(key: str) -> float:
-        return number(f"stream.{key}", raw.get(key, getattr(d, key)), 0.0, open_low=True)
-
-    def non_negative(key: str, high: float | None = None) -> float:
-        value = raw.get(key, getattr(d, key))
-        return number(f"stream.{key}", value, 0.0, high, open_low=False)
-
-    def named(key: str, allowed: tuple[str, ...]) -> str:
-        return choice(f"stream.{key}", raw.get(key, getattr(d, key)), allowed)
+    r = SectionReader("stream", raw, d)
+    positive, non_negative, named = r.positive, r.non_negative, r.named
 
     passes = raw.get("passes")
     if passes not in (None, 1):

@@ -11,6 +11,7 @@ from typing import Any
 
 from fedbatch.checks import (
     ConfigError,
+    SectionReader,
     boolean,
     check_known,
     choice,
@@ -119,18 +120,8 @@ def client_config(raw: Mapping[str, Any]) -> ClientConfig:
     d = ClientConfig()
     check_known("client", raw, set(asdict(d)))
 
-    def positive(key: str) -> float:
-        return number(f"client.{key}", raw.get(key, getattr(d, key)), 0.0, open_low=True)
-
-    def non_negative(key: str, high: float | None = None) -> float:
-        value = raw.get(key, getattr(d, key))
-        return number(f"client.{key}", value, 0.0, high, open_low=False)
-
-    def count(key: str, minimum: int) -> int:
-        return integer(f"client.{key}", raw.get(key, getattr(d, key)), minimum)
-
-    def named(key: str, allowed: tuple[str, ...]) -> str:
-        return choice(f"client.{key}", raw.get(key, getattr(d, key)), allowed)
+    r = SectionReader("client", raw, d)
+    positive, non_negative, count, named = r.positive, r.non_negative, r.count, r.named
 
     return ClientConfig(
         batch_size=batch_size_value("client.batch_size", raw.get("batch_size", d.batch_size)),
@@ -153,7 +144,7 @@ def client_config(raw: Mapping[str, Any]) -> ClientConfig:
         accumulate=count("accumulate", 1),
         precision=named("precision", PRECISIONS),
         regularization=named("regularization", REGULARIZATION),
-        prefetch=boolean("client.prefetch", raw.get("prefetch", d.prefetch)),
+        prefetch=r.flag("prefetch"),
     )
 
 
