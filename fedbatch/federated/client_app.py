@@ -149,8 +149,14 @@ def train(msg: Message, context: Context) -> Message:
         set_dropout(model, plan.dropout)
     batches, streamed = None, None
     if cfg.stream.streaming:
+        window = (float(config["window-start"]), float(config["window-end"]))
         batches, streamed = stream_batches(
-            task.workload, task.partition_id, task.server_round, plan.effective_batch_size, context
+            task.workload,
+            task.partition_id,
+            task.server_round,
+            window,
+            plan.effective_batch_size,
+            context,
         )
     drifted = cfg.stream.drift in ("covariate", "concept")
     options = TrainOptions(

@@ -31,18 +31,22 @@ def _save(context: Context, state: StreamState) -> None:
 
 
 def stream_batches(
-    workload: Workload, partition_id: int, server_round: int, step_size: int, context: Context
+    workload: Workload,
+    partition_id: int,
+    server_round: int,
+    window: tuple[float, float],
+    step_size: int,
+    context: Context,
 ) -> tuple[list[PlannedBatch], StreamRound]:
-    """This round's batches: what has arrived in its window of virtual time, as planned by
-    the stream's buffer and batching rules; the client's stream state moves on."""
+    """This round's batches: what has arrived in its `window` of virtual time (sent by
+    the server, whose clock decides it), as planned by the stream's buffer and batching
+    rules; the client's stream state moves on."""
     cfg = workload.cfg
     stream = workload.stream(partition_id)
-    seconds = cfg.stream.round_seconds
     planned = plan_round(
         stream,
         _load(context),
-        (server_round - 1) * seconds,
-        server_round * seconds,
+        *window,
         step_size,
         cfg=cfg.stream,
         epochs=cfg.client.epochs,

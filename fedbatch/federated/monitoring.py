@@ -65,7 +65,14 @@ class RoundInstruments:
         self.plan = self.planner.plan(server_round, self.estimate())
         probes = [p for p in START_PROBES if _due(getattr(monitor, p), server_round)]
         grad_norms = _due(monitor.grad_norm, server_round)
-        return {
+        window = {}
+        if self.cfg.stream.streaming:  # the virtual time this round's clients may consume
+            seconds = self.cfg.stream.round_seconds
+            window = {
+                "window-start": (server_round - 1) * seconds,
+                "window-end": server_round * seconds,
+            }
+        return window | {
             "batch-size": self.plan.batch_size,
             "lr-gain": self.plan.lr_gain,
             "progress": self.plan.progress,
