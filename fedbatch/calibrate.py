@@ -2,9 +2,12 @@
 [--out DIR] [Hydra overrides]`: measure what a training step of the configured model costs
 at each batch size B, on this machine's CPU (and CUDA with `device=cuda`).
 
-For each variant (fp32; bf16 autocast; activation checkpointing; both) it prints step time,
+For each variant (fp32; bf16 autocast; activation checkpointing; both) it prints step time
+(the fastest of `--repeats` steps),
 samples per second and memory (weights + gradients + optimizer state + activations saved
-for backward), the largest B within `--budget-mb`, and writes `calibration.json`.
+for backward), the largest B within `--budget-mb`, and writes `calibration.json`. It fits
+the virtual clock's device model to the fp32 times and memory, prints the fit against the
+measurements, and writes `device.json`, which `clock=devices clock.profile=...` loads.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fedbatch.calibrate", description=__doc__)
     parser.add_argument("--batch-sizes", default=",".join(str(2**i) for i in range(11)))
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--budget-mb", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("outputs/calibration"))
     args, overrides = parser.parse_known_args(argv)
@@ -139,6 +142,32 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     console.print(f"wrote {args.out / 'calibration.json'}")
+    if results.get("fp32"):
+        _write_device(results["fp32"], str(device), args.out, console)
+
+
+def _write_device(rows: list[dict[str, Any]], device: str, out: Path, console: Console) -> None:
+    """Fit the clock's device model to the fp32 measurements; write it for `clock.profile`."""
+    from fedbatch.clock.devices import fit_device, relative_errors
+
+    sizes = [row["batch_size"] for row in rows]
+    seconds = [row["seconds"] for row in rows]
+    memory = [row["peak_bytes"] / MB for row in rows]
+    fitted = fit_device(sizes, seconds, memory, name=f"measured-{device}")
+    errors = relative_errors(fitted, sizes, seconds)
+    table = Table(
+        title=f"device model fit: t0 = {fitted.step_overhead * 1e3:.3f} ms, throughput "
+        f"{fitted.throughput:.0f} samples/s from B = {fitted.saturation}, α = {fitted.scaling:g}"
+    )
+    for column in ("B", "measured ms", "fitted ms", "error"):
+        table.add_column(column, justify="right")
+    for size, measured, error in zip(sizes, seconds, errors, strict=True):
+        fit_ms = fitted.step_seconds(size) * 1e3
+        table.add_row(str(size), f"{measured * 1e3:.3f}", f"{fit_ms:.3f}", f"{error:.1%}")
+    console.print(table)
+    path = out / "device.json"
+    path.write_text(json.dumps({"device": dataclasses.asdict(fitted)}, indent=2) + "\n")
+    console.print(f"largest error {max(errors):.1%}; wrote {path} (use: clock.profile={path})")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The run configuration: validated, frozen dataclasses built once from Hydra's config."""
 
 from fedbatch.checks import ConfigError
+from fedbatch.config.clock import ClockConfig
 from fedbatch.config.run import DEVICES, RunConfig, build_config, config_from_json
 from fedbatch.config.sections import (
     DATASETS,
@@ -28,7 +29,8 @@ from fedbatch.config.training import (
 
 __all__ = [
     "DATASETS", "DEVICES", "ENGINES", "FULL_BATCH", "MODELS", "NORMS", "OPTIMIZERS",
-    "PARTITIONS", "STRATEGIES", "BatchConfig", "ClientConfig", "ConfigError", "DataConfig",
+    "PARTITIONS", "STRATEGIES", "BatchConfig", "ClientConfig", "ClockConfig", "ConfigError",
+    "DataConfig",
     "EngineConfig", "EvalConfig", "ModelConfig", "MonitorConfig", "PartitionConfig",
     "RunConfig", "StopConfig", "StrategyConfig", "StreamConfig", "build_config", "config_from_json",
 ]  # fmt: skip

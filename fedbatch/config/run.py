@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from fedbatch.checks import ConfigError, check_known, choice, integer, on_off, section
+from fedbatch.config.clock import ClockConfig, clock_config
 from fedbatch.config.sections import (
     DataConfig,
     EngineConfig,
@@ -58,6 +59,7 @@ class RunConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     stop: StopConfig = field(default_factory=StopConfig)
@@ -76,6 +78,7 @@ BUILDERS = {
     "batch": batch_config,
     "monitor": monitor_config,
     "stream": stream_config,
+    "clock": clock_config,
     "strategy": strategy_config,
     "engine": engine_config,
     "stop": stop_config,

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from fedbatch.config import RunConfig
 from fedbatch.data.stream_rounds import StreamRound
 from fedbatch.federated.client_stream import stream_batches
 from fedbatch.federated.records import (
@@ -101,6 +102,8 @@ def _metrics(task: _Task, plan: LocalPlan, result: LocalResult, probes: dict) ->
         "examples_seen": result.examples_seen,
         "batch_size": plan.batch_size,
         "effective_batch_size": plan.effective_batch_size,
+        "pass_batch": plan.pass_batch,  # samples per forward/backward pass
+        "passes": plan.passes,  # passes per optimizer step
         "lr": result.lr_mean if plan.lr_at is not None else plan.lr,
     }
     if bool(task.config["grad-norms"]):
@@ -125,6 +128,26 @@ def _with_stream(metrics: MetricRecord, streamed: StreamRound, result: LocalResu
     return MetricRecord(values)
 
 
+def _device_limits(
+    cfg: RunConfig, config: ConfigRecord, plan: LocalPlan
+) -> tuple[int | None, int | None]:
+    """The virtual device's limits: micro-batches that fit its memory (`clock.on_oom`) and,
+    under a partial-work deadline, the steps that fit in time."""
+    micro_batch, steps = None, cfg.client.steps
+    max_batch = int(config["max-batch"]) if "max-batch" in config else None
+    if max_batch is not None and plan.batch_size > max_batch:
+        if cfg.clock.on_oom == "fail" or max_batch < 1:
+            raise MemoryError(
+                f"B={plan.batch_size} does not fit this client's device memory "
+                f"(at most B={max_batch}; clock.on_oom=accumulate splits it)"
+            )
+        micro_batch = max_batch
+    if "max-steps" in config:
+        fit = int(config["max-steps"])
+        steps = min(steps if steps is not None else plan.steps_per_round, fit)
+    return micro_batch, steps
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     task = _setup(msg, context)
@@ -147,6 +170,8 @@ def train(msg: Message, context: Context) -> Message:
     optimizer = build_optimizer(model.parameters(), client_cfg, lr=plan.first_lr())
     if cfg.model.dropout > 0:
         set_dropout(model, plan.dropout)
+    micro_batch, steps = _device_limits(cfg, config, plan)
+    plan = plan.with_micro_batch(micro_batch)
     batches, streamed = None, None
     if cfg.stream.streaming:
         window = (float(config["window-start"]), float(config["window-end"]))
@@ -156,14 +181,16 @@ def train(msg: Message, context: Context) -> Message:
             task.server_round,
             window,
             plan.effective_batch_size,
+            steps,
             context,
         )
     drifted = cfg.stream.drift in ("covariate", "concept")
     options = TrainOptions(
         batch_size=plan.batch_size,
         epochs=client_cfg.epochs,
-        steps=client_cfg.steps,
+        steps=steps,
         accumulate=client_cfg.accumulate,
+        micro_batch=micro_batch,
         precision=client_cfg.precision,
         lr_at=plan.lr_at,
         prox_mu=prox_mu,

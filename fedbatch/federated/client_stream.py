@@ -36,6 +36,7 @@ def stream_batches(
     server_round: int,
     window: tuple[float, float],
     step_size: int,
+    max_steps: int | None,
     context: Context,
 ) -> tuple[list[PlannedBatch], StreamRound]:
     """This round's batches: what has arrived in its `window` of virtual time (sent by
@@ -50,7 +51,7 @@ def stream_batches(
         step_size,
         cfg=cfg.stream,
         epochs=cfg.client.epochs,
-        max_steps=cfg.client.steps,
+        max_steps=max_steps,
         seed=cfg.seed,
         client=partition_id,
         server_round=server_round,

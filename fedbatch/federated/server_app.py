@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.sampling import SampledNodesGrid
 from fedbatch.federated.strategies import build_strategy
+from fedbatch.federated.timing import ROW_KEYS as CLOCK_KEYS
+from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor, RoundState, RunOutcome
 from fedbatch.metrics.progress import RichProgress
@@ -42,12 +44,17 @@ ROW_KEYS = (
     "client_eval_loss", "client_eval_accuracy", "clients_sampled", "clients_replied",
     "clients_failed", "examples", "examples_seen", "steps", "grad_norm_mean",
     "grad_norm_max", "generalization_gap", "client_error", "seconds", "elapsed_seconds",
-    *INSTRUMENT_KEYS,
+    *INSTRUMENT_KEYS, *CLOCK_KEYS,
 )  # fmt: skip
 
 
-def _address(messages: Iterable[Message], partition_of: dict[int, int]) -> list[Message]:
-    """Give each message its own ConfigRecord naming the partition its node simulates.
+def _address(
+    messages: Iterable[Message],
+    partition_of: dict[int, int],
+    extra: Callable[[int], dict[str, Any]] | None = None,
+) -> list[Message]:
+    """Give each message its own ConfigRecord naming the partition its node simulates
+    (and any per-client values from `extra`).
 
     Messages are put in partition order, so aggregation sums in the same order always.
     """
@@ -55,7 +62,11 @@ def _address(messages: Iterable[Message], partition_of: dict[int, int]) -> list[
     for msg in sorted(messages, key=lambda m: partition_of[m.metadata.dst_node_id]):
         content = msg.content
         config = ConfigRecord(dict(content["config"]))
-        config["partition-id"] = partition_of[msg.metadata.dst_node_id]
+        partition = partition_of[msg.metadata.dst_node_id]
+        config["partition-id"] = partition
+        if extra is not None:
+            for key, value in extra(partition).items():
+                config[key] = value
         records: dict[str, Any] = dict(content.array_records)
         records["config"] = config
         msg.content = RecordDict(records)
@@ -81,12 +92,18 @@ def run_rounds(
     partition_of = {node: i for i, node in enumerate(nodes.all_node_ids)}
     evaluate_count = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
     instruments = RoundInstruments(cfg)
+    clock = RoundClock(cfg) if cfg.clock.on else None
+    model_bytes = record_bytes(initial_arrays)
     arrays, base = initial_arrays, {"run-config": cfg.to_json()}
     start = time.perf_counter()
 
     def notify(state: RoundState) -> None:
         for callback in callbacks:
             callback.on_round_end(state)
+
+    def limits(partition: int) -> dict[str, Any]:
+        assert clock is not None
+        return clock.limits(partition, base["batch-size"], model_bytes)
 
     def exchange(
         configure: Any, server_round: int, phase: str, count: int
@@ -103,7 +120,7 @@ def run_rounds(
         else:
             messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
         if assign_partitions:
-            messages = _address(messages, partition_of)
+            messages = _address(messages, partition_of, limits if clock else None)
         return messages, list(grid.send_and_receive(messages)) if messages else []
 
     start_row = dict.fromkeys(ROW_KEYS) | {"round": 0}
@@ -114,15 +131,24 @@ def run_rounds(
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()
         base |= instruments.round_config(server_round)
+        selected = cfg.clients_per_round
+        if clock is not None:
+            selected = clock.select_count(cfg.clients_per_round)
+            if cfg.stream.streaming:  # the stream's window starts at the clock's time
+                seconds = cfg.stream.round_seconds
+                base |= {"window-start": clock.time, "window-end": clock.time + seconds}
         across = None
         if instruments.across_due(server_round):
             _, probe_replies = exchange(None, server_round, "train", cfg.clients_per_round)
             across = instruments.across_clients(probe_replies)
         before = arrays
-        messages, replies = exchange(
-            strategy.configure_train, server_round, "train", cfg.clients_per_round
-        )
-        aggregated, train = strategy.aggregate_train(server_round, replies)
+        messages, replies = exchange(strategy.configure_train, server_round, "train", selected)
+        arrived, clock_row = replies, {}
+        if clock is not None:
+            arrived, clock_row = clock.settle(
+                replies, partition_of, model_bytes, cfg.clients_per_round
+            )
+        aggregated, train = strategy.aggregate_train(server_round, arrived)
         arrays = aggregated if aggregated is not None else arrays
         evaluation = None
         if cfg.strategy.fraction_evaluate > 0:
@@ -152,7 +178,7 @@ def run_rounds(
             "seconds": now - round_start,
             "elapsed_seconds": now - start,
         }
-        row |= instruments.measure(server_round, before, replies, train)
+        row |= instruments.measure(server_round, before, arrived, train) | clock_row
         state = RoundState(server_round, arrays, row)
         notify(state)
         if messages and not replied:

@@ -82,7 +82,7 @@ def build_strategy(cfg: RunConfig) -> FedAvg:
     # The loop offers the strategy exactly the nodes it drew (see federated/sampling.py).
     evaluate_nodes = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
     return STRATEGY_CLASSES[cfg.strategy.name](
-        fraction_train=per_round / cfg.num_clients,
+        fraction_train=1.0,  # every offered node (more than K when over-selecting)
         fraction_evaluate=cfg.strategy.fraction_evaluate,
         min_train_nodes=per_round,
         min_evaluate_nodes=evaluate_nodes,

@@ -6,6 +6,7 @@ turns them into its own values with `plan_round`, given the size of its data.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,24 @@ class LocalPlan:
     weight_decay: float
     dropout: float
     lr_at: Callable[[int], float] | None  # LR of local step s, or None when constant
+    accumulate: int = 1
+    micro_batch: int | None = None  # memory split of each micro-batch (same update)
 
     def first_lr(self) -> float:
         return self.lr_at(0) if self.lr_at is not None else self.lr
+
+    def with_micro_batch(self, micro_batch: int | None) -> LocalPlan:
+        return self if micro_batch is None else dataclasses.replace(self, micro_batch=micro_batch)
+
+    @property
+    def pass_batch(self) -> int:
+        """Samples per forward/backward pass."""
+        return min(self.batch_size, self.micro_batch or self.batch_size)
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per optimizer step."""
+        return self.accumulate * math.ceil(self.batch_size / self.pass_batch)
 
 
 def steps_per_round(cfg: RunConfig, num_examples: int, effective_batch: int) -> int:
@@ -84,4 +100,5 @@ def plan_round(
         weight_decay=client.weight_decay * regularization,
         dropout=min(cfg.model.dropout * regularization, 0.95),
         lr_at=step_lr,
+        accumulate=client.accumulate,
     )

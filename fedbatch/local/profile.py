@@ -9,7 +9,6 @@ allocator's peak is reported beside it.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from fedbatch.local.trainer import autocast_context
 @dataclass(frozen=True)
 class StepProfile:
     batch_size: int
-    seconds: float  # median wall time of a step (forward, backward, optimizer step)
+    seconds: float  # fastest wall time of a step (forward, backward, optimizer step)
     activation_bytes: int  # saved for backward during the forward pass
     state_bytes: int  # weights, gradients and optimizer state
     cuda_peak_bytes: int | None  # the allocator's peak on CUDA
@@ -83,10 +82,11 @@ def profile_step(
     y: torch.Tensor,
     *,
     precision: str = "fp32",
-    repeats: int = 5,
-    warmup: int = 2,
+    repeats: int = 20,
+    warmup: int = 3,
 ) -> StepProfile:
-    """Time `repeats` steps on (x, y) (one batch of len(x)) and count their memory."""
+    """Time `repeats` steps on (x, y) (one batch of len(x)), keep the fastest, and count
+    their memory."""
     model.train()
     cuda = x.device.type == "cuda"
     autocast = autocast_context(x.device, precision)
@@ -109,7 +109,7 @@ def profile_step(
     peak = torch.cuda.max_memory_allocated(x.device) if cuda else None
     return StepProfile(
         batch_size=len(x),
-        seconds=statistics.median(times),
+        seconds=min(times),  # the least disturbed: this machine kind switches speed
         activation_bytes=activation_bytes(model, x, y, precision),
         state_bytes=state_bytes(model, optimizer),
         cuda_peak_bytes=peak,

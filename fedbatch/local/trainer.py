@@ -110,6 +110,7 @@ class TrainOptions:
     epochs: int = 1
     steps: int | None = None
     accumulate: int = 1  # micro-batches of `batch_size` per optimizer step
+    micro_batch: int | None = None  # split passes further to fit memory (same update)
     precision: str = "fp32"
     lr_at: Callable[[int], float] | None = None  # the LR of each step (None: as set)
     prox_mu: float = 0.0
@@ -171,11 +172,13 @@ def train_local(
             lrs.append(_set_lr(optimizer, opts.lr_at(tally.steps)))
         optimizer.zero_grad(set_to_none=True)
         offset = 0
-        for micro_x, micro_y in _micro_batches(inputs, targets, opts, min_batch):
+        micro = _micro_batches(inputs, targets, opts, min_batch)
+        split = len(micro) > 1
+        for micro_x, micro_y in micro:
             with autocast:
                 logits = model(micro_x)
                 loss = F.cross_entropy(logits, micro_y)
-            objective = loss * (len(micro_y) / len(targets)) if opts.accumulate > 1 else loss
+            objective = loss * (len(micro_y) / len(targets)) if split else loss
             if opts.prox_mu > 0.0 and opts.anchor is not None:
                 distance = sum(
                     (p - a).pow(2).sum() for p, a in zip(params, opts.anchor, strict=True)
@@ -221,9 +224,10 @@ def _micro_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The step's micro-batches of B (one without accumulation); a trailing one smaller
     than `min_batch` is folded into the one before, as epoch_batches does."""
-    if opts.accumulate == 1:
+    size = min(opts.batch_size, opts.micro_batch or opts.batch_size)
+    if opts.accumulate == 1 and size == opts.batch_size:
         return [(inputs, targets)]
-    pairs = list(zip(inputs.split(opts.batch_size), targets.split(opts.batch_size), strict=True))
+    pairs = list(zip(inputs.split(size), targets.split(size), strict=True))
     if len(pairs) > 1 and len(pairs[-1][1]) < min_batch:
         (x1, y1), (x2, y2) = pairs[-2:]
         pairs[-2:] = [(torch.cat([x1, x2]), torch.cat([y1, y2]))]

@@ -51,6 +51,7 @@ class ConvergenceMonitor(Callback):
     best_loss: float = math.inf
     best_round: int = 0
     rounds_to_target: int | None = None
+    virtual_seconds_to_target: float | None = None  # when a virtual clock or stream runs
     _baseline: float = field(default=math.nan, repr=False)
     _since_improvement: int = field(default=0, repr=False)
 
@@ -87,3 +88,4 @@ class ConvergenceMonitor(Callback):
             state.stop_reason = "patience"
         if state.stop_reason in ("target_accuracy", "target_loss"):
             self.rounds_to_target = state.round
+            self.virtual_seconds_to_target = state.row.get("virtual_seconds")

@@ -61,6 +61,8 @@ class SummaryWriter(Callback):
             "best_test_loss": _clean(monitor.best_loss),
             "rounds_completed": outcome.rounds_completed,
             "rounds_to_target": monitor.rounds_to_target,
+            "virtual_seconds_to_target": monitor.virtual_seconds_to_target,
+            "virtual_seconds": _clean(last.get("virtual_seconds")),
             "stopped_because": outcome.stopped_because,
             "client_error": self.first_error,
             "seconds": outcome.seconds,

@@ -1,0 +1,1 @@
+"""Virtual time (pure math, no Flower, no torch): devices, network, round scheduling."""

@@ -1,0 +1,94 @@
+"""The server's virtual clock: who is on which device, what each round costs in time.
+
+The math is in `fedbatch.clock` (no Flower); this adapts it to the round loop: how many
+clients to select, each client's per-round limits (memory, deadline), and which replies
+arrive in time to be aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, Message
+
+from fedbatch.clock.devices import DeviceClass, assign_devices
+from fedbatch.clock.network import transfer_seconds
+from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
+from fedbatch.config import FULL_BATCH, RunConfig
+
+ROW_KEYS = ("round_virtual_seconds", "clients_dropped", "energy_joules")
+
+
+def record_bytes(arrays: ArrayRecord) -> int:
+    """The size of the serialized weights: what a download or an upload carries."""
+    return sum(len(array.data) for array in arrays.values())
+
+
+class RoundClock:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.clock = cfg, cfg.clock
+        self.time = 0.0
+        classes = assign_devices(cfg.clock.devices, cfg.num_clients, cfg.seed)
+        self.device_of: list[DeviceClass] = [cfg.clock.devices[c] for c in classes]
+
+    def select_count(self, wanted: int) -> int:
+        """Over-selection: ⌈K(1 + o)⌉ clients for K updates, at most every client."""
+        return min(self.cfg.num_clients, math.ceil(wanted * (1 + self.clock.over_selection)))
+
+    def limits(self, partition_id: int, batch_size: int | str, model_bytes: int) -> dict[str, Any]:
+        """Per-client values for a round: the device's memory limit on B and, with
+        `deadline_partial`, how many steps fit before the deadline."""
+        device = self.device_of[partition_id]
+        limits: dict[str, Any] = {"max-batch": device.largest_batch()}
+        if self.clock.policy == "deadline_partial" and batch_size != FULL_BATCH:
+            assert self.clock.deadline is not None
+            limits["max-steps"] = partial_steps(
+                device,
+                deadline=self.clock.deadline,
+                batch_size=int(batch_size),
+                accumulate=self.cfg.client.accumulate,
+                download=transfer_seconds(model_bytes, device.bandwidth_down, device.latency),
+                upload=transfer_seconds(model_bytes, device.bandwidth_up, device.latency),
+            )
+        return limits
+
+    def _timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
+        metrics = reply.content["metrics"]
+        return client_timing(
+            partition_id,
+            self.device_of[partition_id],
+            steps=int(metrics["steps"]),
+            batch_size=int(metrics["pass_batch"]),
+            accumulate=int(metrics["passes"]),
+            download_bytes=model_bytes,
+            upload_bytes=model_bytes,
+            wait=float(metrics.get("wait_seconds", 0.0)),
+        )
+
+    def settle(
+        self,
+        replies: Sequence[Message],
+        partition_of: dict[int, int],
+        model_bytes: int,
+        wanted: int,
+    ) -> tuple[list[Message], dict[str, Any]]:
+        """The replies that arrive in time to be aggregated, and the round's clock values;
+        the clock moves on by the round's duration."""
+        answered = [r for r in replies if not r.has_error()]
+        ids = [partition_of[r.metadata.src_node_id] for r in answered]
+        timings = [self._timing(i, r, model_bytes) for i, r in zip(ids, answered, strict=True)]
+        policy = "deadline_drop" if self.clock.policy == "deadline_partial" else self.clock.policy
+        schedule = schedule_round(
+            timings, policy=policy, deadline=self.clock.deadline, wanted=wanted
+        )
+        kept = set(schedule.kept)
+        self.time += schedule.duration
+        row = {
+            "virtual_seconds": self.time,
+            "round_virtual_seconds": schedule.duration,
+            "clients_dropped": len(schedule.dropped),
+            "energy_joules": sum(t.energy for t in timings),
+        }
+        return [r for i, r in zip(ids, answered, strict=True) if i in kept], row

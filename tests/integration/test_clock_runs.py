@@ -1,0 +1,140 @@
+"""The virtual clock in the round loop: exact times, deadlines, over-selection, memory."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedbatch.clock.devices import DeviceClass, fit_device
+from fedbatch.config import ConfigError, build_config
+from fedbatch.engine import inprocess
+from fedbatch.federated.records import model_to_arrays
+from fedbatch.federated.timing import record_bytes
+from fedbatch.federated.workload import workload_for
+from tests.conftest import read_rows, tiny_config
+
+# One device class, round numbers: t(B=16) = 0.01 + 32 / 1000 = 0.042 s per step.
+DEVICE = {
+    "name": "box", "step_overhead": 0.01, "throughput": 1000.0, "saturation": 32,
+    "memory_base": 10.0, "memory_per_sample": 0.5, "memory_cap": 100.0, "power": 5.0,
+    "bandwidth_down": 8.0, "bandwidth_up": 4.0, "latency": 0.1,
+}  # fmt: skip
+
+
+def _clock(**extra):
+    return {"name": "devices", "devices": [DEVICE]} | extra
+
+
+def _run(tmp_path, **overrides):
+    cfg = tiny_config(**overrides)
+    summary = inprocess.run(cfg, tmp_path, progress=False)
+    return cfg, read_rows(tmp_path)[1:], summary
+
+
+def test_round_time_is_download_plus_steps_plus_upload(tmp_path):
+    cfg, rows, summary = _run(tmp_path, rounds=2, clock=_clock())
+    model_bytes = record_bytes(model_to_arrays(workload_for(cfg.to_json()).initial_model()))
+    download = 0.1 + 8 * model_bytes / 8e6
+    upload = 0.1 + 8 * model_bytes / 4e6
+    # IID digits over 6 clients: 239 or 240 samples, one epoch of B=16: 15 steps each.
+    expected = download + 15 * 0.042 + upload
+    for row in rows:
+        assert row["round_virtual_seconds"] == pytest.approx(expected, rel=1e-12)
+        assert row["energy_joules"] == pytest.approx(3 * 5.0 * 15 * 0.042, rel=1e-12)
+        assert row["clients_dropped"] == 0
+    assert rows[-1]["virtual_seconds"] == pytest.approx(2 * expected, rel=1e-12)
+    assert summary["virtual_seconds"] == pytest.approx(2 * expected, rel=1e-12)
+
+
+def test_deadline_drops_the_stragglers_and_partial_work_fits_them_in(tmp_path):
+    slow = DEVICE | {"name": "slow", "throughput": 100.0, "share": 0.5}
+    fast = DEVICE | {"name": "fast", "share": 0.5}
+    clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5}
+    shape = {"rounds": 2, "clients_per_round": 6}
+    _, dropped, _ = _run(tmp_path / "drop", **shape, clock=clock | {"policy": "deadline_drop"})
+    _, partial, _ = _run(
+        tmp_path / "partial", **shape, clock=clock | {"policy": "deadline_partial"}
+    )
+    # Slow devices: 0.01 + 32/100 = 0.33 s per step, 15 steps: far past 1.5 s.
+    for row in dropped:
+        assert row["clients_dropped"] == 3 and row["steps"] == 3 * 15
+        assert row["round_virtual_seconds"] == 1.5
+    for row in partial:  # slow clients do the steps that fit, and make the deadline
+        assert row["clients_dropped"] == 0
+        assert 3 * 15 < row["steps"] < 6 * 15
+        assert row["round_virtual_seconds"] <= 1.5
+
+
+def test_over_selection_aggregates_the_first_k(tmp_path):
+    _, rows, _ = _run(tmp_path, rounds=2, clients_per_round=3, clock=_clock(over_selection=1.0))
+    for row in rows:
+        assert row["clients_sampled"] == 6 and row["clients_dropped"] == 3
+        assert row["steps"] == 3 * 15  # only the three kept updates are aggregated
+
+
+def test_a_batch_over_device_memory_fails_or_accumulates_to_the_same_update(tmp_path):
+    tight = DEVICE | {"memory_cap": 14.0}  # 10 + 0.5·B ≤ 14: B ≤ 8
+    _, plain, _ = _run(tmp_path / "plain", rounds=2)
+    _, failed, _ = _run(tmp_path / "fail", rounds=2, clock={"name": "devices", "devices": [tight]})
+    _, split, _ = _run(
+        tmp_path / "split",
+        rounds=2,
+        clock={"name": "devices", "devices": [tight], "on_oom": "accumulate"},
+    )
+    assert all(r["clients_failed"] == 3 for r in failed)
+    assert "device memory" in failed[0]["client_error"]
+    # Micro-batches of 8 accumulated into steps of 16: the same SGD update.
+    for a, b in zip(plain, split, strict=True):
+        assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1e-9)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("clock", "key"),
+    [
+        (_clock(policy="deadline_drop"), "clock.deadline"),
+        (_clock(policy="deadline_drop", deadline=0), "clock.deadline"),
+        ({"name": "devices", "devices": [DEVICE | {"bandwidth_up": -1.0}]},
+         "clock.devices[0].bandwidth_up"),
+        ({"name": "devices", "devices": [DEVICE | {"memory_cap": 5.0}]},
+         "clock.devices[0].memory_cap"),
+        (_clock(policy="sometimes"), "clock.policy"),
+    ],
+)  # fmt: skip
+def test_bad_clock_values_name_the_key(clock, key):
+    with pytest.raises(ConfigError) as error:
+        tiny_config(clock=clock)
+    assert error.value.key == key
+
+
+def test_device_defaults_are_the_documented_step_time():
+    device = DeviceClass("x", step_overhead=0.002, throughput=20000.0, saturation=64)
+    assert device.step_seconds(16) == device.step_seconds(64) == 0.002 + 64 / 20000
+    assert math.isclose(device.step_seconds(128), 0.002 + 128 / 20000)
+
+
+def test_a_calibrated_profile_becomes_the_device_class(tmp_path):
+    profile = tmp_path / "device.json"
+    measured = DEVICE | {"name": "measured-cpu", "scaling": 0.5}
+    profile.write_text(json.dumps({"device": measured}))
+    cfg = tiny_config(clock={"name": "devices", "profile": str(profile)})
+    assert cfg.clock.devices == (DeviceClass(**measured),)
+    assert cfg.clock.profile is None  # the device travels in the config, not the file
+    again = build_config(json.loads(cfg.to_json()))
+    assert again.clock.devices == cfg.clock.devices
+    with pytest.raises(ConfigError) as error:
+        tiny_config(clock={"name": "devices", "profile": str(tmp_path / "missing.json")})
+    assert error.value.key == "clock.profile"
+
+
+def test_scaling_below_saturation_is_fitted_from_measured_times():
+    truth = DeviceClass("t", step_overhead=0.001, throughput=5000.0, saturation=64, scaling=0.5)
+    sizes = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    fitted = fit_device(sizes, [truth.step_seconds(b) for b in sizes])
+    assert fitted.saturation == 64 and fitted.scaling == pytest.approx(0.5)
+    assert fitted.step_overhead == pytest.approx(0.001, rel=1e-6)
+    assert fitted.throughput == pytest.approx(5000.0, rel=1e-6)
+    # Below saturation: S·(B/S)^α samples' worth: B = 16 costs 64·(1/4)^0.5 = 32.
+    assert truth.step_seconds(16) == pytest.approx(0.001 + 32 / 5000)
