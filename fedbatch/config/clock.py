@@ -26,6 +26,10 @@ class ClockConfig:
     over_selection: float = 0.0  # select ⌈K(1 + o)⌉ clients, aggregate the first K to finish
     on_oom: str = "fail"  # a B that does not fit a device: the client fails, or accumulates
     profile: str | None = None  # a `python -m fedbatch.calibrate` device.json: its one device
+    dropout: float = 0.0  # probability that a selected client is unavailable in a round
+    crash: float = 0.0  # probability that a client crashes mid-round (its work is lost)
+    night: float = 0.0  # diurnal trace: fraction of each day a client is offline
+    day_seconds: float = 3600.0  # virtual seconds per day of the diurnal trace
 
     @property
     def on(self) -> bool:
@@ -86,6 +90,12 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
         ),
         on_oom=choice("clock.on_oom", raw.get("on_oom", d.on_oom), ON_OOM),
         profile=None,  # read here: the devices travel in the config, not the file
+        dropout=number("clock.dropout", raw.get("dropout", 0.0), 0.0, 1.0, open_low=False),
+        crash=number("clock.crash", raw.get("crash", 0.0), 0.0, 1.0, open_low=False),
+        night=number("clock.night", raw.get("night", 0.0), 0.0, 1.0, open_low=False),
+        day_seconds=number(
+            "clock.day_seconds", raw.get("day_seconds", d.day_seconds), 0.0, open_low=True
+        ),
     )
     if cfg.policy != "wait_all" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, f"> 0 virtual seconds with policy={cfg.policy}")

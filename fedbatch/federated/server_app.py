@@ -101,6 +101,8 @@ def run_rounds(
         for callback in callbacks:
             callback.on_round_end(state)
 
+    unavailable = [0]  # clients selected in this round's train phase that were offline
+
     def limits(partition: int) -> dict[str, Any]:
         assert clock is not None
         return clock.limits(partition, base["batch-size"], model_bytes)
@@ -121,6 +123,13 @@ def run_rounds(
             messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
         if assign_partitions:
             messages = _address(messages, partition_of, limits if clock else None)
+        if clock is not None and phase == "train":  # unavailable clients never answer
+            answering = [
+                m for m in messages
+                if clock.available(partition_of[m.metadata.dst_node_id], server_round)
+            ]  # fmt: skip
+            unavailable[0] = len(messages) - len(answering)
+            messages = answering
         return messages, list(grid.send_and_receive(messages)) if messages else []
 
     start_row = dict.fromkeys(ROW_KEYS) | {"round": 0}
@@ -146,8 +155,9 @@ def run_rounds(
         arrived, clock_row = replies, {}
         if clock is not None:
             arrived, clock_row = clock.settle(
-                replies, partition_of, model_bytes, cfg.clients_per_round
+                server_round, replies, partition_of, model_bytes, cfg.clients_per_round
             )
+            clock_row["clients_unavailable"] = unavailable[0]
         aggregated, train = strategy.aggregate_train(server_round, arrived)
         arrays = aggregated if aggregated is not None else arrays
         evaluation = None

@@ -13,12 +13,16 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message
 
+from fedbatch.clock.availability import crash_point, is_available
 from fedbatch.clock.devices import DeviceClass, assign_devices
 from fedbatch.clock.network import transfer_seconds
 from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
 from fedbatch.config import FULL_BATCH, RunConfig
 
-ROW_KEYS = ("round_virtual_seconds", "clients_dropped", "energy_joules")
+ROW_KEYS = (
+    "round_virtual_seconds", "clients_dropped", "clients_unavailable", "clients_crashed",
+    "energy_joules",
+)  # fmt: skip
 
 
 def record_bytes(arrays: ArrayRecord) -> int:
@@ -36,6 +40,19 @@ class RoundClock:
     def select_count(self, wanted: int) -> int:
         """Over-selection: ⌈K(1 + o)⌉ clients for K updates, at most every client."""
         return min(self.cfg.num_clients, math.ceil(wanted * (1 + self.clock.over_selection)))
+
+    def available(self, partition_id: int, server_round: int) -> bool:
+        """Whether a selected client answers this round (dropout, diurnal night)."""
+        clock = self.clock
+        return is_available(
+            self.cfg.seed,
+            server_round,
+            partition_id,
+            self.time,
+            dropout=clock.dropout,
+            day_seconds=clock.day_seconds,
+            night=clock.night,
+        )
 
     def limits(self, partition_id: int, batch_size: int | str, model_bytes: int) -> dict[str, Any]:
         """Per-client values for a round: the device's memory limit on B and, with
@@ -69,16 +86,25 @@ class RoundClock:
 
     def settle(
         self,
+        server_round: int,
         replies: Sequence[Message],
         partition_of: dict[int, int],
         model_bytes: int,
         wanted: int,
     ) -> tuple[list[Message], dict[str, Any]]:
         """The replies that arrive in time to be aggregated, and the round's clock values;
-        the clock moves on by the round's duration."""
+        the clock moves on by the round's duration. A client that crashes mid-round spent
+        part of its compute (and energy) and sends nothing."""
         answered = [r for r in replies if not r.has_error()]
         ids = [partition_of[r.metadata.src_node_id] for r in answered]
         timings = [self._timing(i, r, model_bytes) for i, r in zip(ids, answered, strict=True)]
+        crashed_energy, crashed = 0.0, set()
+        for timing in timings:
+            point = crash_point(self.cfg.seed, server_round, timing.client, self.clock.crash)
+            if point is not None:
+                crashed.add(timing.client)
+                crashed_energy += point * timing.energy
+        timings = [t for t in timings if t.client not in crashed]
         policy = "deadline_drop" if self.clock.policy == "deadline_partial" else self.clock.policy
         schedule = schedule_round(
             timings, policy=policy, deadline=self.clock.deadline, wanted=wanted
@@ -89,6 +115,7 @@ class RoundClock:
             "virtual_seconds": self.time,
             "round_virtual_seconds": schedule.duration,
             "clients_dropped": len(schedule.dropped),
-            "energy_joules": sum(t.energy for t in timings),
+            "clients_crashed": len(crashed),
+            "energy_joules": sum(t.energy for t in timings) + crashed_energy,
         }
         return [r for i, r in zip(ids, answered, strict=True) if i in kept], row

@@ -138,3 +138,13 @@ def test_scaling_below_saturation_is_fitted_from_measured_times():
     assert fitted.throughput == pytest.approx(5000.0, rel=1e-6)
     # Below saturation: S·(B/S)^α samples' worth: B = 16 costs 64·(1/4)^0.5 = 32.
     assert truth.step_seconds(16) == pytest.approx(0.001 + 32 / 5000)
+
+
+def test_unavailable_and_crashed_clients_are_counted_and_not_aggregated(tmp_path):
+    _, rows, _ = _run(tmp_path, rounds=4, clients_per_round=6, clock=_clock(dropout=0.3, crash=0.3))
+    assert sum(r["clients_unavailable"] for r in rows) > 0
+    assert sum(r["clients_crashed"] for r in rows) > 0
+    for row in rows:
+        assert row["clients_sampled"] + row["clients_unavailable"] == 6
+        aggregated = row["clients_sampled"] - row["clients_crashed"] - row["clients_dropped"]
+        assert (row["steps"] or 0) == 15 * aggregated  # 15 steps per aggregated client
