@@ -15,6 +15,7 @@ from fedbatch.clock.devices import DeviceClass
 CLOCKS = ("off", "devices")
 POLICIES = ("wait_all", "deadline_drop", "deadline_partial")
 ON_OOM = ("fail", "accumulate")
+BATCH_POLICIES = ("same", "memory", "throughput", "equal_time")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ClockConfig:
     over_selection: float = 0.0  # select ⌈K(1 + o)⌉ clients, aggregate the first K to finish
     on_oom: str = "fail"  # a B that does not fit a device: the client fails, or accumulates
     profile: str | None = None  # a `python -m fedbatch.calibrate` device.json: its one device
+    batch_policy: str = "same"  # B per device: same, capped by memory, ∝ throughput; or
+    # equal_time: every client computes for `deadline` seconds (its step count fills it)
     dropout: float = 0.0  # probability that a selected client is unavailable in a round
     crash: float = 0.0  # probability that a client crashes mid-round (its work is lost)
     night: float = 0.0  # diurnal trace: fraction of each day a client is offline
@@ -90,6 +93,9 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
         ),
         on_oom=choice("clock.on_oom", raw.get("on_oom", d.on_oom), ON_OOM),
         profile=None,  # read here: the devices travel in the config, not the file
+        batch_policy=choice(
+            "clock.batch_policy", raw.get("batch_policy", d.batch_policy), BATCH_POLICIES
+        ),
         dropout=number("clock.dropout", raw.get("dropout", 0.0), 0.0, 1.0, open_low=False),
         crash=number("clock.crash", raw.get("crash", 0.0), 0.0, 1.0, open_low=False),
         night=number("clock.night", raw.get("night", 0.0), 0.0, 1.0, open_low=False),
@@ -99,4 +105,6 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
     )
     if cfg.policy != "wait_all" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, f"> 0 virtual seconds with policy={cfg.policy}")
+    if cfg.batch_policy == "equal_time" and cfg.deadline is None:
+        raise ConfigError("clock.deadline", None, "the time budget, with batch_policy=equal_time")
     return cfg

@@ -145,6 +145,8 @@ def _device_limits(
     if "max-steps" in config:
         fit = int(config["max-steps"])
         steps = min(steps if steps is not None else plan.steps_per_round, fit)
+    if "exact-steps" in config:  # an equal time budget: as many steps as fill it
+        steps = int(config["exact-steps"])
     return micro_batch, steps
 
 

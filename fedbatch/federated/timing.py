@@ -55,21 +55,40 @@ class RoundClock:
         )
 
     def limits(self, partition_id: int, batch_size: int | str, model_bytes: int) -> dict[str, Any]:
-        """Per-client values for a round: the device's memory limit on B and, with
-        `deadline_partial`, how many steps fit before the deadline."""
+        """Per-client values for a round: B for this device (`clock.batch_policy`), the
+        device's memory limit on B, and the steps that fit a deadline or a time budget."""
         device = self.device_of[partition_id]
         limits: dict[str, Any] = {"max-batch": device.largest_batch()}
-        if self.clock.policy == "deadline_partial" and batch_size != FULL_BATCH:
+        if batch_size == FULL_BATCH:
+            return limits
+        batch = self.device_batch(device, int(batch_size))
+        if batch != batch_size:
+            limits["batch-size"] = batch
+        timed = self.clock.policy == "deadline_partial" or self.clock.batch_policy == "equal_time"
+        if timed:
             assert self.clock.deadline is not None
-            limits["max-steps"] = partial_steps(
+            steps = partial_steps(
                 device,
                 deadline=self.clock.deadline,
-                batch_size=int(batch_size),
+                batch_size=batch,
                 accumulate=self.cfg.client.accumulate,
                 download=transfer_seconds(model_bytes, device.bandwidth_down, device.latency),
                 upload=transfer_seconds(model_bytes, device.bandwidth_up, device.latency),
             )
+            key = "exact-steps" if self.clock.batch_policy == "equal_time" else "max-steps"
+            limits[key] = steps
         return limits
+
+    def device_batch(self, device: DeviceClass, batch_size: int) -> int:
+        """`memory`: B capped by what fits the device; `throughput`: B scaled by the
+        device's throughput relative to the mean over clients (at least 1)."""
+        policy = self.clock.batch_policy
+        if policy == "memory":
+            return max(1, min(batch_size, device.largest_batch()))
+        if policy == "throughput":
+            mean = sum(d.throughput for d in self.device_of) / len(self.device_of)
+            return max(1, round(batch_size * device.throughput / mean))
+        return batch_size
 
     def _timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
         metrics = reply.content["metrics"]

@@ -11,7 +11,7 @@ from fedbatch.clock.devices import DeviceClass, fit_device
 from fedbatch.config import ConfigError, build_config
 from fedbatch.engine import inprocess
 from fedbatch.federated.records import model_to_arrays
-from fedbatch.federated.timing import record_bytes
+from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import workload_for
 from tests.conftest import read_rows, tiny_config
 
@@ -148,3 +148,28 @@ def test_unavailable_and_crashed_clients_are_counted_and_not_aggregated(tmp_path
         assert row["clients_sampled"] + row["clients_unavailable"] == 6
         aggregated = row["clients_sampled"] - row["clients_crashed"] - row["clients_dropped"]
         assert (row["steps"] or 0) == 15 * aggregated  # 15 steps per aggregated client
+
+
+def test_batch_policies_give_each_device_its_own_b_or_time_budget(tmp_path):
+    slow = DEVICE | {"name": "slow", "throughput": 1000.0, "memory_cap": 14.0}  # B ≤ 8 fits
+    fast = DEVICE | {"name": "fast", "throughput": 3000.0}
+    devices = {"name": "devices", "devices": [slow, fast]}
+
+    def limits(**clock):
+        cfg = tiny_config(clock=devices | clock)
+        timer = RoundClock(cfg)
+        return [(d.name, timer.limits(i, 16, 1000)) for i, d in enumerate(timer.device_of)]
+
+    for name, values in limits(batch_policy="memory"):
+        assert values.get("batch-size", 16) == (8 if name == "slow" else 16)
+    for name, values in limits(batch_policy="throughput"):  # mean throughput 2000
+        assert values["batch-size"] == (8 if name == "slow" else 24)
+    for name, values in limits(batch_policy="equal_time", deadline=2.0):
+        # transfers: 0.1 + 8000/8e6 down, 0.1 + 8000/4e6 up; t(16) = 0.01 + 32/throughput
+        budget = 2.0 - (0.1 + 0.001) - (0.1 + 0.002)
+        step = 0.01 + 32 / (1000.0 if name == "slow" else 3000.0)
+        assert values["exact-steps"] == math.floor(budget / step)
+    _, rows, _ = _run(
+        tmp_path, rounds=2, clock=devices | {"batch_policy": "equal_time", "deadline": 2.0}
+    )
+    assert all(r["round_virtual_seconds"] <= 2.0 for r in rows)
