@@ -128,3 +128,16 @@ def partial_steps(
     while steps > 0 and not _in_time(total(steps), deadline):
         steps -= 1
     return steps
+
+
+def staleness_weight(staleness: int, exponent: float, cutoff: float | None = None) -> float:
+    """How much an update computed `staleness` versions ago counts (FedBuff, FedAsync).
+
+    Polynomial (Xie et al. 2019): (1 + τ)^−a; a = 0.5 is FedBuff's 1/√(1 + τ).
+    Hinge, when `cutoff` b is given: 1 while τ <= b, then 1 / (a(τ − b) + 1).
+    """
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    if cutoff is None:
+        return (1.0 + staleness) ** -exponent
+    return 1.0 if staleness <= cutoff else 1.0 / (exponent * (staleness - cutoff) + 1.0)

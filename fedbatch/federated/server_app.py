@@ -26,12 +26,17 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig, config_from_json
+from fedbatch.federated.async_loop import run_async
 from fedbatch.federated.evaluation import ServerEvaluation
 from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
 from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.sampling import SampledNodesGrid
-from fedbatch.federated.strategies import build_strategy
+from fedbatch.federated.strategies import (
+    ASYNC_PARAMETERS,
+    build_strategy,
+    check_strategy_params,
+)
 from fedbatch.federated.timing import ROW_KEYS as CLOCK_KEYS
 from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import Workload, workload_for
@@ -87,7 +92,10 @@ def run_rounds(
     assign_partitions: bool = True,
 ) -> RunOutcome:
     """Run up to `cfg.rounds` rounds of the configured strategy on `grid`."""
-    strategy = build_strategy(cfg)
+    asynchronous = cfg.strategy.name in ASYNC_PARAMETERS
+    if asynchronous:
+        check_strategy_params(cfg)
+    strategy = None if asynchronous else build_strategy(cfg)
     nodes = SampledNodesGrid(grid)
     partition_of = {node: i for i, node in enumerate(nodes.all_node_ids)}
     evaluate_count = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
@@ -136,6 +144,8 @@ def run_rounds(
     if cfg.stream.streaming:
         start_row["virtual_seconds"] = 0.0
     notify(RoundState(0, arrays, start_row))
+    if strategy is None:
+        return _run_async(grid, cfg, callbacks, instruments, arrays, assign_partitions, start)
     stopped_because, completed = "rounds", 0
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()
@@ -198,6 +208,37 @@ def run_rounds(
             stopped_because = state.stop_reason
             break
     outcome = RunOutcome(completed, stopped_because, time.perf_counter() - start)
+    for callback in callbacks:
+        callback.on_run_end(outcome)
+    return outcome
+
+
+def _run_async(
+    grid: Grid,
+    cfg: RunConfig,
+    callbacks: Sequence[Callback],
+    instruments: RoundInstruments,
+    initial: ArrayRecord,
+    assign_partitions: bool,
+    start: float,
+) -> RunOutcome:
+    """FedBuff / FedAsync: one row per aggregation, through the same callbacks."""
+
+    def notify(server_round: int, arrays: ArrayRecord, values: dict[str, Any]) -> bool:
+        row = dict.fromkeys(ROW_KEYS) | values | {"round": server_round}
+        state = RoundState(server_round, arrays, row)
+        for callback in callbacks:
+            callback.on_round_end(state)
+        if state.stop_reason is not None:
+            stop[0] = state.stop_reason
+        return state.stop_reason is not None
+
+    def base(server_round: int) -> dict[str, Any]:
+        return {"run-config": cfg.to_json()} | instruments.round_config(server_round)
+
+    stop = ["rounds"]
+    completed, _ = run_async(grid, cfg, notify, base, initial, assign_partitions)
+    outcome = RunOutcome(completed, stop[0], time.perf_counter() - start)
     for callback in callbacks:
         callback.on_run_end(outcome)
     return outcome

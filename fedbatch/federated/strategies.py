@@ -34,8 +34,18 @@ _MANAGED = {
 }
 
 
+# Asynchronous strategies run fedbatch's event loop (federated/async_loop.py), not a class.
+ASYNC_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "fedbuff": ("buffer_size", "concurrency", "server_learning_rate", "staleness_exponent",
+                "hinge_cutoff"),
+    "fedasync": ("concurrency", "mixing", "staleness_exponent", "hinge_cutoff"),
+}  # fmt: skip
+
+
 def tunable_parameters(name: str) -> list[str]:
     """The constructor parameters of strategy `name` that config may set."""
+    if name in ASYNC_PARAMETERS:
+        return list(ASYNC_PARAMETERS[name])
     signature = inspect.signature(STRATEGY_CLASSES[name].__init__)
     return [p for p in signature.parameters if p not in _MANAGED and p != "self"]
 
@@ -50,6 +60,9 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "tau": (0.0, None, False),
     "beta_1": (0.0, 1.0, True),
     "beta_2": (0.0, 1.0, True),
+    "mixing": (0.0, 1.0, False),
+    "staleness_exponent": (0.0, None, True),
+    "hinge_cutoff": (0.0, None, True),
 }
 # Strategies whose server step would also move BatchNorm's running statistics.
 _SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -66,6 +79,8 @@ def check_strategy_params(cfg: RunConfig) -> None:
         if key in _RANGES:
             low, high, inclusive = _RANGES[key]
             number(f"strategy.{key}", value, low, high, open_low=not inclusive)
+    if name in ASYNC_PARAMETERS:
+        _check_async(cfg)
     if name in _SERVER_OPTIMIZERS and cfg.model.norm == "batch":
         raise ConfigError(
             "model.norm",
@@ -73,6 +88,21 @@ def check_strategy_params(cfg: RunConfig) -> None:
             f"none, group or layer with strategy={name} (its server "
             "optimizer would also step BatchNorm's running statistics; use fedavg or fedprox)",
         )
+
+
+def _check_async(cfg: RunConfig) -> None:
+    name, params = cfg.strategy.name, cfg.strategy.params
+    if not cfg.clock.on:
+        allowed = f"devices with strategy={name} (updates arrive in virtual-time order)"
+        raise ConfigError("clock", "off", allowed)
+    concurrency = params.get("concurrency", cfg.clients_per_round)
+    if not isinstance(concurrency, int) or not 1 <= concurrency <= cfg.num_clients:
+        allowed = f"an integer from 1 to num_clients={cfg.num_clients}"
+        raise ConfigError("strategy.concurrency", concurrency, allowed)
+    buffer_size = params.get("buffer_size", 1)
+    if not isinstance(buffer_size, int) or not 1 <= buffer_size <= concurrency:
+        allowed = f"an integer from 1 to strategy.concurrency={concurrency}"
+        raise ConfigError("strategy.buffer_size", buffer_size, allowed)
 
 
 def build_strategy(cfg: RunConfig) -> FedAvg:

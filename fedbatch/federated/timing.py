@@ -21,7 +21,7 @@ from fedbatch.config import FULL_BATCH, RunConfig
 
 ROW_KEYS = (
     "round_virtual_seconds", "clients_dropped", "clients_unavailable", "clients_crashed",
-    "energy_joules",
+    "energy_joules", "staleness_mean", "staleness_max",
 )  # fmt: skip
 
 
@@ -90,7 +90,8 @@ class RoundClock:
             return max(1, round(batch_size * device.throughput / mean))
         return batch_size
 
-    def _timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
+    def client_timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
+        """A replying client's virtual time and energy, from what it reports it did."""
         metrics = reply.content["metrics"]
         return client_timing(
             partition_id,
@@ -116,7 +117,9 @@ class RoundClock:
         part of its compute (and energy) and sends nothing."""
         answered = [r for r in replies if not r.has_error()]
         ids = [partition_of[r.metadata.src_node_id] for r in answered]
-        timings = [self._timing(i, r, model_bytes) for i, r in zip(ids, answered, strict=True)]
+        timings = [
+            self.client_timing(i, r, model_bytes) for i, r in zip(ids, answered, strict=True)
+        ]
         crashed_energy, crashed = 0.0, set()
         for timing in timings:
             point = crash_point(self.cfg.seed, server_round, timing.client, self.clock.crash)

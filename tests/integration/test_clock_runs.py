@@ -11,9 +11,10 @@ from fedbatch.clock.devices import DeviceClass, fit_device
 from fedbatch.config import ConfigError, build_config
 from fedbatch.engine import inprocess
 from fedbatch.federated.records import model_to_arrays
+from fedbatch.federated.strategies import check_strategy_params
 from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import workload_for
-from tests.conftest import read_rows, tiny_config
+from tests.conftest import read_rows, tiny_config, without_measured
 
 # One device class, round numbers: t(B=16) = 0.01 + 32 / 1000 = 0.042 s per step.
 DEVICE = {
@@ -173,3 +174,59 @@ def test_batch_policies_give_each_device_its_own_b_or_time_budget(tmp_path):
         tmp_path, rounds=2, clock=devices | {"batch_policy": "equal_time", "deadline": 2.0}
     )
     assert all(r["round_virtual_seconds"] <= 2.0 for r in rows)
+
+
+def _async_times(rows):
+    return [(r["virtual_seconds"], r["staleness_max"]) for r in rows]
+
+
+def test_fedbuff_orders_updates_by_virtual_finish_time_with_their_staleness(tmp_path):
+    slow = DEVICE | {"name": "slow", "throughput": 250.0, "share": 0.5}
+    fast = DEVICE | {"name": "fast", "throughput": 1000.0, "share": 0.5}
+    clock = {"name": "devices", "devices": [slow, fast]}
+    strategy = {"name": "fedbuff", "concurrency": 2, "buffer_size": 1}
+    cfg, rows, _ = _run(
+        tmp_path / "a", rounds=6, num_clients=2, clients_per_round=2, clock=clock,
+        strategy=strategy,
+    )  # fmt: skip
+    # Each client always does 45 steps (719 or 718 samples, B = 16), so its round time is
+    # fixed: the fast one arrives every T_fast, the slow one every T_slow, both from t = 0.
+    model_bytes = record_bytes(model_to_arrays(workload_for(cfg.to_json()).initial_model()))
+    transfers = 0.1 + 8 * model_bytes / 8e6 + 0.1 + 8 * model_bytes / 4e6
+    t_fast, t_slow = transfers + 45 * (0.01 + 32 / 1000), transfers + 45 * (0.01 + 32 / 250)
+    arrivals = sorted(
+        [(k * t_fast, "fast") for k in range(1, 8)] + [(k * t_slow, "slow") for k in range(1, 3)]
+    )[:6]
+    expected, last = [], {"fast": 0, "slow": 0}  # version each client started from
+    for version, (when, who) in enumerate(arrivals):
+        expected.append((pytest.approx(when), version - last[who]))
+        last[who] = version + 1
+    assert _async_times(rows) == expected
+    _, again, _ = _run(
+        tmp_path / "b", rounds=6, num_clients=2, clients_per_round=2, clock=clock,
+        strategy=strategy,
+    )  # fmt: skip
+    assert without_measured(again) == without_measured(rows)  # same seed, same events
+
+
+def test_fedasync_mixes_each_arrival_and_learns(tmp_path):
+    _, rows, _ = _run(
+        tmp_path, rounds=8, clock=_clock(),
+        strategy={"name": "fedasync", "concurrency": 3, "mixing": 0.6},
+    )  # fmt: skip
+    assert all(r["clients_replied"] == 1 for r in rows)
+    assert rows[-1]["test_accuracy"] > 0.3  # from 0.1: mixing client models in helps
+
+
+@pytest.mark.parametrize(
+    ("strategy", "clock", "key"),
+    [
+        ({"name": "fedbuff", "buffer_size": 4, "concurrency": 2}, _clock(), "strategy.buffer_size"),
+        ({"name": "fedbuff", "concurrency": 99}, _clock(), "strategy.concurrency"),
+        ({"name": "fedbuff"}, {"name": "off"}, "clock"),
+    ],
+)
+def test_bad_async_settings_name_the_key(strategy, clock, key):
+    with pytest.raises(ConfigError) as error:
+        check_strategy_params(tiny_config(strategy=strategy, clock=clock))
+    assert error.value.key == key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -250,3 +251,15 @@ def test_relative_errors_per_point():
     # t(16) = 0.042 against 0.084 measured → 0.5; t(64) = 0.074 against 0.0925 → 0.2
     errors = relative_errors(SLOW, [16, 64], [0.084, 0.0925])
     assert errors == pytest.approx([0.5, 0.2])
+
+
+def test_staleness_weights_equal_the_formulas():
+    from fedbatch.clock.scheduler import staleness_weight
+
+    assert staleness_weight(0, 0.5) == 1.0
+    assert staleness_weight(3, 0.5) == pytest.approx(1 / math.sqrt(4))  # FedBuff 1/√(1+τ)
+    assert staleness_weight(3, 1.0) == pytest.approx(0.25)
+    assert staleness_weight(2, 0.5, cutoff=2) == 1.0  # hinge: 1 up to b
+    assert staleness_weight(6, 0.5, cutoff=2) == pytest.approx(1 / (0.5 * 4 + 1))
+    with pytest.raises(ValueError):
+        staleness_weight(-1, 0.5)
