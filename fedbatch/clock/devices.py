@@ -9,6 +9,7 @@ costs S·(B/S)^α samples' worth, so throughput B / t rises with B up to its max
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -179,3 +180,18 @@ def relative_errors(
 ) -> list[float]:
     """|t(B) − measured| / measured for each point."""
     return [abs(device.step_seconds(b) - s) / s for b, s in zip(batch_sizes, seconds, strict=True)]
+
+
+def spread_device(device: DeviceClass, sigma: float, seed: int, client: int) -> DeviceClass:
+    """One client's device around its class: throughput and bandwidths each multiplied by
+    a log-normal factor exp(σz − σ²/2) (mean 1), seeded per client."""
+    if sigma <= 0:
+        return device
+    rng = np.random.default_rng(derive_seed(seed, "device-spread", client))
+    compute, network = np.exp(sigma * rng.standard_normal(2) - sigma * sigma / 2)
+    return dataclasses.replace(
+        device,
+        throughput=device.throughput * float(compute),
+        bandwidth_down=device.bandwidth_down * float(network),
+        bandwidth_up=device.bandwidth_up * float(network),
+    )

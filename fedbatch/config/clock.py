@@ -29,6 +29,7 @@ class ClockConfig:
     profile: str | None = None  # a `python -m fedbatch.calibrate` device.json: its one device
     batch_policy: str = "same"  # B per device: same, capped by memory, ∝ throughput; or
     # equal_time: every client computes for `deadline` seconds (its step count fills it)
+    spread: float = 0.0  # σ: each client's throughput and bandwidth × a log-normal factor
     dropout: float = 0.0  # probability that a selected client is unavailable in a round
     crash: float = 0.0  # probability that a client crashes mid-round (its work is lost)
     night: float = 0.0  # diurnal trace: fraction of each day a client is offline
@@ -96,6 +97,7 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
         batch_policy=choice(
             "clock.batch_policy", raw.get("batch_policy", d.batch_policy), BATCH_POLICIES
         ),
+        spread=number("clock.spread", raw.get("spread", 0.0), 0.0, open_low=False),
         dropout=number("clock.dropout", raw.get("dropout", 0.0), 0.0, 1.0, open_low=False),
         crash=number("clock.crash", raw.get("crash", 0.0), 0.0, 1.0, open_low=False),
         night=number("clock.night", raw.get("night", 0.0), 0.0, 1.0, open_low=False),

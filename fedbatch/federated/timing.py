@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message
 
 from fedbatch.clock.availability import crash_point, is_available
-from fedbatch.clock.devices import DeviceClass, assign_devices
+from fedbatch.clock.devices import DeviceClass, assign_devices, spread_device
 from fedbatch.clock.network import transfer_seconds
 from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
 from fedbatch.config import FULL_BATCH, RunConfig
@@ -35,7 +35,10 @@ class RoundClock:
         self.cfg, self.clock = cfg, cfg.clock
         self.time = 0.0
         classes = assign_devices(cfg.clock.devices, cfg.num_clients, cfg.seed)
-        self.device_of: list[DeviceClass] = [cfg.clock.devices[c] for c in classes]
+        self.device_of: list[DeviceClass] = [
+            spread_device(cfg.clock.devices[c], cfg.clock.spread, cfg.seed, client)
+            for client, c in enumerate(classes)
+        ]
 
     def select_count(self, wanted: int) -> int:
         """Over-selection: ⌈K(1 + o)⌉ clients for K updates, at most every client."""

@@ -263,3 +263,17 @@ def test_staleness_weights_equal_the_formulas():
     assert staleness_weight(6, 0.5, cutoff=2) == pytest.approx(1 / (0.5 * 4 + 1))
     with pytest.raises(ValueError):
         staleness_weight(-1, 0.5)
+
+
+def test_spread_varies_each_clients_device_around_its_class():
+    from fedbatch.clock.devices import spread_device
+
+    base = DeviceClass("x", throughput=1000.0, bandwidth_down=50.0, bandwidth_up=10.0)
+    assert spread_device(base, 0.0, 1, 3) is base
+    clients = [spread_device(base, 0.5, 1, c) for c in range(4000)]
+    throughputs = np.array([d.throughput for d in clients])
+    assert throughputs.mean() == pytest.approx(1000.0, rel=0.03)  # mean-1 factor
+    assert np.log(throughputs).std() == pytest.approx(0.5, rel=0.05)
+    assert spread_device(base, 0.5, 1, 7) == clients[7]  # seeded per client
+    ratio = [d.bandwidth_up / d.bandwidth_down for d in clients[:10]]
+    assert ratio == pytest.approx([0.2] * 10)  # one network factor per client
