@@ -12,7 +12,7 @@ from typing import Any
 from fedbatch.checks import ConfigError, SectionReader, check_known, choice, number, optional
 from fedbatch.clock.devices import DeviceClass
 
-CLOCKS = ("off", "devices")
+CLOCKS = ("off", "devices", "real")
 POLICIES = ("wait_all", "deadline_drop", "deadline_partial")
 ON_OOM = ("fail", "accumulate")
 BATCH_POLICIES = ("same", "memory", "throughput", "equal_time")
@@ -20,7 +20,7 @@ BATCH_POLICIES = ("same", "memory", "throughput", "equal_time")
 
 @dataclass(frozen=True)
 class ClockConfig:
-    name: str = "off"  # off: rounds are untimed; devices: the device and network model
+    name: str = "off"  # off: untimed; devices: device and network model; real: measured
     devices: tuple[DeviceClass, ...] = field(default_factory=lambda: (DeviceClass("laptop"),))
     policy: str = "wait_all"
     deadline: float | None = None  # virtual seconds a round waits (deadline policies)
@@ -107,6 +107,12 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
     )
     if cfg.policy != "wait_all" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, f"> 0 virtual seconds with policy={cfg.policy}")
+    if cfg.name == "real" and (cfg.policy == "deadline_partial" or cfg.batch_policy != "same"):
+        raise ConfigError(
+            "clock",
+            "real",
+            "devices for deadline_partial or a device batch_policy (they need the device model)",
+        )
     if cfg.batch_policy == "equal_time" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, "the time budget, with batch_policy=equal_time")
     return cfg

@@ -9,6 +9,7 @@ partition to train on (`partition-id`); a real SuperNode uses the one in its nod
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import torch
@@ -152,6 +153,7 @@ def _device_limits(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    started = time.perf_counter()
     task = _setup(msg, context)
     cfg, config, model = task.workload.cfg, task.config, task.model
     plan = task.plan()
@@ -212,6 +214,8 @@ def train(msg: Message, context: Context) -> Message:
     metrics = _metrics(task, plan, result, probes)
     if streamed is not None:
         metrics = _with_stream(metrics, streamed, result)
+    if cfg.clock.name == "real":  # this client's measured time: the real clock
+        metrics["client_seconds"] = time.perf_counter() - started
     content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 

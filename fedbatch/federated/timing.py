@@ -60,6 +60,8 @@ class RoundClock:
     def limits(self, partition_id: int, batch_size: int | str, model_bytes: int) -> dict[str, Any]:
         """Per-client values for a round: B for this device (`clock.batch_policy`), the
         device's memory limit on B, and the steps that fit a deadline or a time budget."""
+        if self.clock.name == "real":  # real devices have their own limits
+            return {}
         device = self.device_of[partition_id]
         limits: dict[str, Any] = {"max-batch": device.largest_batch()}
         if batch_size == FULL_BATCH:
@@ -94,8 +96,12 @@ class RoundClock:
         return batch_size
 
     def client_timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
-        """A replying client's virtual time and energy, from what it reports it did."""
+        """A replying client's virtual time and energy, from what it reports it did; with
+        `clock=real`, its measured wall time (energy unknown: 0)."""
         metrics = reply.content["metrics"]
+        if self.clock.name == "real":
+            measured = float(metrics["client_seconds"])
+            return ClientTiming(partition_id, 0.0, measured, 0.0, 0.0, 0.0)
         return client_timing(
             partition_id,
             self.device_of[partition_id],

@@ -230,3 +230,20 @@ def test_bad_async_settings_name_the_key(strategy, clock, key):
     with pytest.raises(ConfigError) as error:
         check_strategy_params(tiny_config(strategy=strategy, clock=clock))
     assert error.value.key == key
+
+
+def test_real_clock_uses_each_clients_measured_time(tmp_path):
+    _, rows, _ = _run(tmp_path / "a", rounds=2, clock={"name": "real"})
+    assert all(r["round_virtual_seconds"] > 0 and r["energy_joules"] == 0.0 for r in rows)
+    assert rows[1]["virtual_seconds"] == pytest.approx(
+        rows[0]["round_virtual_seconds"] + rows[1]["round_virtual_seconds"]
+    )
+    _, late, _ = _run(
+        tmp_path / "b",
+        rounds=1,
+        clock={"name": "real", "policy": "deadline_drop", "deadline": 1e-9},
+    )
+    assert late[0]["clients_dropped"] == 3 and late[0]["steps"] is None
+    with pytest.raises(ConfigError) as error:
+        tiny_config(clock={"name": "real", "policy": "deadline_partial", "deadline": 1.0})
+    assert error.value.key == "clock"
