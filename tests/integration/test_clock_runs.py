@@ -247,3 +247,18 @@ def test_real_clock_uses_each_clients_measured_time(tmp_path):
     with pytest.raises(ConfigError) as error:
         tiny_config(clock={"name": "real", "policy": "deadline_partial", "deadline": 1.0})
     assert error.value.key == "clock"
+
+
+def test_calibrate_writes_a_device_profile_the_clock_loads(tmp_path, capsys):
+    from fedbatch.calibrate import main as calibrate
+
+    calibrate(
+        ["--batch-sizes", "1,8,64", "--variants", "fp32", "--repeats", "3",
+         "--out", str(tmp_path), "model.hidden=[16]"]
+    )  # fmt: skip
+    assert "device model fit" in capsys.readouterr().out
+    device = json.loads((tmp_path / "device.json").read_text())["device"]
+    cfg = tiny_config(clock={"name": "devices", "profile": str(tmp_path / "device.json")})
+    (loaded,) = cfg.clock.devices
+    assert loaded.throughput == device["throughput"] > 0
+    assert loaded.memory_per_sample == device["memory_per_sample"] >= 0
