@@ -33,6 +33,7 @@ from fedbatch.config.sections import (
 )
 from fedbatch.config.stream import StreamConfig, stream_config
 from fedbatch.config.training import (
+    FULL_BATCH,
     BatchConfig,
     ClientConfig,
     MonitorConfig,
@@ -103,6 +104,19 @@ def _check_combinations(cfg: RunConfig) -> None:
     if cfg.batch.adascale and not noise_measured:
         raise ConfigError(
             "batch.adascale", True, "with monitor.noise_scale or monitor.noise_across >= 1"
+        )
+    if cfg.batch.adascale and cfg.client.lr_scaling != "none":
+        raise ConfigError(
+            "client.lr_scaling",
+            cfg.client.lr_scaling,
+            "none with batch.adascale (its gain already scales the LR with B)",
+        )
+    timed = cfg.clock.policy == "deadline_partial" or cfg.clock.batch_policy == "equal_time"
+    if cfg.clock.on and timed and cfg.client.batch_size == FULL_BATCH:
+        raise ConfigError(
+            "client.batch_size",
+            FULL_BATCH,
+            "an integer with clock deadline_partial or equal_time (steps are planned per B)",
         )
     if cfg.client.precision == "fp16" and cfg.device == "cpu":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 on device=cpu")

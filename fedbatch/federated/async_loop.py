@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedbatch.clock.scheduler import staleness_weight
@@ -71,7 +71,12 @@ class AsyncServer:
         rng = np.random.default_rng(derive_seed(self.cfg.seed, "async", self.dispatched))
         client = idle[int(rng.integers(len(idle)))]
         self.dispatched += 1
-        config = ConfigRecord(base | {"server-round": self.version + 1})
+        # Each dispatch is its own "round" for the client's seeds (shuffle, probes), and its
+        # stream window starts at the virtual time it starts.
+        values = base | {"server-round": self.dispatched}
+        if self.cfg.stream.streaming:
+            values |= {"window-start": now, "window-end": now + self.cfg.stream.round_seconds}
+        config = ConfigRecord(values)
         if self.address:
             config["partition-id"] = client
             for key, value in self.clock.limits(
@@ -116,15 +121,21 @@ class AsyncServer:
         self.arrays, self.version = _record(new, self.arrays), self.version + 1
 
 
+Measure = Callable[[int, ArrayRecord, list[Message], MetricRecord], dict[str, Any]]
+
+
 def run_async(
     grid: Grid,
     cfg: RunConfig,
     notify: Callable[[int, ArrayRecord, dict[str, Any]], bool],
     base: Callable[[int], dict[str, Any]],
+    measure: Measure,
     initial: ArrayRecord,
     address: bool,
 ) -> tuple[int, str]:
-    """Run `cfg.rounds` aggregations; `notify(round, arrays, row)` returns True to stop."""
+    """Run `cfg.rounds` aggregations; `notify(round, arrays, row)` returns True to stop.
+    `measure(round, before, replies, train)` adds the round's probe values to its row.
+    Stops as `all_clients_failed` once every client has failed in a row."""
     server = AsyncServer(grid, cfg, initial, address)
     concurrency = int(server.params.get("concurrency", cfg.clients_per_round))
     per_update = 1 if cfg.strategy.name == "fedasync" else int(server.params.get("buffer_size", 1))
@@ -134,23 +145,30 @@ def run_async(
         server.dispatch(now, plan)
     for server_round in range(1, cfg.rounds + 1):
         round_start, arrived, errors, energy = time.perf_counter(), [], [], 0.0
+        failed_in_a_row = 0
         while True:
             entry = heapq.heappop(server.flight)
             now, energy = entry.finish, energy + entry.energy
             if entry.reply.has_error():
                 errors.append(entry.reply.error.reason)
+                failed_in_a_row += 1
+                if failed_in_a_row >= max(concurrency, cfg.num_clients):
+                    return server_round - 1, "all_clients_failed"
             else:
                 arrived.append(entry)
+                failed_in_a_row = 0
             if len(arrived) == per_update:
                 break
             server.dispatch(now, plan)  # keep `concurrency` clients busy
         staleness = [server.version - e.version for e in arrived]
+        before = server.arrays
         server.apply(arrived)
         server.clock.time = now
         plan = base(server_round + 1)
         server.dispatch(now, plan)  # the last arrival's slot starts on the new model
         train = aggregate_client_metrics([e.reply.content for e in arrived], "num-examples")
         row = {key: train[key] for key in train if key != "num-examples"}
+        row |= measure(server_round, before, [e.reply for e in arrived], train)
         row |= {
             "examples": train["num-examples"],
             "clients_sampled": len(arrived) + len(errors),

@@ -26,10 +26,13 @@ class ServerEvaluation(Callback):
         self.model = workload.initial_model()
         self.drifting = workload.cfg.eval.follow_drift
 
-    def test_set(self, server_round: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_set(
+        self, server_round: int, now: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The central test set; with `eval.follow_drift` it drifts as the stream does at
         the end of the round (without per-client stagger): during a gradual drift, that
-        fraction of its rows (a fixed seeded order) is in the new concept."""
+        fraction of its rows (a fixed seeded order) is in the new concept. `now` is the
+        virtual time (the clock's, when one runs)."""
         w = self.workload
         if not self.drifting:
             return w.x_test, w.y_test
@@ -41,7 +44,8 @@ class ServerEvaluation(Callback):
             w.dataset.y_test,
             w.dataset.num_classes,
         )
-        fraction = reference.concept_at(server_round * stream.round_seconds)
+        now = server_round * stream.round_seconds if now is None else now
+        fraction = reference.concept_at(now)
         order = torch.randperm(len(w.y_test), generator=torch.Generator().manual_seed(w.cfg.seed))
         concept = torch.zeros(len(w.y_test), dtype=torch.int8)
         concept[order[: round(fraction * len(w.y_test))]] = 1
@@ -57,7 +61,7 @@ class ServerEvaluation(Callback):
         if not self._due(state.round):
             return
         load_arrays(self.model, state.arrays)
-        x, y = self.test_set(state.round)
+        x, y = self.test_set(state.round, state.row.get("virtual_seconds"))
         loss, accuracy = evaluate(self.model, x, y, self.workload.cfg.eval.batch_size)
         state.row["test_loss"] = loss
         state.row["test_accuracy"] = accuracy

@@ -237,8 +237,11 @@ def _run_async(
         return {"run-config": cfg.to_json()} | instruments.round_config(server_round)
 
     stop = ["rounds"]
-    completed, _ = run_async(grid, cfg, notify, base, initial, assign_partitions)
-    outcome = RunOutcome(completed, stop[0], time.perf_counter() - start)
+    completed, ended = run_async(
+        grid, cfg, notify, base, instruments.measure, initial, assign_partitions
+    )
+    reason = ended if ended == "all_clients_failed" else stop[0]
+    outcome = RunOutcome(completed, reason, time.perf_counter() - start)
     for callback in callbacks:
         callback.on_run_end(outcome)
     return outcome

@@ -99,6 +99,10 @@ def _check_async(cfg: RunConfig) -> None:
     if not isinstance(concurrency, int) or not 1 <= concurrency <= cfg.num_clients:
         allowed = f"an integer from 1 to num_clients={cfg.num_clients}"
         raise ConfigError("strategy.concurrency", concurrency, allowed)
+    for key in ("dropout", "crash", "night"):
+        if getattr(cfg.clock, key) > 0:
+            allowed = f"0 with strategy={name} (availability applies to synchronous rounds)"
+            raise ConfigError(f"clock.{key}", getattr(cfg.clock, key), allowed)
     buffer_size = params.get("buffer_size", 1)
     if not isinstance(buffer_size, int) or not 1 <= buffer_size <= concurrency:
         allowed = f"an integer from 1 to strategy.concurrency={concurrency}"

@@ -72,11 +72,16 @@ class RoundClock:
         timed = self.clock.policy == "deadline_partial" or self.clock.batch_policy == "equal_time"
         if timed:
             assert self.clock.deadline is not None
+            # The passes the client will run: micro-batches that fit the device's memory.
+            largest = device.largest_batch()
+            split = self.clock.on_oom == "accumulate" and 0 < largest < batch
+            pass_batch = largest if split else batch
+            passes = math.ceil(self.cfg.client.accumulate * batch / pass_batch)
             steps = partial_steps(
                 device,
                 deadline=self.clock.deadline,
-                batch_size=batch,
-                accumulate=self.cfg.client.accumulate,
+                batch_size=pass_batch,
+                accumulate=passes,
                 download=transfer_seconds(model_bytes, device.bandwidth_down, device.latency),
                 upload=transfer_seconds(model_bytes, device.bandwidth_up, device.latency),
             )
@@ -135,17 +140,24 @@ class RoundClock:
             if point is not None:
                 crashed.add(timing.client)
                 crashed_energy += point * timing.energy
+        idle = {
+            i for i, r in zip(ids, answered, strict=True) if int(r.content["metrics"]["steps"]) == 0
+        }
         timings = [t for t in timings if t.client not in crashed]
         policy = "deadline_drop" if self.clock.policy == "deadline_partial" else self.clock.policy
         schedule = schedule_round(
             timings, policy=policy, deadline=self.clock.deadline, wanted=wanted
         )
-        kept = set(schedule.kept)
-        self.time += schedule.duration
+        kept = set(schedule.kept) - idle  # a client that did no step has nothing to add
+        duration = schedule.duration
+        if policy == "deadline_drop" and len(kept) < wanted:
+            assert self.clock.deadline is not None  # the server cannot tell who crashed:
+            duration = self.clock.deadline  # it waits for the deadline
+        self.time += duration
         row = {
             "virtual_seconds": self.time,
-            "round_virtual_seconds": schedule.duration,
-            "clients_dropped": len(schedule.dropped),
+            "round_virtual_seconds": duration,
+            "clients_dropped": len(schedule.dropped) + len(idle & set(schedule.kept)),
             "clients_crashed": len(crashed),
             "energy_joules": sum(t.energy for t in timings) + crashed_energy,
         }

@@ -44,7 +44,7 @@ class LocalPlan:
     @property
     def passes(self) -> int:
         """Forward/backward passes per optimizer step."""
-        return self.accumulate * math.ceil(self.batch_size / self.pass_batch)
+        return math.ceil(self.accumulate * self.batch_size / self.pass_batch)
 
 
 def steps_per_round(cfg: RunConfig, num_examples: int, effective_batch: int) -> int:

@@ -262,3 +262,53 @@ def test_calibrate_writes_a_device_profile_the_clock_loads(tmp_path, capsys):
     (loaded,) = cfg.clock.devices
     assert loaded.throughput == device["throughput"] > 0
     assert loaded.memory_per_sample == device["memory_per_sample"] >= 0
+
+
+def test_async_run_stops_when_every_client_fails(tmp_path):
+    tight = DEVICE | {"memory_cap": 14.0}  # B ≤ 8 fits; B = 16 fails every client
+    _, rows, summary = _run(
+        tmp_path, rounds=3, clock={"name": "devices", "devices": [tight]},
+        strategy={"name": "fedbuff", "concurrency": 2, "buffer_size": 1},
+    )  # fmt: skip
+    assert summary["stopped_because"] == "all_clients_failed" and rows == []
+
+
+def test_partial_work_plans_the_memory_split_passes(tmp_path):
+    # Largest B that fits: (100 − 10) / 0.5 = 180 < 256: steps of 256 run as 2 passes.
+    box = DEVICE | {"memory_cap": 100.0}
+    clock = {"name": "devices", "devices": [box], "on_oom": "accumulate",
+             "policy": "deadline_partial", "deadline": 1.5}  # fmt: skip
+    _, rows, _ = _run(tmp_path, rounds=1, client={"batch_size": 256, "steps": 50}, clock=clock)
+    assert rows[0]["clients_dropped"] == 0 and rows[0]["steps"] > 0
+    assert rows[0]["round_virtual_seconds"] <= 1.5
+
+
+def test_clients_that_fit_no_step_are_not_averaged_in(tmp_path):
+    slow = DEVICE | {"name": "slow", "throughput": 10.0, "share": 0.5}  # 3.2 s per step
+    clock = {"name": "devices", "devices": [slow, DEVICE | {"share": 0.5}],
+             "policy": "deadline_partial", "deadline": 1.5}  # fmt: skip
+    _, rows, _ = _run(tmp_path, rounds=1, clients_per_round=6, clock=clock)
+    assert rows[0]["clients_dropped"] == 3  # the slow ones did nothing: not aggregated
+    assert rows[0]["steps"] > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"batch": {"adascale": True}, "monitor": {"noise_scale": 1},
+          "client": {"lr_scaling": "linear"}}, "client.lr_scaling"),
+        ({"client": {"batch_size": "full"},
+          "clock": _clock(policy="deadline_partial", deadline=1.0)}, "client.batch_size"),
+    ],
+)  # fmt: skip
+def test_combinations_that_would_mislead_are_rejected(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        tiny_config(**overrides)
+    assert error.value.key == key
+
+
+def test_async_strategies_reject_availability_settings():
+    cfg = tiny_config(strategy={"name": "fedbuff"}, clock=_clock(dropout=0.2))
+    with pytest.raises(ConfigError) as error:
+        check_strategy_params(cfg)
+    assert error.value.key == "clock.dropout"
