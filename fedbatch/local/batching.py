@@ -105,12 +105,14 @@ def client_batch_size(
     partition_id: int,
     num_examples: int,
     mean_examples: float,
+    limit_to_data: bool = True,
 ) -> int:
     """The B one client uses: the round's B after the per-client rule, within its data.
 
     A list gives each client its own base B (cycled over partition ids), scaled by the
     schedule as `round_batch / base`; `equal_steps` scales B with the client's data size so
-    every client makes the same number of steps per epoch.
+    every client makes the same number of steps per epoch. `limit_to_data=False` (streams,
+    whose data keep arriving) does not cap B at the partition's size.
     """
     if not isinstance(round_batch, int) or not isinstance(base, int):
         return num_examples
@@ -119,4 +121,5 @@ def client_batch_size(
         batch = cfg.per_client[partition_id % len(cfg.per_client)] * round_batch / base
     elif cfg.per_client == "equal_steps":
         batch = round_batch * num_examples / mean_examples
-    return max(1, min(bounded(cfg, max(1, round(batch))), num_examples))
+    batch = bounded(cfg, max(1, round(batch)))
+    return max(1, min(batch, num_examples)) if limit_to_data else batch

@@ -64,10 +64,19 @@ def plan_round(
     LR by its gain r and advances the schedule r steps per step.
     """
     client = cfg.client
+    streaming = cfg.stream.streaming  # a stream's data keep arriving: B is not capped by n
     batch = client_batch_size(
-        cfg.batch, plan.batch_size, client.batch_size, partition_id, num_examples, mean_examples
+        cfg.batch,
+        plan.batch_size,
+        client.batch_size,
+        partition_id,
+        num_examples,
+        mean_examples,
+        limit_to_data=not streaming,
     )
-    effective = min(batch * client.accumulate, num_examples)
+    effective = batch * client.accumulate
+    if not streaming:  # a step cannot hold more than the client's data
+        effective = min(effective, num_examples)
     per_round = steps_per_round(cfg, num_examples, effective)
     lr = scaled_lr(client.lr, effective, client.base_batch_size, client.lr_scaling)
     regularization = (effective / client.base_batch_size) ** _EXPONENT[client.regularization]

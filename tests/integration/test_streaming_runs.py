@@ -98,3 +98,16 @@ def test_bad_stream_values_name_the_key(stream, key):
     with pytest.raises(ConfigError) as error:
         tiny_config(stream=stream)
     assert error.value.key == key
+
+
+def test_stream_batches_are_not_capped_by_the_partition_size(tmp_path):
+    # 239–240 samples per partition, but a stream keeps arriving: B = 256 stays 256.
+    rows = _run(
+        tmp_path,
+        rounds=3,
+        clients_per_round=6,
+        client={"batch_size": 256},
+        stream=ONLINE | {"name": "constant", "rate": 50.0, "batching": "wait"},
+    )
+    assert all(r["batch_size"] == 256 for r in rows)
+    assert sum(r["samples_trained"] for r in rows) == 256 * sum(r["steps"] for r in rows)
