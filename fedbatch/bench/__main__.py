@@ -25,7 +25,7 @@ from fedbatch.config import RunConfig
 
 # Runs of the same seed must agree on accuracy; the engines differ only by float order.
 ACCURACY_TOLERANCE = 0.01
-SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on")
+SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on", "vectorized")
 
 
 def run_once(runner: str, cfg: RunConfig) -> dict[str, Any]:

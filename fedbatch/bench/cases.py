@@ -46,7 +46,7 @@ SMALL = BenchCase(
         # Evaluate the final model only, as every runner does.
         "eval": {"every": 1000, "initial": False},
     },
-    runners=("plain", "inprocess", "probes-off", "ray", "flower", "pfl"),
+    runners=("plain", "inprocess", "probes-off", "vectorized", "ray", "flower", "pfl"),
     variants=_EQUAL_WORK,
 )
 

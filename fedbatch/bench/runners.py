@@ -71,7 +71,11 @@ RUNNERS: dict[str, Callable[[RunConfig, Workload], float]] = {
 ENGINE_MODULES = {"inprocess": "fedbatch.engine.inprocess", "ray": "fedbatch.engine.ray"}
 
 # Runners with heavier imports (Ray's simulation app, pfl), loaded only when asked for.
-OPTIONAL_RUNNERS = {"flower": "fedbatch.bench.vanilla_flower", "pfl": "fedbatch.bench.pfl_runner"}
+OPTIONAL_RUNNERS = {
+    "flower": "fedbatch.bench.vanilla_flower",
+    "pfl": "fedbatch.bench.pfl_runner",
+    "vectorized": "fedbatch.bench.vectorized",
+}
 
 
 def peak_rss_mb() -> float:
