@@ -31,7 +31,6 @@ ROW_KEYS = (
 )  # fmt: skip
 _FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "sharpness", "hessian_top")
 _FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
-_FROM_CLIENTS += ("samples_arrived", "samples_trained", "wait_seconds")
 _FROM_CLIENTS += ("prequential_loss", "prequential_accuracy")
 
 
@@ -98,6 +97,16 @@ class RoundInstruments:
         if self.cfg.monitor.noise_scale == 0:  # the only noise measurement: it drives B
             self.noise.update(grad_sq, trace)
         return _ratio(grad_sq, trace)
+
+    @staticmethod
+    def stream_totals(replies: Sequence[Message]) -> dict[str, Any]:
+        """Arrivals, training and waiting summed over every client that answered, whether
+        or not its update was aggregated (a stream moves on regardless)."""
+        metrics = [r.content["metrics"] for r in replies if not r.has_error()]
+        keys = ("samples_arrived", "samples_trained", "wait_seconds")
+        if not metrics or keys[0] not in metrics[0]:
+            return {}
+        return {key: sum(m[key] for m in metrics) for key in keys}
 
     def measure(
         self, server_round: int, before: ArrayRecord, replies: Sequence[Message], train: Any

@@ -109,6 +109,7 @@ def run_rounds(
         for callback in callbacks:
             callback.on_round_end(state)
 
+    window_end = [0.0]  # with a clock and a stream: where the last round's window ended
     unavailable = [0]  # clients selected in this round's train phase that were offline
 
     def limits(partition: int) -> dict[str, Any]:
@@ -153,9 +154,10 @@ def run_rounds(
         selected = cfg.clients_per_round
         if clock is not None:
             selected = clock.select_count(cfg.clients_per_round)
-            if cfg.stream.streaming:  # the stream's window starts at the clock's time
-                seconds = cfg.stream.round_seconds
-                base |= {"window-start": clock.time, "window-end": clock.time + seconds}
+            if cfg.stream.streaming:  # windows follow each other up to the clock's time
+                start, end = window_end[0], clock.time + cfg.stream.round_seconds
+                base |= {"window-start": start, "window-end": max(start, end)}
+                window_end[0] = max(start, end)
         across = None
         if instruments.across_due(server_round):
             _, probe_replies = exchange(None, server_round, "train", cfg.clients_per_round)
@@ -199,6 +201,7 @@ def run_rounds(
             "elapsed_seconds": now - start,
         }
         row |= instruments.measure(server_round, before, arrived, train) | clock_row
+        row |= instruments.stream_totals(replies)
         state = RoundState(server_round, arrays, row)
         notify(state)
         if messages and not replied:
@@ -237,9 +240,14 @@ def _run_async(
         return {"run-config": cfg.to_json()} | instruments.round_config(server_round)
 
     stop = ["rounds"]
-    completed, ended = run_async(
-        grid, cfg, notify, base, instruments.measure, initial, assign_partitions
-    )
+
+    def measure(
+        server_round: int, before: ArrayRecord, replies: list[Message], train: MetricRecord
+    ) -> dict[str, Any]:
+        probed = instruments.measure(server_round, before, replies, train)
+        return probed | instruments.stream_totals(replies)
+
+    completed, ended = run_async(grid, cfg, notify, base, measure, initial, assign_partitions)
     reason = ended if ended == "all_clients_failed" else stop[0]
     outcome = RunOutcome(completed, reason, time.perf_counter() - start)
     for callback in callbacks:

@@ -312,3 +312,12 @@ def test_async_strategies_reject_availability_settings():
     with pytest.raises(ConfigError) as error:
         check_strategy_params(cfg)
     assert error.value.key == "clock.dropout"
+
+
+def test_stream_windows_follow_each_other_when_rounds_outlast_them(tmp_path):
+    # Rounds take ~1 s of device time plus waiting; windows of 0.5 s must not leave gaps.
+    stream = {"name": "constant", "rate": 20.0, "round_seconds": 0.5, "passes": 1}
+    _, rows, _ = _run(tmp_path, rounds=4, clients_per_round=6, stream=stream, clock=_clock())
+    end = rows[-1]["virtual_seconds"] - rows[-1]["round_virtual_seconds"] + 0.5
+    # Constant arrivals: everything that arrived before the last window's end, 6 clients.
+    assert sum(r["samples_arrived"] for r in rows) == 6 * math.ceil(20.0 * end - 1)
