@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -26,6 +27,13 @@ class ServerEvaluation(Callback):
         self.model = workload.initial_model()
         self.drifting = workload.cfg.eval.follow_drift
 
+    @functools.cache  # noqa: B019 (one evaluator per run)
+    def _reference(self) -> ClientStream:
+        """The drift's course without per-client stagger: onset at `stream.drift_at`."""
+        w = self.workload
+        stream = dataclasses.replace(w.cfg.stream, drift_stagger=0.0)
+        return ClientStream(stream, w.cfg.seed, 0, w.dataset.y_test, w.dataset.num_classes)
+
     def test_set(
         self, server_round: int, now: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,15 +45,8 @@ class ServerEvaluation(Callback):
         if not self.drifting:
             return w.x_test, w.y_test
         stream = w.cfg.stream
-        reference = ClientStream(
-            dataclasses.replace(stream, drift_stagger=0.0),
-            w.cfg.seed,
-            0,
-            w.dataset.y_test,
-            w.dataset.num_classes,
-        )
         now = server_round * stream.round_seconds if now is None else now
-        fraction = reference.concept_at(now)
+        fraction = self._reference().concept_at(now)
         order = torch.randperm(len(w.y_test), generator=torch.Generator().manual_seed(w.cfg.seed))
         concept = torch.zeros(len(w.y_test), dtype=torch.int8)
         concept[order[: round(fraction * len(w.y_test))]] = 1

@@ -15,20 +15,6 @@ import torch
 from torch import nn
 
 
-def gradient_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all parameters' gradients together, as a 0-d tensor (no sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def layer_gradient_norms(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Each parameter tensor's gradient L2 norm (0 where it has none), as one tensor."""
-    zero = torch.zeros((), device=params[0].device) if params else torch.zeros(())
-    return torch.stack([p.grad.norm() if p.grad is not None else zero for p in params])
-
-
 def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
     """The parameters that require gradients, in `model.parameters()` order."""
     return [p for p in model.parameters() if p.requires_grad]
