@@ -16,8 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config import ConfigError, RunConfig, build_config
+from fedbatch.scaleout import plugin_error, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+register_resolvers()  # before Hydra composes: conf/hydra/launcher/parallel.yaml uses one
 
 
 def fail(message: str) -> None:
@@ -133,8 +135,20 @@ def _progress_wanted(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and sys.stderr.isatty())
 
 
+def objective(summary: dict[str, Any]) -> float:
+    """What a sweeper maximizes (Optuna): the final test accuracy, else the best one, else 0.
+
+    Optuna needs a float; a run whose last round was not evaluated falls back to its best
+    evaluation, and one never evaluated scores 0.0.
+    """
+    for key in ("test_accuracy", "best_test_accuracy"):
+        if summary.get(key) is not None:
+            return float(summary[key])
+    return 0.0
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(dcfg: DictConfig) -> float | None:
+def main(dcfg: DictConfig) -> float:
     raw = OmegaConf.to_container(dcfg, resolve=True)
     assert isinstance(raw, dict)
     try:
@@ -144,9 +158,12 @@ def main(dcfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
 
-    from fedbatch.engine import run_engine
+    from fedbatch.engine import EngineError, run_engine
 
-    summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))
+    try:
+        summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))
+    except EngineError as error:
+        fail(str(error))
     accuracy = summary.get("test_accuracy")
     print(
         f"fedbatch: stopped after {summary['rounds_completed']} rounds "
@@ -155,10 +172,13 @@ def main(dcfg: DictConfig) -> float | None:
     )
     if summary.get("client_error"):
         print(f"fedbatch: a client failed: {summary['client_error']}", file=sys.stderr)
-    return accuracy
+    return objective(summary)
 
 
 def cli() -> None:
+    problem = plugin_error(sys.argv[1:], CONF_DIR)
+    if problem:
+        fail(problem)
     check_overrides(sys.argv[1:])
     check_sweep(sys.argv[1:])
     main()

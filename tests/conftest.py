@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fedbatch.config import RunConfig, build_config
+
+# Overrides that make `python -m fedbatch.simulate` a run of a second or two.
+FAST = [
+    "rounds=2",
+    "client.epochs=1",
+    "num_clients=4",
+    "clients_per_round=2",
+    "progress=off",
+    "model.hidden=[16]",
+]
 
 # Fields measured in wall-clock time: the only ones allowed to differ between runs.
 MEASURED = {"seconds", "elapsed_seconds"}
@@ -38,6 +50,17 @@ def tiny_raw(**overrides: Any) -> dict[str, Any]:
 
 def tiny_config(**overrides: Any) -> RunConfig:
     return build_config(tiny_raw(**overrides))
+
+
+def simulate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m fedbatch.simulate ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedbatch.simulate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:

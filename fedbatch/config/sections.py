@@ -23,7 +23,7 @@ MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff")
 STRATEGIES += ("fedasync",)
-ENGINES = ("inprocess", "ray")
+ENGINES = ("inprocess", "ray", "deployment")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ class EngineConfig:
     num_gpus: float = 0.0
     address: str | None = None
     threads: int = 1
+    # deployment: `flwr run <app_dir> <federation>` against a SuperLink with SuperNodes
+    federation: str = "local"
+    app_dir: str | None = None
+    round_timeout: float | None = None  # seconds to wait for a round's replies
+    node_timeout: float = 120.0  # seconds to wait for `num_clients` SuperNodes to connect
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,10 @@ def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
     return StrategyConfig(name=name, fraction_evaluate=fraction, params=params)
 
 
+def seconds(key: str, value: object) -> float:
+    return number(key, value, 0.0, open_low=True)
+
+
 def engine_config(raw: Mapping[str, Any]) -> EngineConfig:
     d = EngineConfig()
     check_known("engine", raw, set(asdict(d)))
@@ -187,6 +196,10 @@ def engine_config(raw: Mapping[str, Any]) -> EngineConfig:
         num_gpus=number("engine.num_gpus", raw.get("num_gpus", d.num_gpus), 0.0, open_low=False),
         address=raw.get("address"),
         threads=integer("engine.threads", raw.get("threads", d.threads), 1),
+        federation=str(raw.get("federation", d.federation)),
+        app_dir=None if raw.get("app_dir") is None else str(raw["app_dir"]),
+        round_timeout=optional(seconds, "engine.round_timeout", raw.get("round_timeout")),
+        node_timeout=seconds("engine.node_timeout", raw.get("node_timeout", d.node_timeout)),
     )
 
 

@@ -9,6 +9,10 @@ from typing import Any
 from fedbatch.config import RunConfig
 
 
+class EngineError(RuntimeError):
+    """The engine could not run the experiment (one line for the user, no traceback)."""
+
+
 def run_engine(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     """Run the experiment on the configured engine; return its summary."""
     engine = import_module(f"fedbatch.engine.{cfg.engine.name}")

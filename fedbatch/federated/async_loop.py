@@ -50,10 +50,10 @@ def _record(tensors: dict[str, torch.Tensor], like: ArrayRecord) -> ArrayRecord:
 class AsyncServer:
     """The event loop's state: the global model, its version, the clients in flight."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, initial: ArrayRecord, address: bool) -> None:
-        self.grid, self.cfg, self.address = grid, cfg, address
+    def __init__(self, grid: Grid, cfg: RunConfig, initial: ArrayRecord) -> None:
+        self.grid, self.cfg = grid, cfg
         self.params = dict(cfg.strategy.params)
-        self.node_ids = sorted(grid.get_node_ids())
+        self.node_ids = list(grid.get_node_ids())  # in partition order
         self.clock = RoundClock(cfg)
         self.model_bytes = record_bytes(initial)
         self.arrays, self.version = initial, 0
@@ -76,13 +76,8 @@ class AsyncServer:
         values = base | {"server-round": self.dispatched}
         if self.cfg.stream.streaming:
             values |= {"window-start": now, "window-end": now + self.cfg.stream.round_seconds}
-        config = ConfigRecord(values)
-        if self.address:
-            config["partition-id"] = client
-            for key, value in self.clock.limits(
-                client, base["batch-size"], self.model_bytes
-            ).items():
-                config[key] = value
+        limits = self.clock.limits(client, base["batch-size"], self.model_bytes)
+        config = ConfigRecord(values | {"partition-id": client} | limits)
         content = RecordDict({"arrays": self.arrays, "config": config})
         node = self.node_ids[client]
         msg = self.grid.create_message(content, MessageType.TRAIN, node, str(self.dispatched))
@@ -131,12 +126,11 @@ def run_async(
     base: Callable[[int], dict[str, Any]],
     measure: Measure,
     initial: ArrayRecord,
-    address: bool,
 ) -> tuple[int, str]:
     """Run `cfg.rounds` aggregations; `notify(round, arrays, row)` returns True to stop.
     `measure(round, before, replies, train)` adds the round's probe values to its row.
     Stops as `all_clients_failed` once every client has failed in a row."""
-    server = AsyncServer(grid, cfg, initial, address)
+    server = AsyncServer(grid, cfg, initial)
     concurrency = int(server.params.get("concurrency", cfg.clients_per_round))
     per_update = 1 if cfg.strategy.name == "fedasync" else int(server.params.get("buffer_size", 1))
     start, now = time.perf_counter(), 0.0

@@ -68,7 +68,8 @@ class _Task:
 
 def _setup(msg: Message, context: Context) -> _Task:
     config = msg.content["config"]
-    workload = workload_for(str(config["run-config"]))
+    device = context.node_config.get("device")  # a SuperNode's own, from --node-config
+    workload = workload_for(str(config["run-config"]), None if device is None else str(device))
     key = "partition-id"
     partition_id = int(config[key] if key in config else context.node_config[key])
     model = workload.model()
@@ -243,5 +244,16 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     loss, accuracy = evaluate(task.model, task.x, task.y, task.workload.cfg.eval.batch_size)
     metrics = MetricRecord(
         {NUM_EXAMPLES: len(task.x), "eval_loss": loss, "eval_accuracy": accuracy}
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """The partition this node holds (a SuperNode's `--node-config`), asked once by a
+    deployment's server before round 1."""
+    node = context.node_config
+    metrics = MetricRecord(
+        {"partition-id": int(node["partition-id"]), "num-partitions": int(node["num-partitions"])}
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

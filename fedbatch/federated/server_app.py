@@ -30,6 +30,7 @@ from fedbatch.federated.async_loop import run_async
 from fedbatch.federated.evaluation import ServerEvaluation
 from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
 from fedbatch.federated.monitoring import RoundInstruments
+from fedbatch.federated.nodes import PartitionedGrid, partition_order
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.sampling import SampledNodesGrid
 from fedbatch.federated.strategies import (
@@ -89,9 +90,9 @@ def run_rounds(
     callbacks: Sequence[Callback],
     *,
     initial_arrays: ArrayRecord,
-    assign_partitions: bool = True,
 ) -> RunOutcome:
-    """Run up to `cfg.rounds` rounds of the configured strategy on `grid`."""
+    """Run up to `cfg.rounds` rounds of the configured strategy on `grid`, whose nodes are
+    listed in partition order."""
     asynchronous = cfg.strategy.name in ASYNC_PARAMETERS
     if asynchronous:
         check_strategy_params(cfg)
@@ -130,8 +131,7 @@ def run_rounds(
             ]
         else:
             messages = list(configure(server_round, arrays, ConfigRecord(base), nodes))
-        if assign_partitions:
-            messages = _address(messages, partition_of, limits if clock else None)
+        messages = _address(messages, partition_of, limits if clock else None)
         if clock is not None and phase == "train":  # unavailable clients never answer
             answering = [
                 m for m in messages
@@ -146,7 +146,7 @@ def run_rounds(
         start_row["virtual_seconds"] = 0.0
     notify(RoundState(0, arrays, start_row))
     if strategy is None:
-        return _run_async(grid, cfg, callbacks, instruments, arrays, assign_partitions, start)
+        return _run_async(grid, cfg, callbacks, instruments, arrays, start)
     stopped_because, completed = "rounds", 0
     for server_round in range(1, cfg.rounds + 1):
         round_start = time.perf_counter()
@@ -222,7 +222,6 @@ def _run_async(
     callbacks: Sequence[Callback],
     instruments: RoundInstruments,
     initial: ArrayRecord,
-    assign_partitions: bool,
     start: float,
 ) -> RunOutcome:
     """FedBuff / FedAsync: one row per aggregation, through the same callbacks."""
@@ -247,7 +246,7 @@ def _run_async(
         probed = instruments.measure(server_round, before, replies, train)
         return probed | instruments.stream_totals(replies)
 
-    completed, ended = run_async(grid, cfg, notify, base, measure, initial, assign_partitions)
+    completed, ended = run_async(grid, cfg, notify, base, measure, initial)
     reason = ended if ended == "all_clients_failed" else stop[0]
     outcome = RunOutcome(completed, reason, time.perf_counter() - start)
     for callback in callbacks:
@@ -279,20 +278,13 @@ def quiet_flower_logs() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's link-state DB
 
 
-def run_experiment(
-    grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool, assign_partitions: bool = True
-) -> dict[str, Any]:
+def run_experiment(grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`."""
     quiet_flower_logs()
     workload = workload_for(cfg.to_json())
     callbacks, summary = standard_callbacks(workload, out_dir, progress=progress)
-    run_rounds(
-        grid,
-        cfg,
-        callbacks,
-        initial_arrays=model_to_arrays(workload.initial_model()),
-        assign_partitions=assign_partitions,
-    )
+    ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
+    run_rounds(ordered, cfg, callbacks, initial_arrays=model_to_arrays(workload.initial_model()))
     return summary.summary
 
 
@@ -304,4 +296,4 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point under `flwr run`: the config travels in the run config as JSON."""
     cfg = config_from_json(str(context.run_config["fedbatch-config"]))
     out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run")))
-    run_experiment(grid, cfg, out_dir, progress=False, assign_partitions=False)
+    run_experiment(grid, cfg, out_dir, progress=False)

@@ -7,7 +7,7 @@ to the same process reuse tensors and the model object instead of rebuilding the
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -119,6 +119,10 @@ def build_workload(cfg: RunConfig) -> Workload:
 
 
 @lru_cache(maxsize=2)
-def workload_for(config_json: str) -> Workload:
-    """The process-wide workload of the run whose configuration is `config_json`."""
-    return build_workload(config_from_json(config_json))
+def workload_for(config_json: str, device: str | None = None) -> Workload:
+    """The process-wide workload of the run whose configuration is `config_json`, on
+    `device` when given (a SuperNode's own device) instead of the config's."""
+    cfg = config_from_json(config_json)
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    return build_workload(cfg)

@@ -6,7 +6,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,27 +13,7 @@ from omegaconf import OmegaConf
 
 from fedbatch.config import ConfigError
 from fedbatch.simulate import CONF_DIR, validate
-from tests.conftest import read_rows
-
-FAST = [
-    "rounds=2",
-    "client.epochs=1",
-    "num_clients=4",
-    "clients_per_round=2",
-    "progress=off",
-    "model.hidden=[16]",
-]
-
-
-def simulate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedbatch.simulate", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
+from tests.conftest import FAST, read_rows, simulate
 
 BAD_INPUT = [
     ("client.batch_size=0", "client.batch_size", "'full'"),

@@ -1,0 +1,116 @@
+"""`python -m fedbatch.deploy`: Flower deployments of fedbatch.
+
+local --nodes N [--tls] [--auth] [--device cuda:0 ...] [Hydra overrides]
+    Start a SuperLink and N SuperNodes on loopback, run the experiment on them with
+    `engine=deployment` (same run directory files as `simulate`; `hydra.run.dir=` works),
+    and stop them all, on failure and Ctrl-C too.
+credentials --out DIR --host HOST [--host ...] --nodes N
+    Make a CA, a SuperLink certificate for HOST(s) and N SuperNode key pairs for a
+    deployment across machines (README, "Run on many machines").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from fedbatch.deploy.federation import CONNECTION, FederationError, LocalFederation
+from fedbatch.deploy.security import make_node_keys, make_tls
+
+SET_BY_LAUNCHER = ("num_clients", "engine", "engine.federation")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fedbatch.deploy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    local = commands.add_parser("local", help="a federation on this machine, for one run")
+    local.add_argument("--nodes", type=int, default=2, help="SuperNodes (= num_clients)")
+    local.add_argument("--tls", action="store_true", help="TLS with a freshly made local CA")
+    local.add_argument("--auth", action="store_true", help="SuperNode authentication")
+    local.add_argument(
+        "--device", action="append", default=[], help="SuperNode devices, round-robin"
+    )
+    local.add_argument("--keep", action="store_true", help="keep the work dir (logs, keys)")
+    credentials = commands.add_parser("credentials", help="TLS certificates and node keys")
+    credentials.add_argument("--out", type=Path, required=True)
+    credentials.add_argument("--host", action="append", required=True, help="SuperLink host")
+    credentials.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs")
+    return parser
+
+
+def _fail(message: str) -> None:
+    print(f"fedbatch.deploy: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _simulate_args(nodes: int, overrides: list[str]) -> list[str]:
+    keys = {arg.partition("=")[0] for arg in overrides}
+    for key in SET_BY_LAUNCHER:
+        if key in keys:
+            _fail(f"{key} is set by the launcher (--nodes {nodes}): leave it out")
+    launcher = ["engine=deployment", f"engine.federation={CONNECTION}", f"num_clients={nodes}"]
+    if "clients_per_round" not in keys:
+        launcher.append(f"clients_per_round={nodes}")
+    return [sys.executable, "-m", "fedbatch.simulate", *launcher, *overrides]
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the federation's cleanup
+
+
+def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.nodes < 1:
+        _fail(f"--nodes={args.nodes} is invalid: allowed an integer >= 1")
+    from fedbatch.simulate import check_overrides
+
+    command = _simulate_args(args.nodes, overrides)
+    check_overrides(command[3:])
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
+    code = 1
+    try:
+        with LocalFederation(
+            workdir, args.nodes, tls=args.tls, auth=args.auth, devices=tuple(args.device)
+        ) as federation:
+            code = subprocess.run(command, env=federation.env).returncode
+    except FederationError as error:
+        print(f"fedbatch.deploy: error: {error} (logs in {workdir / 'logs'})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedbatch.deploy: interrupted; the federation is stopped", file=sys.stderr)
+        return 130
+    finally:
+        if code == 0 and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if code != 0:
+        print(f"fedbatch.deploy: logs of the federation in {workdir / 'logs'}", file=sys.stderr)
+    return code
+
+
+def make_credentials(args: argparse.Namespace) -> int:
+    tls = make_tls(args.out / "certs", args.host)
+    print(f"CA certificate (give to SuperNodes and flwr): {tls.ca_cert}")
+    print(f"SuperLink certificate and key: {tls.server_cert} {tls.server_key}")
+    for i in range(args.nodes):
+        keys = make_node_keys(args.out / "keys", f"node-{i}")
+        print(f"SuperNode {i} keys: {keys.private_key} (register {keys.public_key})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    if args.command == "credentials":
+        if rest:
+            _fail(f"unknown arguments {' '.join(rest)}")
+        return make_credentials(args)
+    return run_local(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

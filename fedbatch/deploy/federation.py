@@ -1,0 +1,202 @@
+"""A Flower federation on this machine: one SuperLink and N SuperNodes on loopback.
+
+Each process runs in its own session, so stopping the federation ends it with everything
+it started (the SuperExec and the ServerApp/ClientApp processes), on failure and Ctrl-C
+too. Ports are picked free; credentials, `FLWR_HOME` and logs live in one work directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedbatch.deploy.security import NodeKeys, TlsFiles, make_node_keys, make_tls
+
+HOST = "127.0.0.1"
+CONNECTION = "local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+STOP_SECONDS = 10.0
+
+
+class FederationError(RuntimeError):
+    """The federation could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_command(name: str) -> str:
+    """A Flower executable of this Python environment (the venv need not be on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else name
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FederationError(f"the SuperLink exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FederationError(f"the SuperLink did not listen on port {port} within {timeout:g} s")
+
+
+@dataclass
+class LocalFederation:
+    """`with LocalFederation(workdir, nodes=2, tls=True, auth=True) as federation: ...`"""
+
+    workdir: Path
+    nodes: int
+    tls: bool = False
+    auth: bool = False
+    devices: tuple[str, ...] = ()  # each SuperNode's `device`, round-robin; () = the config's
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    credentials: TlsFiles | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.workdir / "flwr-home"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment in which `flwr` commands reach this federation as `local`.
+
+        Flower starts its helpers (`flower-superexec`) by name: this environment's first.
+        """
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        return os.environ | {"FLWR_HOME": str(self.home), "PATH": path}
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self.credentials = make_tls(self.workdir / "certs", [HOST, "localhost"])
+        self._write_connection()
+        link = self._spawn("superlink", self._superlink_args())
+        wait_for_port(self.port, 60.0, link)
+        for partition in range(self.nodes):
+            keys = self.register(f"node-{partition}") if self.auth else None
+            self.start_node(partition, keys=keys)
+
+    def _superlink_args(self) -> list[str]:
+        args = [flower_command("flower-superlink"), "--host", HOST, "--port", str(self.port)]
+        args.append("--disable-runtime-dependency-installation")
+        if self.credentials is None:
+            args.append("--insecure")
+        else:
+            tls = self.credentials
+            args += ["--ssl-ca-certfile", str(tls.ca_cert)]
+            args += ["--ssl-certfile", str(tls.server_cert), "--ssl-keyfile", str(tls.server_key)]
+        if self.auth:
+            args.append("--enable-supernode-auth")
+        return args
+
+    def _write_connection(self) -> None:
+        trust = (
+            "insecure = true"
+            if self.credentials is None
+            else f'root-certificates = "{self.credentials.ca_cert.resolve()}"'
+        )
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\n{trust}\n',
+            encoding="utf-8",
+        )
+
+    def register(self, name: str) -> NodeKeys:
+        """A new SuperNode key pair, registered with the SuperLink (`flwr supernode register`)."""
+        keys = make_node_keys(self.workdir / "keys", name)
+        command = [flower_command("flwr"), "supernode", "register", str(keys.public_key)]
+        done = subprocess.run(
+            [*command, CONNECTION], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise FederationError(f"registering {name} failed: {done.stdout}{done.stderr}")
+        return keys
+
+    def start_node(
+        self,
+        partition: int,
+        *,
+        keys: NodeKeys | None = None,
+        tls: bool | None = None,
+        max_retries: int | None = None,
+    ) -> subprocess.Popen:
+        """A SuperNode holding `partition`; `tls=False` on a TLS federation tries plain text."""
+        config = f"partition-id={partition} num-partitions={self.nodes}"
+        if self.devices:
+            config += f' device="{self.devices[partition % len(self.devices)]}"'
+        args = [flower_command("flower-supernode"), "--superlink", f"{HOST}:{self.port}"]
+        args += ["--port", str(free_port()), "--node-config", config]
+        use_tls = self.credentials is not None if tls is None else tls
+        if use_tls and self.credentials is not None:
+            args += ["--root-certificates", str(self.credentials.ca_cert)]
+        else:
+            args.append("--insecure")
+        if keys is not None:
+            args += ["--auth-supernode-private-key", str(keys.private_key)]
+        if max_retries is not None:
+            args += ["--max-retries", str(max_retries)]
+        return self._spawn(f"node-{partition}", args)
+
+    def log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        with self.log(name).open("ab") as log:
+            process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,  # its own process group: stopped as a whole
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        """End every process this federation started: SIGTERM, then SIGKILL."""
+        for process in self.processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            _signal_group(process, signal.SIGKILL)  # stragglers in the group, if any
+            process.wait()
+        self.processes.clear()
+
+
+def kill_node(process: subprocess.Popen) -> None:
+    """Kill a SuperNode and the processes it started, at once (a crash, not a shutdown)."""
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)

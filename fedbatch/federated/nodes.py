@@ -1,0 +1,131 @@
+"""Which node holds which partition, whatever the engine.
+
+Simulation engines number their nodes in partition order. In a deployment, node ids are
+random and each SuperNode's partition comes from its own `--node-config`, so the server
+waits for the SuperNodes to connect and asks each one (a `query.describe` message). Either
+way the round loop sees a Grid that lists its nodes in partition order: index i holds
+partition i.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedbatch.config import RunConfig
+
+DESCRIBE = f"{MessageType.QUERY}.describe"
+POLL_SECONDS = 1.0
+
+
+class GridView(Grid):
+    """A Grid that passes everything to the engine's Grid; subclasses change what they list."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.inner = grid
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class PartitionedGrid(GridView):
+    """The engine's Grid listing its nodes in partition order.
+
+    A reply that does not come within `timeout` seconds (a SuperNode died, say) becomes an
+    error reply, so the round goes on with the others and counts the failure.
+    """
+
+    def __init__(self, grid: Grid, order: list[int], timeout: float | None) -> None:
+        super().__init__(grid)
+        self.order, self.timeout = order, timeout
+
+    def get_node_ids(self) -> list[int]:
+        return self.order
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        sent = list(messages)
+        timeout = timeout or self.timeout
+        replies = list(self.inner.send_and_receive(sent, timeout=timeout))
+        answered = {reply.metadata.reply_to_message_id for reply in replies}
+        reason = f"no reply within engine.round_timeout={timeout} s"
+        missing = [m for m in sent if m.metadata.message_id not in answered]
+        return replies + [
+            Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=m) for m in missing
+        ]
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    """The connected node ids, once at least `count` are connected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"only {len(nodes)} of num_clients={count} SuperNodes connected within "
+                f"engine.node_timeout={timeout:g} s"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def describe_nodes(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
+    """Ask each node for its `partition-id`: node id → partition id."""
+    messages = [
+        grid.create_message(RecordDict({"config": ConfigRecord()}), DESCRIBE, node, "describe")
+        for node in nodes
+    ]
+    found = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if not reply.has_error():
+            found[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+    return found
+
+
+def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
+    """Node ids such that index i holds partition i."""
+    if cfg.engine.name != "deployment":
+        return sorted(grid.get_node_ids())
+    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
+    partition_of = describe_nodes(grid, nodes, cfg.engine.node_timeout)
+    holders: dict[int, int] = {}
+    for node, partition in sorted(partition_of.items()):
+        if not 0 <= partition < cfg.num_clients or partition in holders:
+            raise RuntimeError(
+                f"SuperNode {node} has partition-id={partition}: each of partitions "
+                f"0..{cfg.num_clients - 1} (num_clients) must be held by one SuperNode"
+            )
+        holders[partition] = node
+    missing = sorted(set(range(cfg.num_clients)) - set(holders))
+    if missing:
+        raise RuntimeError(f"no SuperNode answered for partition-id {missing}")
+    return [holders[p] for p in range(cfg.num_clients)]
