@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--device", action="append", default=[], help="SuperNode devices, round-robin"
     )
+    local.add_argument("--workdir", type=Path, help="for logs, keys, FLWR_HOME (default: temp)")
     local.add_argument("--keep", action="store_true", help="keep the work dir (logs, keys)")
     credentials = commands.add_parser("credentials", help="TLS certificates and node keys")
     credentials.add_argument("--out", type=Path, required=True)
@@ -72,7 +73,7 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
     command = _simulate_args(args.nodes, overrides)
     check_overrides(command[3:])
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    workdir = Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
     code = 1
     try:
         with LocalFederation(
@@ -86,7 +87,7 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
         print("fedbatch.deploy: interrupted; the federation is stopped", file=sys.stderr)
         return 130
     finally:
-        if code == 0 and not args.keep:
+        if code == 0 and not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     if code != 0:
         print(f"fedbatch.deploy: logs of the federation in {workdir / 'logs'}", file=sys.stderr)

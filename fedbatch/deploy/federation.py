@@ -144,8 +144,12 @@ class LocalFederation:
         keys: NodeKeys | None = None,
         tls: bool | None = None,
         max_retries: int | None = None,
+        name: str | None = None,
     ) -> subprocess.Popen:
-        """A SuperNode holding `partition`; `tls=False` on a TLS federation tries plain text."""
+        """A SuperNode holding `partition`; `tls=False` on a TLS federation tries plain text.
+
+        Its log is `logs/<name>.log` (default `node-<partition>`).
+        """
         config = f"partition-id={partition} num-partitions={self.nodes}"
         if self.devices:
             config += f' device="{self.devices[partition % len(self.devices)]}"'
@@ -160,7 +164,7 @@ class LocalFederation:
             args += ["--auth-supernode-private-key", str(keys.private_key)]
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
-        return self._spawn(f"node-{partition}", args)
+        return self._spawn(name or f"node-{partition}", args)
 
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"

@@ -21,7 +21,7 @@ from flwr.supercore.run import Run
 from fedbatch.config import RunConfig
 
 DESCRIBE = f"{MessageType.QUERY}.describe"
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.2  # between pulls of replies, and between looks for SuperNodes
 
 
 class GridView(Grid):
@@ -72,14 +72,29 @@ class PartitionedGrid(GridView):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        sent = list(messages)
         timeout = timeout or self.timeout
-        replies = list(self.inner.send_and_receive(sent, timeout=timeout))
-        answered = {reply.metadata.reply_to_message_id for reply in replies}
-        reason = f"no reply within engine.round_timeout={timeout} s"
-        missing = [m for m in sent if m.metadata.message_id not in answered]
+        if timeout is None:
+            return list(self.inner.send_and_receive(messages))
+        sent = list(messages)
+        ids = list(self.inner.push_messages(sent))
+        pending = set(ids)
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout
+        # Our own polling: Flower's sleeps 3 s between pulls, which a round pays each time.
+        while pending and time.monotonic() < deadline:
+            pulled = list(self.inner.pull_messages([i for i in ids if i in pending]))
+            replies += pulled
+            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if pending and not pulled:
+                time.sleep(POLL_SECONDS)
+        # In the order sent, whatever the order of arrival: aggregation sums in one order.
+        position = {message_id: i for i, message_id in enumerate(ids)}
+        replies.sort(key=lambda reply: position[reply.metadata.reply_to_message_id])
+        reason = f"no reply within engine.round_timeout={timeout:g} s"
         return replies + [
-            Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=m) for m in missing
+            Message(Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, reason), reply_to=m)
+            for m in sent
+            if m.metadata.message_id in pending
         ]
 
 
@@ -105,7 +120,7 @@ def describe_nodes(grid: Grid, nodes: list[int], timeout: float) -> dict[int, in
         for node in nodes
     ]
     found = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in PartitionedGrid(grid, nodes, timeout).send_and_receive(messages):
         if not reply.has_error():
             found[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
     return found

@@ -1,0 +1,176 @@
+"""The deployment path: partitions from node configs, dead nodes, and a real federation.
+
+The fast tests drive the deployment code path through the in-process Grid; the slow ones
+start a real SuperLink and SuperNodes on loopback (TLS, node authentication).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedbatch.deploy.federation import LocalFederation, kill_node
+from fedbatch.deploy.security import make_node_keys
+from fedbatch.engine.inprocess import InProcessGrid
+from fedbatch.federated.nodes import partition_order
+from fedbatch.federated.server_app import run_experiment
+from tests.conftest import FAST, read_rows, tiny_config, without_measured
+
+
+def deployment(**overrides):
+    engine = {"name": "deployment", "round_timeout": 0.01, "node_timeout": 0.5}
+    return tiny_config(engine=engine, **overrides)
+
+
+class ShuffledGrid(InProcessGrid):
+    """SuperNodes whose `--node-config` partitions are not in node-id order."""
+
+    def __init__(self, partitions: list[int]) -> None:
+        super().__init__(len(partitions))
+        for context, partition in zip(self.contexts.values(), partitions, strict=True):
+            context.node_config["partition-id"] = partition
+
+
+class DeafGrid(InProcessGrid):
+    """One SuperNode that never answers a train message, as if it had died."""
+
+    def __init__(self, num_nodes: int, deaf_node: int) -> None:
+        super().__init__(num_nodes)
+        self.deaf_node = deaf_node
+
+    def pull_messages(self, message_ids):
+        replies = super().pull_messages(message_ids)
+        return [
+            r
+            for r in replies
+            if not (r.metadata.src_node_id == self.deaf_node and r.metadata.message_type == "train")
+        ]
+
+
+def test_partitions_come_from_the_nodes_own_configs():
+    grid = ShuffledGrid([2, 0, 3, 1, 5, 4])
+    order = partition_order(grid, deployment())
+    assert [grid.contexts[node].node_config["partition-id"] for node in order] == list(range(6))
+
+
+def test_deployment_path_gives_the_simulation_s_numbers(tmp_path):
+    run_experiment(ShuffledGrid([2, 0, 3, 1, 5, 4]), deployment(), tmp_path / "d", progress=False)
+    run_experiment(InProcessGrid(6), tiny_config(), tmp_path / "s", progress=False)
+    assert without_measured(read_rows(tmp_path / "d")) == without_measured(
+        read_rows(tmp_path / "s")
+    )
+
+
+def test_two_nodes_with_one_partition_are_refused():
+    with pytest.raises(RuntimeError, match="partition-id=0"):
+        partition_order(ShuffledGrid([0, 0, 1, 2, 3, 4]), deployment())
+
+
+def test_too_few_nodes_within_the_node_timeout_is_one_clear_error():
+    with pytest.raises(RuntimeError, match=r"only 6 of num_clients=7 SuperNodes"):
+        partition_order(InProcessGrid(6), deployment(num_clients=7))
+
+
+def test_a_node_that_never_answers_is_a_counted_failure(tmp_path):
+    grid = DeafGrid(6, deaf_node=2)
+    summary = run_experiment(grid, deployment(), tmp_path, progress=False)
+    rows = read_rows(tmp_path)[1:]
+    assert summary["rounds_completed"] == 3
+    deaf_rounds = [r for r in rows if r["clients_failed"]]
+    assert deaf_rounds, "the deaf node (partition 0) is sampled in some round"
+    for row in rows:
+        assert row["clients_replied"] + row["clients_failed"] == 3
+        assert row["clients_failed"] in (0, 1)
+    for row in deaf_rounds:
+        assert "no reply within engine.round_timeout=0.01 s" in row["client_error"]
+
+
+def _federation_processes(home: Path) -> list[int]:
+    """Live processes started with FLWR_HOME=home (Linux /proc)."""
+    marker = f"FLWR_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dead_node(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    with LocalFederation(tmp_path / "federation", 2, tls=True, auth=True) as federation:
+        stranger_keys = make_node_keys(tmp_path / "stranger", "stranger")  # never registered
+        stranger = federation.start_node(1, keys=stranger_keys, max_retries=2, name="stranger")
+        plain_text = federation.start_node(0, tls=False, max_retries=2, name="plain-text")
+        node_1 = federation.processes[2]
+        overrides = ["engine=deployment", "engine.federation=local", "engine.round_timeout=30"]
+        overrides += [*FAST, "num_clients=2", f"hydra.run.dir={run_dir}"]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "fedbatch.simulate", *overrides],
+            env=federation.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        metrics = run_dir / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 180)
+        kill_node(node_1)  # mid-run: round 2 has to do without it
+        output, _ = run.communicate(timeout=180)
+        assert run.returncode == 0, output
+        assert stranger.wait(60) != 0, "an unregistered SuperNode was let in"
+        assert plain_text.wait(60) != 0, "a plain-text SuperNode joined a TLS SuperLink"
+        assert "Failed to activate SuperNode" in federation.log("stranger").read_text()
+    assert _federation_processes(federation.home) == []
+
+    rows = read_rows(run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert (rows[1]["clients_replied"], rows[1]["clients_failed"]) == (2, 0)
+    assert (rows[2]["clients_replied"], rows[2]["clients_failed"]) == (1, 1)
+    assert "no reply within engine.round_timeout=30 s" in rows[2]["client_error"]
+
+    simulated = tmp_path / "simulated"
+    overrides = [*FAST, "num_clients=2", f"hydra.run.dir={simulated}"]
+    subprocess.run([sys.executable, "-m", "fedbatch.simulate", *overrides], check=True)
+    reference = read_rows(simulated)
+    assert [r.keys() for r in rows] == [r.keys() for r in reference]
+    assert without_measured(rows[:2]) == without_measured(reference[:2])  # until the kill
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
+    workdir = tmp_path / "work"
+    args = ["local", "--nodes", "1", "--workdir", str(workdir), "rounds=50", "progress=off"]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fedbatch.deploy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a terminal's Ctrl-C reaches the whole process group
+    )
+    assert launcher.stdout is not None
+    for line in launcher.stdout:
+        if line.startswith("Successfully started run"):
+            break
+    os.killpg(launcher.pid, signal.SIGINT)
+    rest, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, rest
+    assert "the federation is stopped" in rest
+    assert _federation_processes(workdir / "flwr-home") == []

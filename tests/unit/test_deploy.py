@@ -1,0 +1,86 @@
+"""Deployment helpers that need no running federation: credentials, run config, CLI checks."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import stat
+import subprocess
+import sys
+
+import pytest
+import tomli
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_private_key,
+)
+
+from fedbatch.config import ConfigError
+from fedbatch.deploy.federation import free_port
+from fedbatch.deploy.security import make_node_keys, make_tls
+from fedbatch.engine.deployment import run_config_toml
+from tests.conftest import tiny_config
+
+
+def test_server_certificate_is_signed_by_the_ca_for_every_host(tmp_path):
+    files = make_tls(tmp_path, ["127.0.0.1", "superlink.example"])
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if the signature does not check out
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example"]
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+
+
+def test_node_keys_are_an_openssh_ec_pair(tmp_path):
+    keys = make_node_keys(tmp_path, "node-0")
+    private = load_ssh_private_key(keys.private_key.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)  # what Flower's node auth reads
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+    assert keys.public_key.read_bytes() == public
+    assert stat.S_IMODE(keys.private_key.stat().st_mode) == 0o600
+
+
+def test_run_config_carries_the_config_and_output_dir_exactly(tmp_path):
+    cfg = tiny_config()
+    out_dir = tmp_path / 'odd "dir" \\ ü'
+    parsed = tomli.loads(run_config_toml(cfg, out_dir))
+    assert parsed == {"fedbatch-config": cfg.to_json(), "output-dir": str(out_dir)}
+    assert json.loads(parsed["fedbatch-config"])["seed"] == cfg.seed
+
+
+def test_deployment_engine_settings_are_checked():
+    cfg = tiny_config(engine={"name": "deployment", "federation": "lab", "round_timeout": 30})
+    assert (cfg.engine.federation, cfg.engine.round_timeout) == ("lab", 30.0)
+    with pytest.raises(ConfigError, match=r"engine\.round_timeout"):
+        tiny_config(engine={"name": "deployment", "round_timeout": 0})
+
+
+def test_free_ports_differ_and_are_bindable():
+    ports = {free_port() for _ in range(5)}
+    assert len(ports) == 5 and all(1024 <= p < 65536 for p in ports)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "2", "num_clients=3"], "num_clients is set by the launcher"),
+        (["--nodes", "0"], "--nodes=0 is invalid"),
+        (["--nodes", "2", "client.bogus=1"], "client.bogus is not a key"),
+    ],
+)
+def test_local_launcher_rejects_bad_input_before_starting_anything(args, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "fedbatch.deploy", "local", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
