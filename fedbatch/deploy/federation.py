@@ -193,6 +193,24 @@ class LocalFederation:
             _signal_group(process, signal.SIGKILL)  # stragglers in the group, if any
             process.wait()
         self.processes.clear()
+        # Flower starts its ServerApp/ClientApp processes in sessions of their own; they
+        # exit when they notice their parent is gone, but only after retrying a while.
+        for pid in federation_processes(self.home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def federation_processes(home: Path) -> list[int]:
+    """Live processes started with `FLWR_HOME=home` (Linux: read from /proc; else none)."""
+    marker = f"FLWR_HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def kill_node(process: subprocess.Popen) -> None:

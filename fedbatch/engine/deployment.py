@@ -2,9 +2,9 @@
 
 The same ServerApp and ClientApp as the simulation engines (`pyproject.toml`,
 `[tool.flwr.app.components]`). The Hydra-composed config travels as one JSON field of the
-run config (`fedbatch-config`); `output-dir` tells the ServerApp where to write
-`metrics.jsonl` and `summary.json` (on the SuperLink's machine). Each SuperNode holds the
-partition its `--node-config` names.
+run config (`fedbatch-config`). The ServerApp prints each round's row and the summary;
+`flwr run --stream` brings them back here, into the run directory, wherever the SuperLink
+runs. Each SuperNode holds the partition its `--node-config` names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import fedbatch
 from fedbatch.config import RunConfig
 from fedbatch.deploy.federation import flower_command
 from fedbatch.engine import EngineError
+from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE, write_summary
 
 
 class DeploymentError(EngineError):
@@ -38,20 +38,53 @@ def app_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def run_config_toml(cfg: RunConfig, out_dir: Path) -> str:
-    """The run config: JSON strings are valid TOML basic strings."""
-    return (
-        f"fedbatch-config = {json.dumps(cfg.to_json())}\noutput-dir = {json.dumps(str(out_dir))}\n"
-    )
+def run_config_toml(cfg: RunConfig) -> str:
+    """The run config (JSON strings are valid TOML basic strings). No `output-dir`: the
+    ServerApp's rows stream back here instead of being written on the SuperLink's machine."""
+    return f'fedbatch-config = {json.dumps(cfg.to_json())}\noutput-dir = ""\n'
 
 
-def _submit(command: list[str], federation: str) -> int:
-    """Run `flwr run --stream`, passing its output through; stop the run on Ctrl-C."""
+class RunDirectory:
+    """Writes the rows and the summary that the ServerApp prints into this machine's run
+    directory, as `simulate` does for the other engines."""
+
+    def __init__(self, out_dir: Path, rounds: int) -> None:
+        self.rounds = rounds
+        self.metrics = (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self.summary_path = out_dir / "summary.json"
+        self.summary: dict[str, Any] | None = None
+
+    def take(self, line: str) -> bool:
+        """Keep `line` if it is a row or the summary (and say so)."""
+        if line.startswith(ROW_LINE):
+            row = line.removeprefix(ROW_LINE)
+            self.metrics.write(row if row.endswith("\n") else row + "\n")
+            self.metrics.flush()
+            values = json.loads(row)
+            accuracy = values.get("test_accuracy")
+            shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
+            print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
+            return True
+        if line.startswith(SUMMARY_LINE):
+            self.summary = json.loads(line.removeprefix(SUMMARY_LINE))
+            write_summary(self.summary_path, self.summary)
+            return True
+        return False
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
+    """Run `flwr run --stream`, keeping rows and summary, passing other output through;
+    stop the run on Ctrl-C."""
     run_id = None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None
         for line in process.stdout:
+            if run_dir.take(line):
+                continue
             sys.stdout.write(line)
             if line.startswith("Successfully started run"):
                 run_id = line.split()[-1]
@@ -64,22 +97,23 @@ def _submit(command: list[str], federation: str) -> int:
         if process.poll() is None:
             process.kill()
             process.wait()
+        run_dir.close()
 
 
 def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
-    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    run_dir = RunDirectory(out_dir, cfg.rounds)
+    federation = cfg.engine.federation
     with tempfile.TemporaryDirectory(prefix="fedbatch-run-config-") as tmp:
         config_file = Path(tmp) / "run-config.toml"
-        config_file.write_text(run_config_toml(cfg, out_dir), encoding="utf-8")
-        federation = cfg.engine.federation
+        config_file.write_text(run_config_toml(cfg), encoding="utf-8")
         command = [flower_command("flwr"), "run", str(app_dir(cfg)), federation]
-        code = _submit([*command, "--run-config", str(config_file), "--stream"], federation)
-    summary = out_dir / "summary.json"
-    if code != 0 or not summary.is_file() or summary.stat().st_mtime < started:
-        raise DeploymentError(
-            f"`flwr run` to federation {cfg.engine.federation!r} ended (exit {code}) without "
-            f"writing {summary}: see its output above and the SuperLink's log"
+        code = _submit(
+            [*command, "--run-config", str(config_file), "--stream"], federation, run_dir
         )
-    return json.loads(summary.read_text(encoding="utf-8"))
+    if code != 0 or run_dir.summary is None:
+        raise DeploymentError(
+            f"`flwr run` to federation {federation!r} ended (exit {code}) before the run's "
+            "summary came back: see its output above and the SuperLink's log"
+        )
+    return run_dir.summary

@@ -43,7 +43,7 @@ from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor, RoundState, RunOutcome
 from fedbatch.metrics.progress import RichProgress
-from fedbatch.metrics.sink import JsonlSink, SummaryWriter
+from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryWriter
 
 ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
@@ -255,20 +255,21 @@ def _run_async(
 
 
 def standard_callbacks(
-    workload: Workload, out_dir: Path, *, progress: bool
+    workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
 ) -> tuple[list[Callback], SummaryWriter]:
-    """Evaluation → convergence → metrics.jsonl → summary.json (→ progress bar)."""
+    """Evaluation → convergence → metrics.jsonl → summary.json (→ progress bar) (→ rows
+    and summary as lines on stdout). No files when `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
-    summary = SummaryWriter(out_dir / "summary.json", monitor)
-    callbacks: list[Callback] = [
-        ServerEvaluation(workload),
-        monitor,
-        JsonlSink(out_dir / "metrics.jsonl"),
-        summary,
-    ]
+    summary = SummaryWriter(None if out_dir is None else out_dir / "summary.json", monitor)
+    callbacks: list[Callback] = [ServerEvaluation(workload), monitor]
+    if out_dir is not None:
+        callbacks.append(JsonlSink(out_dir / "metrics.jsonl"))
+    callbacks.append(summary)
     if progress:
         callbacks.append(RichProgress(cfg.rounds))
+    if lines:
+        callbacks.append(LineSink(summary))
     return callbacks, summary
 
 
@@ -278,11 +279,14 @@ def quiet_flower_logs() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's link-state DB
 
 
-def run_experiment(grid: Grid, cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
-    """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`."""
+def run_experiment(
+    grid: Grid, cfg: RunConfig, out_dir: Path | None, *, progress: bool, lines: bool = False
+) -> dict[str, Any]:
+    """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`
+    (if any) and, with `lines`, printing rows and summary as lines."""
     quiet_flower_logs()
     workload = workload_for(cfg.to_json())
-    callbacks, summary = standard_callbacks(workload, out_dir, progress=progress)
+    callbacks, summary = standard_callbacks(workload, out_dir, progress=progress, lines=lines)
     ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
     run_rounds(ordered, cfg, callbacks, initial_arrays=model_to_arrays(workload.initial_model()))
     return summary.summary
@@ -293,7 +297,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point under `flwr run`: the config travels in the run config as JSON."""
+    """Entry point under `flwr run`: the config travels in the run config as JSON. Rows
+    stream back to the submitting machine; `output-dir`, if set, keeps copies here."""
     cfg = config_from_json(str(context.run_config["fedbatch-config"]))
-    out_dir = Path(str(context.run_config.get("output-dir", "outputs/flwr-run")))
-    run_experiment(grid, cfg, out_dir, progress=False)
+    out_dir = str(context.run_config.get("output-dir", ""))
+    run_experiment(grid, cfg, Path(out_dir) if out_dir else None, progress=False, lines=True)

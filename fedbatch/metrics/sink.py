@@ -37,9 +37,10 @@ class JsonlSink(Callback):
 
 
 class SummaryWriter(Callback):
-    """Writes `summary.json`: final and best metrics, why and when the run stopped."""
+    """Writes `summary.json` (unless `path` is None): final and best metrics, why and when
+    the run stopped."""
 
-    def __init__(self, path: Path, monitor: ConvergenceMonitor) -> None:
+    def __init__(self, path: Path | None, monitor: ConvergenceMonitor) -> None:
         self.path = path
         self.monitor = monitor
         self.last_row: dict[str, Any] = {}
@@ -67,4 +68,29 @@ class SummaryWriter(Callback):
             "client_error": self.first_error,
             "seconds": outcome.seconds,
         }
-        self.path.write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+        if self.path is not None:
+            write_summary(self.path, self.summary)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+ROW_LINE = "fedbatch:row "  # a metrics.jsonl row in a deployment's ServerApp log
+SUMMARY_LINE = "fedbatch:summary "
+
+
+class LineSink(Callback):
+    """Prints each row, then the summary, as one line each on stdout: under `flwr run`
+    the ServerApp's output streams back to the machine that submitted the run, which
+    writes them into its own run directory (engine/deployment.py)."""
+
+    def __init__(self, summary: SummaryWriter) -> None:
+        self.summary = summary
+
+    def on_round_end(self, state: RoundState) -> None:
+        row = {k: _clean(v) for k, v in state.row.items()}
+        print(ROW_LINE + json.dumps(row), flush=True)
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        print(SUMMARY_LINE + json.dumps(self.summary.summary), flush=True)

@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from fedbatch.deploy.federation import LocalFederation, kill_node
+from fedbatch.deploy.federation import LocalFederation, federation_processes, kill_node
 from fedbatch.deploy.security import make_node_keys
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.nodes import partition_order
@@ -91,19 +90,6 @@ def test_a_node_that_never_answers_is_a_counted_failure(tmp_path):
         assert "no reply within engine.round_timeout=0.01 s" in row["client_error"]
 
 
-def _federation_processes(home: Path) -> list[int]:
-    """Live processes started with FLWR_HOME=home (Linux /proc)."""
-    marker = f"FLWR_HOME={home}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
 def _wait_for(condition, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -138,7 +124,7 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
         assert stranger.wait(60) != 0, "an unregistered SuperNode was let in"
         assert plain_text.wait(60) != 0, "a plain-text SuperNode joined a TLS SuperLink"
         assert "Failed to activate SuperNode" in federation.log("stranger").read_text()
-    assert _federation_processes(federation.home) == []
+    assert federation_processes(federation.home) == []
 
     rows = read_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -173,4 +159,4 @@ def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
     rest, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, rest
     assert "the federation is stopped" in rest
-    assert _federation_processes(workdir / "flwr-home") == []
+    assert federation_processes(workdir / "flwr-home") == []

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.serialization import (
 from fedbatch.config import ConfigError
 from fedbatch.deploy.federation import free_port
 from fedbatch.deploy.security import make_node_keys, make_tls
-from fedbatch.engine.deployment import run_config_toml
-from tests.conftest import tiny_config
+from fedbatch.engine.deployment import RunDirectory, run_config_toml
+from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE
+from tests.conftest import read_rows, tiny_config
 
 
 def test_server_certificate_is_signed_by_the_ca_for_every_host(tmp_path):
@@ -46,12 +47,24 @@ def test_node_keys_are_an_openssh_ec_pair(tmp_path):
     assert stat.S_IMODE(keys.private_key.stat().st_mode) == 0o600
 
 
-def test_run_config_carries_the_config_and_output_dir_exactly(tmp_path):
-    cfg = tiny_config()
-    out_dir = tmp_path / 'odd "dir" \\ ü'
-    parsed = tomli.loads(run_config_toml(cfg, out_dir))
-    assert parsed == {"fedbatch-config": cfg.to_json(), "output-dir": str(out_dir)}
-    assert json.loads(parsed["fedbatch-config"])["seed"] == cfg.seed
+def test_run_config_carries_the_config_exactly():
+    cfg = tiny_config(engine={"app_dir": 'a "b" \\ ü'})
+    parsed = tomli.loads(run_config_toml(cfg))
+    assert parsed == {"fedbatch-config": cfg.to_json(), "output-dir": ""}
+    assert json.loads(parsed["fedbatch-config"])["engine"]["app_dir"] == 'a "b" \\ ü'
+
+
+def test_streamed_rows_and_summary_become_the_run_directory_files(tmp_path, capsys):
+    rows = [{"round": 0, "test_accuracy": None}, {"round": 1, "test_accuracy": 0.5}]
+    run_dir = RunDirectory(tmp_path, rounds=1)
+    lines = [ROW_LINE + json.dumps(r) + "\n" for r in rows]
+    lines += ["INFO: something else\n", SUMMARY_LINE + json.dumps({"rounds_completed": 1})]
+    kept = [run_dir.take(line) for line in lines]
+    run_dir.close()
+    assert kept == [True, True, False, True]
+    assert read_rows(tmp_path) == rows
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"rounds_completed": 1}
+    assert "round 1/1: test accuracy 0.5000" in capsys.readouterr().out
 
 
 def test_deployment_engine_settings_are_checked():
