@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -19,18 +20,31 @@ from fedbatch.checks import ConfigError, integer
 
 JOBS_RESOLVER = "fedbatch.jobs"
 
-# Each plugin's module, and the options of hydra/launcher and hydra/sweeper that need it:
-# the plugin's own names and fedbatch's configs built on them (conf/hydra/...).
-PLUGINS = {
-    "hydra_plugins.hydra_joblib_launcher": ("joblib", "parallel"),
-    "hydra_plugins.hydra_submitit_launcher": ("submitit_local", "submitit_slurm", "slurm"),
-    "hydra_plugins.hydra_optuna_sweeper": ("optuna", "lr_tuning"),
-}
-BUILT_IN = {"hydra/launcher": ("basic",), "hydra/sweeper": ("basic",)}
-PLUGIN_GROUPS = {
-    "hydra/launcher": ("joblib", "submitit_local", "submitit_slurm"),
-    "hydra/sweeper": ("optuna",),
-}
+GROUPS = ("hydra/launcher", "hydra/sweeper")  # each also has Hydra's own `basic`
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A Hydra plugin: its module, its group and the options that need it installed."""
+
+    module: str
+    group: str
+    options: tuple[str, ...]  # the plugin's own options and fedbatch's configs on it
+
+    @property
+    def package(self) -> str:
+        return self.module.rpartition(".")[2].replace("_", "-")
+
+
+PLUGINS = (
+    Plugin("hydra_plugins.hydra_joblib_launcher", "hydra/launcher", ("joblib", "parallel")),
+    Plugin(
+        "hydra_plugins.hydra_submitit_launcher",
+        "hydra/launcher",
+        ("submitit_local", "submitit_slurm", "slurm"),
+    ),
+    Plugin("hydra_plugins.hydra_optuna_sweeper", "hydra/sweeper", ("optuna", "lr_tuning")),
+)
 
 
 def available_cores() -> int:
@@ -55,16 +69,9 @@ def register_resolvers() -> None:
 
 def group_options(group: str, conf_dir: Path) -> tuple[str, ...]:
     """Every option of `hydra/launcher` or `hydra/sweeper`, installed or not."""
-    own = tuple(path.stem for path in (conf_dir / group).glob("*.yaml"))
-    return tuple(sorted({*BUILT_IN[group], *PLUGIN_GROUPS[group], *own}))
-
-
-def missing_plugin(option: str) -> str | None:
-    """The plugin module that `option` needs when it is not installed, else None."""
-    for module, options in PLUGINS.items():
-        if option in options and not _installed(module):
-            return module
-    return None
+    own = (path.stem for path in (conf_dir / group).glob("*.yaml"))
+    plugins = (option for plugin in PLUGINS if plugin.group == group for option in plugin.options)
+    return tuple(sorted({"basic", *plugins, *own}))
 
 
 def _installed(module: str) -> bool:
@@ -78,13 +85,12 @@ def plugin_error(argv: list[str], conf_dir: Path) -> str | None:
     """One line on an unknown launcher or sweeper, or one whose plugin is missing; else None."""
     for arg in argv:
         group, sep, option = arg.partition("=")
-        if not sep or group not in BUILT_IN:
+        if not sep or group not in GROUPS:
             continue
         allowed = group_options(group, conf_dir)
         if option not in allowed:
             return str(ConfigError(group, option, "one of " + ", ".join(allowed)))
-        module = missing_plugin(option)
-        if module is not None:
-            package = module.rpartition(".")[2].replace("_", "-")
-            return f"{group}={option} needs {package}: pip install 'fedbatch[sweep]'"
+        for plugin in PLUGINS:
+            if option in plugin.options and not _installed(plugin.module):
+                return f"{group}={option} needs {plugin.package}: pip install 'fedbatch[sweep]'"
     return None

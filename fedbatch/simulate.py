@@ -7,6 +7,7 @@ run directory.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,8 @@ def main(dcfg: DictConfig) -> float:
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
 
     from fedbatch.engine import EngineError, run_engine
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB, on import
 
     try:
         summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))

@@ -1,51 +1,85 @@
 """Time one multirun with Hydra's basic launcher (one job after another) and with
 `hydra/launcher=parallel` (joblib: cores // engine.threads jobs at once), interleaved.
 
-    python simulations/bench/sweep_parallel.py --rounds 30 --batch-sizes 8,16,32,64 --repeats 1
+    python simulations/bench/sweep_parallel.py --rounds 100 --batch-sizes 8,16,32,64 --repeats 3
 
 Each sweep runs as a user runs it (`python -m fedbatch.simulate -m ...` in a fresh
 process, start-up included) into a temporary sweep directory. Both sweep.csv files must
 be complete (one `ok` row per job) and agree on every job's test accuracy, since the seeds
-are fixed; the command fails otherwise. It prints wall seconds, the most jobs seen running
-at once (from each job's start and end file times) and the ratio sequential / parallel.
+are fixed; the command fails otherwise. Per launcher it prints the most jobs seen running
+at once (from each job's start and end file times), min and median wall seconds, the jobs'
+own training seconds summed (median; it grows when jobs compete for cores) and the
+largest share of the machine's CPU that other processes used during a sweep (Linux; a
+shared machine's noise), then the ratio sequential / parallel of the min wall times.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHERS = {"basic": [], "parallel": ["hydra/launcher=parallel"]}
 
 
-def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path) -> float:
-    """Wall seconds of one multirun, process start-up included."""
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every process on this machine has used since boot (/proc/stat), or None."""
+    try:
+        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_children_seconds() -> float:
+    """CPU seconds of this process's finished children (the sweeps and their workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Timings:
+    wall: list[float] = field(default_factory=list)
+    training: list[float] = field(default_factory=list)
+    other_load: list[float] = field(default_factory=list)
+    at_once: int = 0
+
+
+def run_sweep(launcher: str, overrides: list[str], sweep_dir: Path, timings: Timings) -> None:
+    """One multirun as a user runs it; adds its wall seconds and other processes' load."""
     command = [
         sys.executable, "-m", "fedbatch.simulate", "-m", *overrides, *LAUNCHERS[launcher],
         f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    start = time.perf_counter()
+    busy, own, start = machine_busy_seconds(), own_children_seconds(), time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{launcher} sweep failed:\n{result.stderr[-2000:]}")
-    return seconds
+    timings.wall.append(wall)
+    busy_after = machine_busy_seconds()
+    if busy is not None and busy_after is not None:
+        other = (busy_after - busy) - (own_children_seconds() - own)
+        timings.other_load.append(max(0.0, other) / (wall * (os.cpu_count() or 1)))
 
 
-def accuracies(sweep_dir: Path, jobs: int) -> dict[str, str]:
-    """{job overrides: test accuracy} from sweep.csv, which must have `jobs` finished rows."""
+def finished_jobs(sweep_dir: Path, jobs: int) -> list[dict[str, str]]:
+    """The rows of sweep.csv, which must be `jobs` finished runs."""
     with (sweep_dir / "sweep.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     if len(rows) != jobs or any(row["status"] != "ok" for row in rows):
         raise SystemExit(f"{sweep_dir / 'sweep.csv'}: expected {jobs} ok rows, got {rows}")
-    return {row["overrides"]: row["test_accuracy"] for row in rows}
+    return rows
 
 
 def most_at_once(sweep_dir: Path) -> int:
@@ -60,9 +94,9 @@ def most_at_once(sweep_dir: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=30, help="rounds of each job")
+    parser.add_argument("--rounds", type=int, default=100, help="rounds of each job")
     parser.add_argument("--batch-sizes", default="8,16,32,64", help="one job per B")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per launcher")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per launcher")
     parser.add_argument("--threads", type=int, default=1, help="engine.threads of each job")
     args = parser.parse_args()
     overrides = [
@@ -70,28 +104,32 @@ def main() -> None:
         f"client.batch_size={args.batch_sizes}",
     ]  # fmt: skip
     jobs = len(args.batch_sizes.split(","))
-    times: dict[str, list[float]] = {launcher: [] for launcher in LAUNCHERS}
-    at_once: dict[str, int] = {}
-    results: dict[str, dict[str, str]] = {}
+    timings = {launcher: Timings() for launcher in LAUNCHERS}
+    accuracies: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for launcher in LAUNCHERS:
+            for launcher, timing in timings.items():
                 sweep_dir = Path(tmp) / f"{launcher}-{repeat}"
-                times[launcher].append(run_sweep(launcher, overrides, sweep_dir))
-                results[launcher] = accuracies(sweep_dir, jobs)
-                at_once[launcher] = max(at_once.get(launcher, 0), most_at_once(sweep_dir))
-    if results["basic"] != results["parallel"]:
-        raise SystemExit(f"the launchers disagree on test accuracy: {results}")
+                run_sweep(launcher, overrides, sweep_dir, timing)
+                rows = finished_jobs(sweep_dir, jobs)
+                accuracies[launcher] = {row["overrides"]: row["test_accuracy"] for row in rows}
+                timing.training.append(sum(float(row["seconds"]) for row in rows))
+                timing.at_once = max(timing.at_once, most_at_once(sweep_dir))
+    if accuracies["basic"] != accuracies["parallel"]:
+        raise SystemExit(f"the launchers disagree on test accuracy: {accuracies}")
     print(f"{jobs} jobs ({' '.join(overrides)}), {args.repeats} interleaved runs per launcher")
-    print("| launcher | jobs at once | min s | median s |")
-    print("|---|---|---|---|")
-    for launcher, values in times.items():
+    print("| launcher | jobs at once | wall min s | wall median s | training s | other load |")
+    print("|---|---|---|---|---|---|")
+    for launcher, timing in timings.items():
+        load = f"{max(timing.other_load):.0%}" if timing.other_load else "n/a"
         print(
-            f"| {launcher} | {at_once[launcher]} | {min(values):.1f} | "
-            f"{statistics.median(values):.1f} |"
+            f"| {launcher} | {timing.at_once} | {min(timing.wall):.1f} | "
+            f"{statistics.median(timing.wall):.1f} | {statistics.median(timing.training):.1f} | "
+            f"{load} |"
         )
-    print(f"sequential / parallel (min): {min(times['basic']) / min(times['parallel']):.2f}")
-    for job, accuracy in results["basic"].items():
+    ratio = min(timings["basic"].wall) / min(timings["parallel"].wall)
+    print(f"sequential / parallel (min wall): {ratio:.2f}")
+    for job, accuracy in accuracies["basic"].items():
         print(f"  {job}: test accuracy {float(accuracy):.4f} (both launchers)")
 
 

@@ -10,7 +10,9 @@ from fedbatch.scaleout import parallel_jobs, plugin_error
 from fedbatch.simulate import CONF_DIR, objective
 
 
-@pytest.mark.parametrize(("threads", "cores", "jobs"), [(1, 2, 2), (2, 2, 1), (4, 2, 1), (3, 16, 5)])
+@pytest.mark.parametrize(
+    ("threads", "cores", "jobs"), [(1, 2, 2), (2, 2, 1), (4, 2, 1), (3, 16, 5)]
+)
 def test_parallel_jobs_fill_the_cores_without_oversubscribing(threads, cores, jobs):
     assert parallel_jobs(threads, cores=cores) == jobs
 
@@ -21,7 +23,9 @@ def test_parallel_jobs_default_to_this_machines_cores():
 
 @pytest.mark.parametrize("threads", [0, -1, "two", 1.5])
 def test_parallel_jobs_reject_bad_threads(threads):
-    with pytest.raises(ConfigError, match=r"^engine\.threads=.* is invalid: allowed an integer >= 1$"):
+    with pytest.raises(
+        ConfigError, match=r"^engine\.threads=.* is invalid: allowed an integer >= 1$"
+    ):
         parallel_jobs(threads, cores=2)
 
 
