@@ -64,17 +64,17 @@ ROUND_SECONDS: list[float] = []
 RUNNERS: dict[str, Callable[[RunConfig, Workload], float]] = {
     "plain": plain,
     "inprocess": fedbatch_engine("inprocess"),
+    "vectorized": fedbatch_engine("vectorized"),
     "ray": fedbatch_engine("ray"),
 }
 
 
-ENGINE_MODULES = {"inprocess": "fedbatch.engine.inprocess", "ray": "fedbatch.engine.ray"}
+ENGINE_MODULES = {name: f"fedbatch.engine.{name}" for name in ("inprocess", "vectorized", "ray")}
 
 # Runners with heavier imports (Ray's simulation app, pfl), loaded only when asked for.
 OPTIONAL_RUNNERS = {
     "flower": "fedbatch.bench.vanilla_flower",
     "pfl": "fedbatch.bench.pfl_runner",
-    "vectorized": "fedbatch.bench.vectorized",
 }
 
 

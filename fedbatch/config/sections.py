@@ -23,7 +23,7 @@ MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff")
 STRATEGIES += ("fedasync",)
-ENGINES = ("inprocess", "ray", "deployment")
+ENGINES = ("inprocess", "ray", "deployment", "vectorized")
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,16 @@ class InProcessGrid(Grid):
             error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}")
             return Message(error, reply_to=msg)
 
+    def _register(self, msg: Message) -> str:
+        """Give `msg` its message id (a reply refers to it)."""
+        msg_id = str(next(self._ids))
+        msg.metadata.__dict__["_message_id"] = msg_id
+        return msg_id
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
-            msg_id = str(next(self._ids))
-            msg.metadata.__dict__["_message_id"] = msg_id
+            msg_id = self._register(msg)
             self._replies[msg_id] = self._call(msg)
             ids.append(msg_id)
         return ids

@@ -41,7 +41,7 @@ LOCAL_NORMS = "fedbn"  # context.state record holding this client's own BatchNor
 
 
 @dataclass(frozen=True)
-class _Task:
+class Task:
     workload: Workload
     config: ConfigRecord
     partition_id: int
@@ -66,7 +66,7 @@ class _Task:
         return plan_round(cfg, round_plan, self.partition_id, len(self.x), mean_examples)
 
 
-def _setup(msg: Message, context: Context) -> _Task:
+def setup_task(msg: Message, context: Context) -> Task:
     config = msg.content["config"]
     device = context.node_config.get("device")  # a SuperNode's own, from --node-config
     workload = workload_for(str(config["run-config"]), None if device is None else str(device))
@@ -77,7 +77,7 @@ def _setup(msg: Message, context: Context) -> _Task:
     if workload.cfg.model.fedbn and LOCAL_NORMS in context.state:
         _load_local_norms(model, context.state[LOCAL_NORMS])
     x, y = workload.client_data(partition_id)
-    return _Task(workload, config, partition_id, model, x, y)
+    return Task(workload, config, partition_id, model, x, y)
 
 
 @torch.no_grad()
@@ -95,7 +95,7 @@ def _save_local_norms(model: nn.Module, context: Context) -> None:
     )
 
 
-def _metrics(task: _Task, plan: LocalPlan, result: LocalResult, probes: dict) -> MetricRecord:
+def train_metrics(task: Task, plan: LocalPlan, result: LocalResult, probes: dict) -> MetricRecord:
     values = {
         NUM_EXAMPLES: len(task.x),
         "train_loss": result.loss,
@@ -154,9 +154,9 @@ def _device_limits(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    task = _setup(msg, context)
+    task = setup_task(msg, context)
     # The real clock starts here: a deployment's fresh ClientApp process builds its data
-    # in `_setup`, which a device holding its data would not redo every round.
+    # in `setup_task`, which a device holding its data would not redo every round.
     started = time.perf_counter()
     cfg, config, model = task.workload.cfg, task.config, task.model
     plan = task.plan()
@@ -214,7 +214,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     if cfg.model.fedbn:
         _save_local_norms(model, context)
-    metrics = _metrics(task, plan, result, probes)
+    metrics = train_metrics(task, plan, result, probes)
     if streamed is not None:
         metrics = _with_stream(metrics, streamed, result)
     if cfg.clock.name == "real":  # this client's measured time: the real clock
@@ -227,7 +227,7 @@ def train(msg: Message, context: Context) -> Message:
 def gradient_probe(msg: Message, context: Context) -> Message:
     """The mean gradient over one batch of this client's B at the global weights: the
     per-client gradients of an across-client noise-scale probe round."""
-    task = _setup(msg, context)
+    task = setup_task(msg, context)
     batch = min(task.plan().batch_size, len(task.x))
     index = torch.randperm(len(task.x), generator=task.generator("gradient-probe"))[:batch]
     index = index.to(task.x.device)
@@ -242,7 +242,7 @@ def gradient_probe(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """The global model's loss and accuracy on this client's local data."""
-    task = _setup(msg, context)
+    task = setup_task(msg, context)
     loss, accuracy = evaluate(task.model, task.x, task.y, task.workload.cfg.eval.batch_size)
     metrics = MetricRecord(
         {NUM_EXAMPLES: len(task.x), "eval_loss": loss, "eval_accuracy": accuracy}

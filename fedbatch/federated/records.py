@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
@@ -67,8 +68,13 @@ def array_to_tensor(array: Array) -> torch.Tensor:
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
+    return state_to_arrays(model.state_dict())
+
+
+def state_to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """A model's state dict as the ArrayRecord that travels (its averaged entries)."""
     record = ArrayRecord()
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         if not key.endswith(_NOT_AVERAGED):
             record[key] = tensor_to_array(value)
     return record

@@ -35,24 +35,23 @@ def test_plain_loop_and_inprocess_engine_do_the_same_work():
     assert inprocess == pytest.approx(plain, abs=1e-9)
 
 
-def test_vectorized_clients_do_the_plain_loops_work(monkeypatch):
+def test_vectorized_engine_does_the_plain_loops_work(monkeypatch):
     import fedbatch.bench.runners as runners
-    import fedbatch.bench.vectorized as vectorized
+    import fedbatch.federated.evaluation as evaluation
     from fedbatch.local.trainer import evaluate
 
     # Compare the final models by their test loss (in the accuracy slot the runners return).
-    def test_loss(model, x, y):
-        return 0.0, evaluate(model, x, y)[0]
-
-    monkeypatch.setattr(vectorized, "evaluate", test_loss)
-    monkeypatch.setattr(runners, "evaluate", test_loss)
+    monkeypatch.setattr(runners, "evaluate", lambda model, x, y: (0.0, evaluate(model, x, y)[0]))
+    monkeypatch.setattr(
+        evaluation, "evaluate", lambda model, x, y, size: (evaluate(model, x, y, size)[0],) * 2
+    )
     # B=8 on 80 samples per client: equal batches; B=7: the 12th step ends an epoch with
     # 3 samples, so batches of unequal size are padded and masked.
     for batch_size, steps in ((8, 5), (7, 14)):
         client = {"batch_size": batch_size, "steps": steps, "optimizer": "sgd", "lr": 0.1}
         cfg = TINY.config(client=client)
         workload = workload_for(cfg.to_json())
-        assert vectorized.run(cfg, workload) == pytest.approx(
+        assert RUNNERS["vectorized"](cfg, workload) == pytest.approx(
             runners.plain(cfg, workload), rel=1e-5
         )
 

@@ -1,0 +1,149 @@
+"""The vectorized engine: the in-process engine, training a round's clients all at once.
+
+`VectorizedGrid` answers every train message whose work is plain SGD on a model that
+treats samples independently (`ineligible` lists what else there is) by one batched run
+over the clients (`local/vectorized.py`: stacked weights, a vmapped forward pass), with the
+ClientApp's own plan, shuffles and metrics, and builds for each message the reply the
+ClientApp would build. Evaluate and query messages and ineligible rounds go through the
+ClientApp one message at a time, as on the in-process engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, MessageType, RecordDict
+
+from fedbatch.config import RunConfig
+from fedbatch.engine.inprocess import InProcessGrid
+from fedbatch.federated.client_app import Task, setup_task, train_metrics
+from fedbatch.federated.records import state_to_arrays
+from fedbatch.federated.server_app import run_experiment
+from fedbatch.local.batches import batch_schedule
+from fedbatch.local.plan import LocalPlan
+from fedbatch.local.vectorized import ClientSteps, SGDRule, stack_params, train_clients
+
+log = logging.getLogger(__name__)
+SGD_RULES = ("sgd", "momentum", "nesterov")
+
+
+def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
+    """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
+    empty when they can. FedBN and ghost batches need BatchNorm, drift needs a stream,
+    memory-split micro-batches and step limits need the clock: all ruled out below."""
+    client, model = cfg.client, cfg.model
+    checks = [
+        (client.optimizer not in SGD_RULES, f"client.optimizer={client.optimizer}"),
+        (client.precision != "fp32", f"client.precision={client.precision}"),
+        (client.accumulate != 1, f"client.accumulate={client.accumulate}"),
+        (model.norm == "batch", "model.norm=batch"),
+        (model.dropout > 0, f"model.dropout={model.dropout}"),
+        (model.checkpointing, "model.checkpointing=true"),
+        (cfg.stream.streaming, f"stream={cfg.stream.name}"),
+        (cfg.clock.on, f"clock={cfg.clock.name}"),
+        (cfg.monitor.timing, "monitor.timing=true"),
+    ]
+    if config is not None:
+        probes = list(config.get("probes", []))
+        checks += [
+            (bool(probes), f"probes due this round: {', '.join(map(str, probes))}"),
+            (bool(config.get("layer-norms", False)), "per-layer gradient norms due"),
+            (float(config.get("proximal-mu", 0.0)) > 0, "a proximal term (FedProx)"),
+        ]
+    return [reason for failed, reason in checks if failed]
+
+
+def sgd_rule(cfg: RunConfig) -> SGDRule:
+    if cfg.client.optimizer == "sgd":
+        return SGDRule()
+    return SGDRule(cfg.client.momentum, nesterov=cfg.client.optimizer == "nesterov")
+
+
+def client_steps(task: Task, plan: LocalPlan) -> ClientSteps:
+    """The client's batches and LRs, drawn as the trainer draws them (same shuffle seed)."""
+    cfg = task.workload.cfg
+    batches = list(
+        batch_schedule(
+            len(task.x),
+            plan.batch_size,
+            task.generator("shuffle"),
+            epochs=cfg.client.epochs,
+            steps=cfg.client.steps,
+        )
+    )
+    steps = range(len(batches))
+    lrs = [plan.lr_at(s) for s in steps] if plan.lr_at is not None else [plan.lr for _ in steps]
+    return ClientSteps(task.x, task.y, batches, lrs, plan.weight_decay)
+
+
+class VectorizedGrid(InProcessGrid):
+    """The in-process Grid of run `cfg`, batching each round's eligible train messages."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg.num_clients)
+        self.cfg = cfg
+        self.batched = 0  # train messages answered by batched training, so far
+        reasons = ineligible(cfg)
+        if reasons:
+            log.warning("engine=vectorized trains clients one by one: %s", "; ".join(reasons))
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = [self._register(msg) for msg in messages]
+        replies = self._train_together([m for m in messages if self._batchable(m)])
+        for msg_id, msg in zip(ids, messages, strict=True):
+            self._replies[msg_id] = replies[msg_id] if msg_id in replies else self._call(msg)
+        return ids
+
+    def _batchable(self, msg: Message) -> bool:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return False
+        return not ineligible(self.cfg, msg.content["config"])
+
+    def _train_together(self, messages: list[Message]) -> dict[str, Message]:
+        """Replies by message id; none when batched training fails, so that the ClientApp
+        answers each message (its error reply, if it fails too)."""
+        if not messages:
+            return {}
+        try:
+            replies = self._batched_replies(messages)
+        except Exception:
+            log.warning("batched training failed; the ClientApp trains one by one", exc_info=True)
+            return {}
+        self.batched += len(replies)
+        return replies
+
+    def _batched_replies(self, messages: list[Message]) -> dict[str, Message]:
+        tasks, plans, starts = [], [], []
+        for msg in messages:
+            task = setup_task(msg, self.contexts[msg.metadata.dst_node_id])
+            if len(task.x):  # a client without data: the ClientApp's reply
+                tasks.append((msg, task))
+                plans.append(task.plan())
+                # One model object holds each message's weights in turn: keep copies.
+                starts.append({k: p.detach().clone() for k, p in task.model.named_parameters()})
+        if not tasks:
+            return {}
+        model = tasks[0][1].model
+        params, results = train_clients(
+            model,
+            stack_params(starts),
+            [client_steps(task, plan) for (_, task), plan in zip(tasks, plans, strict=True)],
+            sgd_rule(self.cfg),
+            grad_norms=any(bool(task.config["grad-norms"]) for _, task in tasks),
+        )
+        state = model.state_dict()
+        replies = {}
+        for i, ((msg, task), plan, result) in enumerate(zip(tasks, plans, results, strict=True)):
+            arrays = state_to_arrays(state | {key: value[i] for key, value in params.items()})
+            metrics = train_metrics(task, plan, result, {})
+            content = RecordDict({"arrays": arrays, "metrics": metrics})
+            replies[msg.metadata.message_id] = Message(content, reply_to=msg)
+        return replies
+
+
+def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+    return run_experiment(VectorizedGrid(cfg), cfg, out_dir, progress=progress)

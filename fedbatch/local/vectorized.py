@@ -1,0 +1,205 @@
+"""Many clients' local SGD at once: stacked weights, one vmapped forward pass per step.
+
+Pure torch, no Flower. The clients' weights are stacked along a new leading axis and each
+local step runs for all of them at once (`torch.func.functional_call` under `vmap`, then
+one backward pass), every client on its own batch (the trainer's shuffles) at its own
+learning rate. A step's batches are padded to the widest with rows of loss weight 0, so
+each client's gradient is its own batch's mean-loss gradient; a client with fewer steps
+idles through all-padding steps at learning rate 0, which leave its weights unchanged.
+The update is `torch.optim.SGD`'s (weight decay, momentum, Nesterov). Only for models
+whose forward pass treats samples independently: no BatchNorm, no dropout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from fedbatch.local.trainer import LocalResult
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClientSteps:
+    """One client's round: its data, the rows of each step's batch and each step's LR."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    batches: Sequence[torch.Tensor]  # row indices into x, one per step
+    lrs: Sequence[float]  # one per step
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class SGDRule:
+    """torch.optim.SGD's momentum (dampening 0), shared by the clients."""
+
+    momentum: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class StackedSteps:
+    """Every client's steps as [steps, clients, width] row indices into the concatenated
+    data and loss weights (1/B on a batch's rows, 0 on padding), and [steps, clients]
+    learning rates and batch sizes (both 0 once a client has no steps left)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    weights: torch.Tensor
+    lrs: torch.Tensor
+    sizes: torch.Tensor
+
+
+def stack_steps(clients: Sequence[ClientSteps]) -> StackedSteps:
+    steps = max(len(c.batches) for c in clients)
+    width = max(len(b) for c in clients for b in c.batches)
+    shape = (steps, len(clients))
+    index = torch.zeros((*shape, width), dtype=torch.long)
+    weights, lrs, sizes = torch.zeros((*shape, width)), torch.zeros(shape), torch.zeros(shape)
+    offset = 0
+    for c, client in enumerate(clients):
+        index[:, c] = offset  # padding repeats the client's first row, at weight 0
+        for s, (batch, lr) in enumerate(zip(client.batches, client.lrs, strict=True)):
+            index[s, c, : len(batch)] = batch.cpu() + offset
+            weights[s, c, : len(batch)] = 1.0 / len(batch)
+            lrs[s, c], sizes[s, c] = lr, len(batch)
+        offset += len(client.x)
+    device = clients[0].x.device
+    return StackedSteps(
+        x=torch.cat([c.x for c in clients]),
+        y=torch.cat([c.y for c in clients]),
+        index=index.to(device),
+        weights=weights.to(device),
+        lrs=lrs.to(device),
+        sizes=sizes.to(device),
+    )
+
+
+def stack_params(states: Sequence[Params]) -> Params:
+    return {key: torch.stack([state[key] for state in states]) for key in states[0]}
+
+
+def train_clients(
+    model: nn.Module,
+    start: Params,
+    clients: Sequence[ClientSteps],
+    rule: SGDRule | None = None,
+    *,
+    grad_norms: bool = True,
+) -> tuple[Params, list[LocalResult]]:
+    """Train the clients from their stacked weights `start` ({name: [clients, ...]} of
+    `model`'s parameters); return the trained stacked weights and each client's result,
+    measured as the trainer measures it."""
+    rule = rule or SGDRule()
+    plan = stack_steps(clients)
+
+    def client_loss(
+        params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = functional_call(model, params, (x,))
+        loss = (F.cross_entropy(logits, y, reduction="none") * w).sum()
+        return loss, ((logits.argmax(dim=1) == y) & (w > 0)).sum()
+
+    # Clients share no weights, so the gradient of the summed losses holds each client's
+    # own; one backward through the vmapped forward is cheaper than vmap(grad(...)).
+    losses = vmap(client_loss)
+    zeros = torch.zeros(len(clients), device=plan.x.device)
+    loss_sum, norm_sum, norm_max = zeros.clone(), zeros.clone(), zeros.clone()
+    correct = torch.zeros(len(clients), dtype=torch.long, device=plan.x.device)
+    decay = torch.tensor([c.weight_decay for c in clients], device=plan.x.device)
+    decayed = any(c.weight_decay for c in clients)
+    params = {key: value.detach().clone().requires_grad_() for key, value in start.items()}
+    buffers: Params = {}
+    model.train()
+    for s in range(len(plan.index)):
+        rows = plan.index[s]
+        loss, hits = losses(params, plan.x[rows], plan.y[rows], plan.weights[s])
+        tensors = torch.autograd.grad(loss.sum(), list(params.values()))
+        grads = dict(zip(params, tensors, strict=True))
+        if s == 0:  # updates that read the gradients across their memory order are slow
+            params = {key: _laid_out_as(grads[key], value) for key, value in params.items()}
+        loss_sum += loss.detach() * plan.sizes[s]
+        correct += hits
+        if grad_norms:  # the whole gradient's L2 norm: 0 on a finished client's steps
+            per_tensor = torch.stack([_client_norms(g) for g in grads.values()])
+            norm = per_tensor.pow(2).sum(dim=0).sqrt()
+            norm_sum += norm
+            norm_max = torch.maximum(norm_max, norm)
+        _sgd_step(params, grads, buffers, plan.lrs[s], decay if decayed else None, rule)
+    trained = {key: value.detach() for key, value in params.items()}
+    return trained, _results(clients, loss_sum, correct, norm_sum, norm_max, grad_norms)
+
+
+def _client_norms(stacked: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(stacked, dim=tuple(range(1, stacked.dim())))
+
+
+@torch.no_grad()
+def _laid_out_as(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """`param` with the memory layout of its gradient (a transposed one, for a weight
+    whose forward multiplies by its transpose)."""
+    if grad.stride() == param.stride():
+        return param
+    return torch.empty_like(grad).copy_(param).requires_grad_()
+
+
+@torch.no_grad()
+def _sgd_step(
+    params: Params,
+    grads: Params,
+    buffers: Params,
+    lr: torch.Tensor,
+    decay: torch.Tensor | None,
+    rule: SGDRule,
+) -> None:
+    """torch.optim.SGD's step for every client at once (per-client LR and weight decay),
+    in place; `buffers` holds the momentum buffers after the first step."""
+    for key, param in params.items():
+        shape = (-1,) + (1,) * (param.dim() - 1)
+        update = grads[key]
+        if decay is not None:
+            update = update + decay.view(shape) * param
+        if rule.momentum:
+            buffer = buffers.get(key)
+            if buffer is None:
+                buffer = buffers[key] = update.clone()
+            else:
+                buffer.mul_(rule.momentum).add_(update)
+            update = update + rule.momentum * buffer if rule.nesterov else buffer
+        param.addcmul_(lr.view(shape), update, value=-1.0)
+
+
+def _results(
+    clients: Sequence[ClientSteps],
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    norm_sum: torch.Tensor,
+    norm_max: torch.Tensor,
+    grad_norms: bool,
+) -> list[LocalResult]:
+    losses, hits = loss_sum.tolist(), correct.tolist()
+    norm_sums, norm_maxima = norm_sum.tolist(), norm_max.tolist()
+    nan = float("nan")
+    results = []
+    for c, client in enumerate(clients):
+        steps, samples = len(client.batches), sum(len(b) for b in client.batches)
+        results.append(
+            LocalResult(
+                steps=steps,
+                examples_seen=samples,
+                loss=losses[c] / samples,
+                accuracy=hits[c] / samples,
+                grad_norm_mean=norm_sums[c] / steps if grad_norms else nan,
+                grad_norm_max=norm_maxima[c] if grad_norms else nan,
+                lr_mean=sum(client.lrs) / steps,
+            )
+        )
+    return results

@@ -1,0 +1,95 @@
+"""engine=vectorized: the in-process engine's rows, with eligible clients trained at once."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedbatch.config import RunConfig
+from fedbatch.engine import run_engine
+from fedbatch.engine.vectorized import VectorizedGrid
+from fedbatch.federated.server_app import run_experiment
+from fedbatch.federated.workload import workload_for
+from tests.conftest import read_rows, tiny_config, without_measured
+
+Rows = list[dict[str, Any]]
+
+
+def _both(cfg: RunConfig, tmp_path: Path) -> tuple[Rows, Rows, int]:
+    """Rows of engine=inprocess and engine=vectorized, and the messages it batched."""
+    run_engine(cfg, tmp_path / "inprocess", progress=False)
+    grid = VectorizedGrid(cfg)
+    run_experiment(grid, cfg, tmp_path / "vectorized", progress=False)
+    rows = (read_rows(tmp_path / name) for name in ("inprocess", "vectorized"))
+    inprocess, vectorized = (without_measured(r) for r in rows)
+    return inprocess, vectorized, grid.batched
+
+
+def _assert_same(expected: Rows, actual: Rows) -> None:
+    """Integers, strings and nulls equal; floats to rel 1e-5."""
+    assert len(actual) == len(expected)
+    for want, got in zip(expected, actual, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if isinstance(value, float) and not math.isnan(value):
+                # The gap is a difference of two losses: their error, not its own size.
+                tolerance = 1e-6 if key == "generalization_gap" else 0.0
+                assert got[key] == pytest.approx(value, rel=1e-5, abs=tolerance), key
+            elif isinstance(value, float):
+                assert math.isnan(got[key]), key
+            else:
+                assert got[key] == value and type(got[key]) is type(value), key
+
+
+ELIGIBLE = {
+    "iid": {},
+    "unequal-steps": {"partition": {"name": "quantity"}},
+    "lr-schedule": {
+        "client": {"batch_size": 20, "lr_schedule": "cosine", "warmup_steps": 5,
+                   "lr_scaling": "sqrt"},
+    },
+    "momentum-decay-per-client-B": {
+        "client": {"optimizer": "nesterov", "weight_decay": 0.01, "regularization": "sqrt"},
+        "partition": {"name": "dirichlet", "alpha": 0.3},
+        "batch": {"per_client": [8, 16, 24]},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", ELIGIBLE.values(), ids=ELIGIBLE.keys())
+def test_batched_clients_give_the_inprocess_rows(tmp_path, extra):
+    cfg = tiny_config(**extra)
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+
+
+def test_unequal_partitions_give_unequal_step_counts():
+    """The premise of the `unequal-steps` case: padded, idle steps for some clients."""
+    cfg = tiny_config(**ELIGIBLE["unequal-steps"])
+    sizes = [len(p) for p in workload_for(cfg.to_json()).partitions]
+    assert len({math.ceil(n / 16) for n in sizes}) > 1
+
+
+def test_rounds_with_probes_and_client_evaluation_go_through_the_client_app(tmp_path):
+    cfg = tiny_config(
+        strategy={"name": "fedavg", "fraction_evaluate": 0.5}, monitor={"noise_scale": 2}
+    )
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == 2 * cfg.clients_per_round  # rounds 1 and 3; round 2 probes
+    assert vectorized[2]["noise_scale"] is not None
+    _assert_same(inprocess, vectorized)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"model": {"norm": "batch"}}, {"client": {"optimizer": "adam", "lr": 0.01}}],
+    ids=["batchnorm", "adam"],
+)
+def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
+    inprocess, vectorized, batched = _both(tiny_config(**extra), tmp_path)
+    assert batched == 0
+    assert vectorized == inprocess
