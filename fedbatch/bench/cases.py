@@ -66,7 +66,7 @@ PFL = BenchCase(
         "strategy": {"name": "fedavg"},
         "eval": {"every": 1000, "initial": False},
     },
-    runners=("plain", "inprocess", "probes-off", "ray", "flower", "pfl"),
+    runners=("plain", "inprocess", "probes-off", "vectorized", "ray", "flower", "pfl"),
     variants=_EQUAL_WORK,
 )
 
