@@ -9,6 +9,7 @@ runs. Each SuperNode holds the partition its `--node-config` names.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -90,8 +91,9 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
                 run_id = line.split()[-1]
         return process.wait()
     except KeyboardInterrupt:
-        if run_id is not None:
-            subprocess.run([flower_command("flwr"), "stop", run_id, federation], timeout=60)
+        if run_id is not None:  # best effort: the SuperLink may be going down as well
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run([flower_command("flwr"), "stop", run_id, federation], timeout=30)
         raise
     finally:
         if process.poll() is None:
