@@ -72,6 +72,9 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
 
     command = _simulate_args(args.nodes, overrides)
     check_overrides(command[3:])
+    # Ctrl-C and SIGTERM unwind through the federation's cleanup, even where the shell
+    # started this process with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
     code = 1
