@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     credentials.add_argument("--out", type=Path, required=True)
     credentials.add_argument("--host", action="append", required=True, help="SuperLink host")
     credentials.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs")
+    credentials.add_argument("--force", action="store_true", help="replace existing ones")
     return parser
 
 
@@ -92,12 +93,14 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
     finally:
         if code == 0 and not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    if code != 0:
+    if code != 0 or args.keep:
         print(f"fedbatch.deploy: logs of the federation in {workdir / 'logs'}", file=sys.stderr)
     return code
 
 
 def make_credentials(args: argparse.Namespace) -> int:
+    if (args.out / "certs").exists() and not args.force:
+        _fail(f"{args.out / 'certs'} exists: a new CA would lock out deployed nodes (--force)")
     tls = make_tls(args.out / "certs", args.host)
     print(f"CA certificate (give to SuperNodes and flwr): {tls.ca_cert}")
     print(f"SuperLink certificate and key: {tls.server_cert} {tls.server_key}")

@@ -22,6 +22,7 @@ from fedbatch.deploy.security import NodeKeys, TlsFiles, make_node_keys, make_tl
 HOST = "127.0.0.1"
 CONNECTION = "local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 STOP_SECONDS = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class FederationError(RuntimeError):
@@ -183,7 +184,16 @@ class LocalFederation:
         return process
 
     def stop(self) -> None:
-        """End every process this federation started: SIGTERM, then SIGKILL."""
+        """End every process this federation started: SIGTERM, then SIGKILL. A second
+        Ctrl-C meanwhile does not cut the cleanup short."""
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            self._stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self) -> None:
         for process in self.processes:
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS

@@ -35,9 +35,12 @@ class NodeKeys:
 
 
 def _write_private(path: Path, data: bytes) -> None:
+    """Readable by the owner only, from the moment the file exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
 
 
 def _name(common_name: str) -> x509.Name:

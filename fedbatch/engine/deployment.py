@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,38 +59,54 @@ class RunDirectory:
 
     def take(self, line: str) -> bool:
         """Keep `line` if it is a row or the summary (and say so)."""
-        if line.startswith(ROW_LINE):
-            row = line.removeprefix(ROW_LINE)
-            self.metrics.write(row if row.endswith("\n") else row + "\n")
-            self.metrics.flush()
-            values = json.loads(row)
-            accuracy = values.get("test_accuracy")
-            shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
-            print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
-            return True
-        if line.startswith(SUMMARY_LINE):
-            self.summary = json.loads(line.removeprefix(SUMMARY_LINE))
-            write_summary(self.summary_path, self.summary)
-            return True
+        for prefix in (ROW_LINE, SUMMARY_LINE):
+            if line.startswith(prefix):
+                try:
+                    values = json.loads(line.removeprefix(prefix))
+                except json.JSONDecodeError:
+                    print(f"fedbatch: skipped a garbled line: {line[:120]!r}", file=sys.stderr)
+                    return True
+                self._keep(prefix, values)
+                return True
         return False
+
+    def _keep(self, prefix: str, values: dict[str, Any]) -> None:
+        if prefix == SUMMARY_LINE:
+            self.summary = values
+            write_summary(self.summary_path, values)
+            return
+        self.metrics.write(json.dumps(values) + "\n")
+        self.metrics.flush()
+        accuracy = values.get("test_accuracy")
+        shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
+        print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
 
     def close(self) -> None:
         self.metrics.close()
+
+
+STARTED = re.compile(r"Successfully started run (\d+)")
 
 
 def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
     """Run `flwr run --stream`, keeping rows and summary, passing other output through;
     stop the run on Ctrl-C."""
     run_id = None
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Unbuffered: `flwr` writes the streamed log without flushing, and rows must arrive
+    # as they happen, not when the run ends.
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         assert process.stdout is not None
         for line in process.stdout:
             if run_dir.take(line):
                 continue
             sys.stdout.write(line)
-            if line.startswith("Successfully started run"):
-                run_id = line.split()[-1]
+            sys.stdout.flush()
+            started = STARTED.match(line)
+            run_id = started.group(1) if started else run_id
         return process.wait()
     except KeyboardInterrupt:
         if run_id is not None:  # best effort: the SuperLink may be going down as well
@@ -103,16 +121,17 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
 
 
 def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+    """Submit the run and wait for it. No progress bar: the server runs elsewhere, and
+    each round prints one line as its row comes back."""
+    app = app_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = RunDirectory(out_dir, cfg.rounds)
     federation = cfg.engine.federation
     with tempfile.TemporaryDirectory(prefix="fedbatch-run-config-") as tmp:
         config_file = Path(tmp) / "run-config.toml"
         config_file.write_text(run_config_toml(cfg), encoding="utf-8")
-        command = [flower_command("flwr"), "run", str(app_dir(cfg)), federation]
-        code = _submit(
-            [*command, "--run-config", str(config_file), "--stream"], federation, run_dir
-        )
+        command = [flower_command("flwr"), "run", str(app), federation, "--stream"]
+        code = _submit([*command, "--run-config", str(config_file)], federation, run_dir)
     if code != 0 or run_dir.summary is None:
         raise DeploymentError(
             f"`flwr run` to federation {federation!r} ended (exit {code}) before the run's "

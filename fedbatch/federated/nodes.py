@@ -76,6 +76,8 @@ class PartitionedGrid(GridView):
         if timeout is None:
             return list(self.inner.send_and_receive(messages))
         sent = list(messages)
+        for message in sent:  # expired, a late message is not started and a late reply dropped
+            message.metadata.ttl = timeout
         ids = list(self.inner.push_messages(sent))
         pending = set(ids)
         replies: list[Message] = []

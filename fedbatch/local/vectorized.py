@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from fedbatch.local.trainer import LocalResult
 
@@ -66,11 +67,16 @@ def stack_steps(clients: Sequence[ClientSteps]) -> StackedSteps:
     weights, lrs, sizes = torch.zeros((*shape, width)), torch.zeros(shape), torch.zeros(shape)
     offset = 0
     for c, client in enumerate(clients):
-        index[:, c] = offset  # padding repeats the client's first row, at weight 0
-        for s, (batch, lr) in enumerate(zip(client.batches, client.lrs, strict=True)):
-            index[s, c, : len(batch)] = batch.cpu() + offset
-            weights[s, c, : len(batch)] = 1.0 / len(batch)
-            lrs[s, c], sizes[s, c] = lr, len(batch)
+        # Padding (rows and steps) repeats the client's first row, at weight 0.
+        index[:, c] = offset
+        count = len(client.batches)
+        padded = pad_sequence([batch.cpu() for batch in client.batches], batch_first=True)
+        lengths = torch.tensor([len(batch) for batch in client.batches])
+        real = torch.arange(padded.shape[1]) < lengths[:, None]
+        index[:count, c, : padded.shape[1]] = padded + offset
+        weights[:count, c, : padded.shape[1]] = real / lengths[:, None]
+        lrs[:count, c] = torch.tensor(client.lrs, dtype=lrs.dtype)
+        sizes[:count, c] = lengths.to(sizes.dtype)
         offset += len(client.x)
     device = clients[0].x.device
     return StackedSteps(

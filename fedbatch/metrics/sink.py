@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def row_json(row: dict[str, Any]) -> str:
+    """A metrics.jsonl row: one line of JSON, non-finite numbers as null."""
+    return json.dumps({k: _clean(v) for k, v in row.items()})
+
+
 class JsonlSink(Callback):
     """Appends each round's row to `metrics.jsonl` and flushes, so a crash loses no row."""
 
@@ -24,13 +30,10 @@ class JsonlSink(Callback):
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("w", encoding="utf-8")
-        self.last_row: dict[str, Any] = {}
 
     def on_round_end(self, state: RoundState) -> None:
-        row = {k: _clean(v) for k, v in state.row.items()}
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(row_json(state.row) + "\n")
         self._file.flush()
-        self.last_row = row
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         self._file.close()
@@ -89,8 +92,13 @@ class LineSink(Callback):
         self.summary = summary
 
     def on_round_end(self, state: RoundState) -> None:
-        row = {k: _clean(v) for k, v in state.row.items()}
-        print(ROW_LINE + json.dumps(row), flush=True)
+        _print_line(ROW_LINE + row_json(state.row))
 
     def on_run_end(self, outcome: RunOutcome) -> None:
-        print(SUMMARY_LINE + json.dumps(self.summary.summary), flush=True)
+        _print_line(SUMMARY_LINE + json.dumps(self.summary.summary))
+
+
+def _print_line(line: str) -> None:
+    """One write per line: Flower's log capture must not see it in pieces."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

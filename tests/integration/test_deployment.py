@@ -130,7 +130,10 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert (rows[1]["clients_replied"], rows[1]["clients_failed"]) == (2, 0)
     assert (rows[2]["clients_replied"], rows[2]["clients_failed"]) == (1, 1)
-    assert "no reply within engine.round_timeout=30 s" in rows[2]["client_error"]
+    # The SuperLink drops the message when its TTL (the round timeout) runs out, or the
+    # server stops waiting for it: either way a counted failure.
+    error = rows[2]["client_error"]
+    assert "no reply within engine.round_timeout=30 s" in error or "expired due to its TTL" in error
 
     simulated = tmp_path / "simulated"
     overrides = [*FAST, "num_clients=2", f"hydra.run.dir={simulated}"]

@@ -97,3 +97,25 @@ def test_local_launcher_rejects_bad_input_before_starting_anything(args, message
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_credentials_are_made_once_and_replaced_only_with_force(tmp_path):
+    def credentials(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["credentials", "--out", str(tmp_path), "--host", "10.0.0.5", "--nodes", "2"]
+        return subprocess.run(
+            [sys.executable, "-m", "fedbatch.deploy", *args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert credentials().returncode == 0
+    ca = (tmp_path / "certs" / "ca.crt").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "node-0", "node-0.pub", "node-1", "node-1.pub"
+    ]  # fmt: skip
+    again = credentials()
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca  # nothing overwritten
+    assert credentials("--force").returncode == 0
+    assert (tmp_path / "certs" / "ca.crt").read_bytes() != ca
