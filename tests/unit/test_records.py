@@ -9,6 +9,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from fedbatch.federated.records import (
+    aggregate_arrayrecords,
     aggregate_client_metrics,
     array_to_tensor,
     load_arrays,
@@ -66,3 +67,33 @@ def test_metrics_sum_counts_max_maxima_and_weight_means():
     )
     assert out["num-examples"] == 40 and out["steps"] == 7 and out["grad_norm_max"] == 5.0
     assert out["train_loss"] == pytest.approx(1.75)
+
+
+def test_fedavg_aggregation_gives_flowers_bytes_and_is_installed():
+    from flwr.serverapp.strategy import fedavg as flower_fedavg
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords as flowers
+
+    import fedbatch.federated.strategies  # noqa: F401  (installs ours)
+
+    assert flower_fedavg.aggregate_arrayrecords is aggregate_arrayrecords
+    rng = np.random.default_rng(0)
+    replies = [
+        RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {
+                        "w": Array(rng.standard_normal((3, 5)).astype(np.float32)),
+                        "b": Array(rng.standard_normal(4)),  # float64
+                        "f": Array(np.asfortranarray(rng.standard_normal((2, 3)))),
+                    }
+                ),
+                "metrics": MetricRecord({"num-examples": n}),
+            }
+        )
+        for n in (7, 1, 12)
+    ]
+    ours, theirs = aggregate_arrayrecords(replies, "num-examples"), flowers(replies, "num-examples")
+    assert list(ours.keys()) == list(theirs.keys())
+    for key in theirs:
+        assert ours[key].data == theirs[key].data  # byte for byte
+        assert (ours[key].dtype, ours[key].shape) == (theirs[key].dtype, theirs[key].shape)
