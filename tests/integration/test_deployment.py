@@ -163,3 +163,28 @@ def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
     assert launcher.returncode == 130, rest
     assert "the federation is stopped" in rest
     assert federation_processes(workdir / "flwr-home") == []
+
+
+@pytest.mark.slow
+def test_an_unreachable_superlink_is_one_clear_error(tmp_path):
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    connection = '[superlink.dead]\naddress = "127.0.0.1:1"\ninsecure = true\n'
+    (home / "config.toml").write_text('[superlink]\ndefault = "dead"\n\n' + connection)
+    overrides = ["engine=deployment", "engine.federation=dead", *FAST]
+    overrides.append(f"hydra.run.dir={tmp_path / 'run'}")
+    done = subprocess.run(
+        [sys.executable, "-m", "fedbatch.simulate", *overrides],
+        env=os.environ | {"FLWR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 2
+    ours = [line for line in done.stderr.splitlines() if line.startswith("fedbatch: error:")]
+    assert ours == [
+        "fedbatch: error: `flwr run` to federation 'dead' ended (exit 1) before the run's "
+        "summary came back: see its output above and the SuperLink's log"
+    ]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert (tmp_path / "run" / "config.yaml").exists()  # what was written stays
