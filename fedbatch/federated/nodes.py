@@ -115,17 +115,22 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(POLL_SECONDS)
 
 
-def describe_nodes(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
-    """Ask each node for its `partition-id`: node id → partition id."""
+def describe_nodes(
+    grid: Grid, nodes: list[int], timeout: float
+) -> tuple[dict[int, int], list[str]]:
+    """Ask each node for its `partition-id`: node id → partition id, and the errors of
+    the nodes that could not say."""
     messages = [
         grid.create_message(RecordDict({"config": ConfigRecord()}), DESCRIBE, node, "describe")
         for node in nodes
     ]
-    found = {}
+    found, errors = {}, []
     for reply in PartitionedGrid(grid, nodes, timeout).send_and_receive(messages):
-        if not reply.has_error():
+        if reply.has_error():
+            errors.append(reply.error.reason)
+        else:
             found[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
-    return found
+    return found, errors
 
 
 def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
@@ -133,7 +138,7 @@ def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
     if cfg.engine.name != "deployment":
         return sorted(grid.get_node_ids())
     nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
-    partition_of = describe_nodes(grid, nodes, cfg.engine.node_timeout)
+    partition_of, errors = describe_nodes(grid, nodes, cfg.engine.node_timeout)
     holders: dict[int, int] = {}
     for node, partition in sorted(partition_of.items()):
         if not 0 <= partition < cfg.num_clients or partition in holders:
@@ -144,5 +149,6 @@ def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
         holders[partition] = node
     missing = sorted(set(range(cfg.num_clients)) - set(holders))
     if missing:
-        raise RuntimeError(f"no SuperNode answered for partition-id {missing}")
+        cause = f" ({errors[0]})" if errors else ""
+        raise RuntimeError(f"no SuperNode answered for partition-id {missing}{cause}")
     return [holders[p] for p in range(cfg.num_clients)]

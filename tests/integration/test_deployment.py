@@ -71,6 +71,13 @@ def test_two_nodes_with_one_partition_are_refused():
         partition_order(ShuffledGrid([0, 0, 1, 2, 3, 4]), deployment())
 
 
+def test_a_node_without_a_partition_is_named_with_its_error():
+    grid = InProcessGrid(6)
+    del grid.contexts[2].node_config["partition-id"]  # the node holding partition 0
+    with pytest.raises(RuntimeError, match=r"partition-id \[0\] \(.*KeyError.*partition-id"):
+        partition_order(grid, deployment())
+
+
 def test_too_few_nodes_within_the_node_timeout_is_one_clear_error():
     with pytest.raises(RuntimeError, match=r"only 6 of num_clients=7 SuperNodes"):
         partition_order(InProcessGrid(6), deployment(num_clients=7))
