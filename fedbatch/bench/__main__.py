@@ -3,8 +3,10 @@
 Runs the same federated work (same model, data, clients, rounds, local steps, batch size,
 seed) through each runner, each run in a fresh process, interleaved and repeated, since
 this machine kind changes speed even within a run. Prints a table (min and median wall
-time, time per client-round, peak RSS, accuracy, ratio of the mins to `plain`) and writes
-`bench.json` as {case: {runner: {seconds, seconds_median, rss_mb, accuracy, ratio}}}.
+time, time per client-round, median steady-state round time, peak RSS, accuracy, ratio of
+the mins to `plain`, ratio of the round medians to `plain`'s) and writes `bench.json` as
+{case: {runner: {seconds, seconds_median, round_seconds_median, rss_mb, accuracy, ratio,
+round_ratio}}}.
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str
         for runner in runners:  # interleaved: every repeat sees every runner
             runs[runner].append(run_once(*case.runner_config(runner)))
     results = {runner: summarize(runs[runner], cfg) for runner in runners}
-    baseline = results.get("plain", {}).get("seconds")
+    plain = results.get("plain", {})
+    baseline, round_baseline = plain.get("seconds"), plain.get("round_seconds_median")
     for result in results.values():
         result["ratio"] = result["seconds"] / baseline if baseline else None
+        rounds = result.get("round_seconds_median")
+        result["round_ratio"] = rounds / round_baseline if rounds and round_baseline else None
     return results
 
 
@@ -102,19 +107,23 @@ def check_same_work(results: dict[str, Any]) -> list[str]:
 def print_table(case: BenchCase, results: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{case.name}: {case.description}")
     for column in ("runner", "min s", "median s", "ms/client-round", "round s",
-                   "RSS MB", "accuracy", "ratio"):  # fmt: skip
+                   "RSS MB", "accuracy", "ratio", "round ratio"):  # fmt: skip
         table.add_column(column, justify="right")
+
+    def number(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for runner, r in results.items():
-        round_median = r.get("round_seconds_median")
         table.add_row(
             runner,
             f"{r['seconds']:.3f}",
             f"{r['seconds_median']:.3f}",
             f"{1000 * r['seconds_per_client_round']:.2f}",
-            f"{round_median:.4f}" if round_median is not None else "-",
+            number(r.get("round_seconds_median"), 4),
             f"{r['rss_mb']:.0f}",
             f"{r['accuracy']:.4f}",
-            f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+            number(r["ratio"], 2),
+            number(r.get("round_ratio"), 2),
         )
     console.print(table)
 

@@ -25,6 +25,7 @@ pfl is imported inside `run`, so fedbatch works without it. Install: `pip instal
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedbatch.bench.rounds import record_round_ends
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import Workload
 from fedbatch.local.trainer import batch_schedule, evaluate
@@ -65,6 +67,7 @@ def run(cfg: RunConfig, workload: Workload) -> float:
     from pfl.aggregate.simulate import SimulatedBackend
     from pfl.aggregate.weighting import WeightByDatapoints
     from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
+    from pfl.callback.base import TrainingProcessCallback
     from pfl.data.dataset import Dataset
     from pfl.data.federated_dataset import FederatedDataset
     from pfl.data.sampling import get_user_sampler
@@ -72,6 +75,12 @@ def run(cfg: RunConfig, workload: Workload) -> float:
     from pfl.model.pytorch import PyTorchModel
 
     current_round = [0]  # the server round being trained, for the shuffle seeds
+    round_ends: list[float] = []
+
+    class RoundTimes(TrainingProcessCallback):
+        def after_central_iteration(self, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+            round_ends.append(time.perf_counter())
+            return super().after_central_iteration(*args, **kwargs)
 
     class FedAvgNoEval(FederatedAveraging):
         """FedAvg that never evaluates users (pfl evaluates them at iteration 0)."""
@@ -134,7 +143,8 @@ def run(cfg: RunConfig, workload: Workload) -> float:
             local_num_epochs=1,  # one pass over ClientDataset.iter: our whole schedule
             local_learning_rate=cfg.client.lr,
         ),
-        callbacks=[],
+        callbacks=[RoundTimes()],
         send_metrics_to_platform=False,
     )
+    record_round_ends(round_ends)
     return evaluate(net, workload.x_test, workload.y_test)[1]

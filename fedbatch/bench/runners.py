@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fedbatch.bench.bare import bare_local_sgd
+from fedbatch.bench.rounds import ROUND_SECONDS, record_round_ends
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.sampling import sample_clients
 from fedbatch.federated.workload import Workload, workload_for
@@ -30,6 +31,7 @@ def plain(cfg: RunConfig, workload: Workload) -> float:
     """The limit: the same SGD steps and FedAvg average in a bare PyTorch loop."""
     model = workload.initial_model()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    round_ends: list[float] = []
     for server_round in range(1, cfg.rounds + 1):
         clients = sample_clients(cfg.seed, server_round, cfg.num_clients, cfg.clients_per_round)
         total = sum(len(workload.partitions[c]) for c in clients)
@@ -40,6 +42,8 @@ def plain(cfg: RunConfig, workload: Workload) -> float:
             for key, value in model.state_dict().items():
                 new_state[key] += value * weight
         global_state = new_state
+        round_ends.append(time.perf_counter())
+    record_round_ends(round_ends)
     model.load_state_dict(global_state)
     return evaluate(model, workload.x_test, workload.y_test)[1]
 
@@ -52,14 +56,11 @@ def fedbatch_engine(name: str) -> Callable[[RunConfig, Workload], float]:
         with tempfile.TemporaryDirectory() as out:
             summary = run_engine(cfg, Path(out), progress=False)
             rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
-        ROUND_SECONDS.extend(row["seconds"] for row in rows if row["round"] > 0)
+        record_round_ends([row["elapsed_seconds"] for row in rows if row["round"] > 0])
         return float(summary["test_accuracy"])
 
     return run
 
-
-# Measured seconds of each round, where the runner records them (fedbatch engines).
-ROUND_SECONDS: list[float] = []
 
 RUNNERS: dict[str, Callable[[RunConfig, Workload], float]] = {
     "plain": plain,

@@ -77,5 +77,11 @@ def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
     plain, inprocess = report["tiny"]["plain"], report["tiny"]["inprocess"]
     assert plain["ratio"] == 1.0
     assert inprocess["ratio"] == pytest.approx(inprocess["seconds"] / plain["seconds"])
+    # Two rounds: one steady-state interval per run, end of round 1 to end of round 2.
+    assert 0 < plain["round_seconds_median"] < plain["seconds"]
+    assert plain["round_ratio"] == 1.0
+    assert inprocess["round_ratio"] == pytest.approx(
+        inprocess["round_seconds_median"] / plain["round_seconds_median"]
+    )
     assert inprocess["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-9)
     assert inprocess["rss_mb"] > 50
