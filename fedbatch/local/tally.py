@@ -74,8 +74,13 @@ class StepTally:
             self._prequential = []
         if self._batches:
             losses, logits, targets = zip(*self._batches, strict=True)
-            sizes = torch.tensor([len(t) for t in targets], dtype=torch.float32)
-            self.loss_sum += (torch.stack(losses).float() * sizes.to(self.loss_sum.device)).sum()
+            sizes = [len(t) for t in targets]
+            batch_losses = torch.stack(losses).float()
+            if min(sizes) == max(sizes):  # the usual case: no size tensor to build
+                self.loss_sum += batch_losses.sum() * sizes[0]
+            else:
+                weights = torch.tensor(sizes, dtype=torch.float32, device=self.loss_sum.device)
+                self.loss_sum += (batch_losses * weights).sum()
             predictions = torch.cat(logits).argmax(dim=1)
             self.correct += (predictions == torch.cat(targets)).sum()
             self._batches, self.held = [], 0
