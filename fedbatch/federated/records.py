@@ -48,13 +48,27 @@ def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+@lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)  # numpy formats it in Python, each time
+
+
+def _array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
+    """`Array(dtype, shape, stype, data)` without its argument dispatch and per-field
+    `__setattr__` (an internal layout of flwr 1.42's dataclass, checked by a test)."""
+    array = Array.__new__(Array)
+    array.__dict__.update(dtype=dtype, shape=shape, stype=_NUMPY_STYPE, data=data)
+    array.__dict__["_is_dirty"] = True
+    return array
+
+
 def numpy_to_array(values: np.ndarray) -> Array:
     """An Array identical to `Array(values)`, without re-formatting the header each time."""
     if not values.flags.c_contiguous:
         return Array(values)  # np.save keeps a Fortran-ordered array Fortran-ordered
-    dtype, shape = str(values.dtype), tuple(values.shape)
+    dtype, shape = _dtype_name(values.dtype), values.shape
     data = b"".join((_npy_header(dtype, shape), values.reshape(-1).view(np.uint8)))  # one copy
-    return Array(dtype, shape, _NUMPY_STYPE, data)
+    return _array(dtype, shape, data)
 
 
 def tensor_to_array(tensor: torch.Tensor) -> Array:
@@ -121,7 +135,12 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
             f"weights do not fit the model: got {sorted(arrays)}, need {sorted(expected)}"
         )
     for key, array in arrays.items():
-        state[key].copy_(array_to_tensor(array))
+        target = state[key]
+        if target.device.type == "cpu" and target.dtype != torch.bfloat16:
+            # numpy writes into the tensor's memory, casting as `copy_` would
+            np.copyto(target.numpy(), array_to_numpy(array), casting="unsafe")
+        else:
+            target.copy_(array_to_tensor(array))
 
 
 def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

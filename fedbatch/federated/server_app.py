@@ -67,7 +67,7 @@ def _address(
     addressed = []
     for msg in sorted(messages, key=lambda m: partition_of[m.metadata.dst_node_id]):
         content = msg.content
-        config = ConfigRecord(dict(content["config"]))
+        config = content.config_records["config"].copy()  # validated once, when built
         partition = partition_of[msg.metadata.dst_node_id]
         config["partition-id"] = partition
         if extra is not None:

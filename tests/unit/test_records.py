@@ -34,6 +34,8 @@ def test_arrays_match_flowers_own(tensor):
     assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
     if tensor.is_contiguous():
         assert ours.data == flowers.data
+        assert ours.__dict__ == flowers.__dict__  # built without Array.__init__
+        assert ours.object_id == flowers.object_id  # what Flower uses to ship it
     np.testing.assert_array_equal(ours.numpy(), tensor.numpy())  # Flower reads ours
     np.testing.assert_array_equal(flowers.numpy(), tensor.numpy())
     torch.testing.assert_close(array_to_tensor(flowers), tensor.contiguous())
@@ -50,6 +52,16 @@ def test_model_round_trip_skips_batchnorm_counter():
     for key, value in model.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             torch.testing.assert_close(other.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_loading_casts_into_the_models_dtype_as_copy_does(dtype):
+    source = nn.Linear(4, 3)
+    target = nn.Linear(4, 3).to(dtype)
+    load_arrays(target, model_to_arrays(source))
+    for key, value in source.state_dict().items():
+        assert target.state_dict()[key].dtype == dtype
+        torch.testing.assert_close(target.state_dict()[key], value.to(dtype))
 
 
 def test_loading_weights_of_another_model_fails_clearly():
