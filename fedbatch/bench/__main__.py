@@ -82,11 +82,12 @@ def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         for registered in case.registered:
             runs[registered].append(run_once("inprocess", case.config(num_clients=registered)))
-    smallest = None
+    smallest: dict[str, Any] = {}
     for registered in case.registered:
         result = summarize(runs[registered], case.config(num_clients=registered))
-        smallest = smallest or result["round_seconds_median"]
-        result["ratio"] = result["round_seconds_median"] / smallest
+        smallest = smallest or result
+        result["ratio"] = result["seconds"] / smallest["seconds"]
+        result["round_ratio"] = result["round_seconds_median"] / smallest["round_seconds_median"]
         results[f"inprocess@{registered}"] = result
     return results
 

@@ -48,7 +48,7 @@ class StepTally:
         """A (micro-)batch's mean loss and logits; kept as they are and reduced later
         without gradient tracking, so no detach or reduction runs per step."""
         self._batches.append((loss, logits, targets))
-        self.samples += len(targets)
+        self.samples += targets.shape[0]  # not len(): Tensor.__len__ is a Python call
         self.held += logits.numel()
 
     def add_prequential(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -74,7 +74,7 @@ class StepTally:
             self._prequential = []
         if self._batches:
             losses, logits, targets = zip(*self._batches, strict=True)
-            sizes = [len(t) for t in targets]
+            sizes = [t.shape[0] for t in targets]
             batch_losses = torch.stack(losses).float()
             if min(sizes) == max(sizes):  # the usual case: no size tensor to build
                 self.loss_sum += batch_losses.sum() * sizes[0]

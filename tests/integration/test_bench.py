@@ -85,3 +85,21 @@ def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
     )
     assert inprocess["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-9)
     assert inprocess["rss_mb"] > 50
+
+
+def test_scale_case_compares_each_registered_count_with_the_smallest(monkeypatch):
+    case = BenchCase(name="scale-tiny", description="test", raw=TINY.raw, registered=(4, 8))
+    measured = {
+        4: {"seconds": 2.0, "round_seconds": [0.5, 0.7]},
+        8: {"seconds": 3.0, "round_seconds": [0.9, 0.9]},
+    }
+
+    def run_once(runner, cfg):
+        assert runner == "inprocess"
+        return measured[cfg.num_clients] | {"rss_mb": 100.0, "accuracy": 0.5}
+
+    monkeypatch.setattr(bench, "run_once", run_once)
+    results = bench.bench_scale(case, repeats=1)
+    assert results["inprocess@4"]["ratio"] == results["inprocess@4"]["round_ratio"] == 1.0
+    assert results["inprocess@8"]["ratio"] == pytest.approx(1.5)  # total seconds
+    assert results["inprocess@8"]["round_ratio"] == pytest.approx(0.9 / 0.6)  # round medians
