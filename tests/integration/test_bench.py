@@ -103,3 +103,23 @@ def test_scale_case_compares_each_registered_count_with_the_smallest(monkeypatch
     assert results["inprocess@4"]["ratio"] == results["inprocess@4"]["round_ratio"] == 1.0
     assert results["inprocess@8"]["ratio"] == pytest.approx(1.5)  # total seconds
     assert results["inprocess@8"]["round_ratio"] == pytest.approx(0.9 / 0.6)  # round medians
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["flower", "pfl"])
+def test_other_frameworks_do_the_same_work_and_time_their_rounds(runner):
+    """With every client in every round, vanilla Flower and pfl-research train the plain
+    loop's clients on its batches: same accuracy; each round after the first is timed."""
+    if runner == "pfl":
+        pytest.importorskip("pfl", reason="pfl-research is in the optional `bench` extra")
+    from importlib import import_module
+
+    from fedbatch.bench.rounds import ROUND_SECONDS
+    from fedbatch.bench.runners import OPTIONAL_RUNNERS
+
+    cfg = TINY.config(clients_per_round=4, rounds=3)
+    workload = workload_for(cfg.to_json())
+    ROUND_SECONDS.clear()
+    accuracy = import_module(OPTIONAL_RUNNERS[runner]).run(cfg, workload)
+    assert len(ROUND_SECONDS) == cfg.rounds - 1 and all(s > 0 for s in ROUND_SECONDS)
+    assert accuracy == pytest.approx(RUNNERS["plain"](cfg, workload), abs=1e-9)
