@@ -1,4 +1,4 @@
-"""`python -m fedbatch.bench [--case small|scale] [--repeats N] [--out DIR]`.
+"""`python -m fedbatch.bench [--case small|pfl|scale] [--repeats N] [--out DIR] [--device D]`.
 
 Runs the same federated work (same model, data, clients, rounds, local steps, batch size,
 seed) through each runner, each run in a fresh process, interleaved and repeated, since
@@ -16,14 +16,20 @@ import json
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from fedbatch.bench.cases import CASES, BenchCase
 from fedbatch.config import RunConfig
+
+# Ray actors that reserve no GPU cannot see one: on CUDA each Ray client actor (fedbatch's
+# Ray engine, vanilla Flower) reserves this share, so up to 4 of them share the GPU.
+GPU_SHARE = 0.25
 
 # Runs of the same seed must agree on accuracy; the engines differ only by float order.
 ACCURACY_TOLERANCE = 0.01
@@ -92,6 +98,17 @@ def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
     return results
 
 
+def on_device(case: BenchCase, device: str) -> BenchCase:
+    """The case with every runner on `device` (`auto`: CUDA when present), Ray actors
+    included."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    raw = case.raw | {"device": device}
+    if device == "cuda":
+        raw["engine"] = dict(case.raw.get("engine", {})) | {"num_gpus": GPU_SHARE}
+    return replace(case, raw=raw)
+
+
 def check_same_work(results: dict[str, Any]) -> list[str]:
     """Runners doing the same work must reach the same accuracy for the same seed."""
     accuracies = {r: results[r]["accuracy"] for r in SAME_WORK if r in results}
@@ -135,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runners", help="comma-separated subset of the case's runners")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present"
+    )
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 110))
     report: dict[str, Any] = {}
     problems: list[str] = []
     for name in args.case or ["small"]:
-        case = CASES[name]
+        case = on_device(CASES[name], args.device)
         if case.registered:
             results = bench_scale(case, args.repeats)
         else:

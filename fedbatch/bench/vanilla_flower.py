@@ -75,7 +75,7 @@ def run(cfg: RunConfig, workload: Workload) -> float:
         client_app=client_app,
         num_supernodes=cfg.num_clients,
         backend_config={
-            "client_resources": {"num_cpus": cfg.engine.num_cpus, "num_gpus": 0.0},
+            "client_resources": {"num_cpus": cfg.engine.num_cpus, "num_gpus": cfg.engine.num_gpus},
             "init_args": {"logging_level": "ERROR", "log_to_driver": False},
         },
     )

@@ -9,6 +9,7 @@ import pytest
 from fedbatch.bench import __main__ as bench
 from fedbatch.bench.cases import BenchCase
 from fedbatch.bench.runners import RUNNERS
+from fedbatch.config import build_config
 from fedbatch.federated.workload import workload_for
 
 TINY = BenchCase(
@@ -123,3 +124,12 @@ def test_other_frameworks_do_the_same_work_and_time_their_rounds(runner):
     accuracy = import_module(OPTIONAL_RUNNERS[runner]).run(cfg, workload)
     assert len(ROUND_SECONDS) == cfg.rounds - 1 and all(s > 0 for s in ROUND_SECONDS)
     assert accuracy == pytest.approx(RUNNERS["plain"](cfg, workload), abs=1e-9)
+
+
+def test_cases_run_on_the_device_asked_for_with_a_gpu_share_for_ray_actors():
+    on_cpu = bench.on_device(TINY, "cpu").config()
+    assert (on_cpu.device, on_cpu.engine.num_gpus) == ("cpu", 0.0)
+    on_cuda = bench.on_device(TINY, "cuda")
+    assert (on_cuda.config().device, on_cuda.config().engine.num_gpus) == ("cuda", bench.GPU_SHARE)
+    ray = build_config(on_cuda.raw | {"engine": on_cuda.raw["engine"] | {"name": "ray"}})
+    assert ray.engine.num_gpus > 0  # a valid CUDA config for Ray actors
