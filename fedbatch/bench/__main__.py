@@ -27,8 +27,9 @@ from rich.table import Table
 from fedbatch.bench.cases import CASES, BenchCase
 from fedbatch.config import RunConfig
 
-# Ray actors that reserve no GPU cannot see one: on CUDA each Ray client actor (fedbatch's
-# Ray engine, vanilla Flower) reserves this share, so up to 4 of them share the GPU.
+# On CUDA each Ray client actor reserves this share of the GPU (unless the case sets its
+# own): vanilla Flower's actors see no GPU without one (Ray hides it from actors that
+# reserve none; fedbatch's Ray engine turns that off), and at most 4 clients share it.
 GPU_SHARE = 0.25
 
 # Runs of the same seed must agree on accuracy; the engines differ only by float order.
@@ -105,7 +106,7 @@ def on_device(case: BenchCase, device: str) -> BenchCase:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     raw = case.raw | {"device": device}
     if device == "cuda":
-        raw["engine"] = dict(case.raw.get("engine", {})) | {"num_gpus": GPU_SHARE}
+        raw["engine"] = {"num_gpus": GPU_SHARE} | dict(case.raw.get("engine", {}))
     return replace(case, raw=raw)
 
 

@@ -118,12 +118,6 @@ def _check_combinations(cfg: RunConfig) -> None:
             FULL_BATCH,
             "an integer with clock deadline_partial or equal_time (steps are planned per B)",
         )
-    if cfg.device == "cuda" and cfg.engine.name == "ray" and cfg.engine.num_gpus == 0:
-        raise ConfigError(
-            "engine.num_gpus",
-            cfg.engine.num_gpus,
-            "> 0 with device=cuda on engine=ray (Ray hides the GPU from actors that reserve none)",
-        )
     if cfg.client.precision == "fp16" and cfg.device == "cpu":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 on device=cpu")
     if cfg.eval.follow_drift and cfg.stream.drift not in ("covariate", "concept"):

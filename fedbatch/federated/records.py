@@ -135,12 +135,7 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
             f"weights do not fit the model: got {sorted(arrays)}, need {sorted(expected)}"
         )
     for key, array in arrays.items():
-        target = state[key]
-        if target.device.type == "cpu" and target.dtype != torch.bfloat16:
-            # numpy writes into the tensor's memory, casting as `copy_` would
-            np.copyto(target.numpy(), array_to_numpy(array), casting="unsafe")
-        else:
-            target.copy_(array_to_tensor(array))
+        state[key].copy_(array_to_tensor(array))
 
 
 def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -9,7 +9,6 @@ import pytest
 from fedbatch.bench import __main__ as bench
 from fedbatch.bench.cases import BenchCase
 from fedbatch.bench.runners import RUNNERS
-from fedbatch.config import build_config
 from fedbatch.federated.workload import workload_for
 
 TINY = BenchCase(
@@ -131,5 +130,5 @@ def test_cases_run_on_the_device_asked_for_with_a_gpu_share_for_ray_actors():
     assert (on_cpu.device, on_cpu.engine.num_gpus) == ("cpu", 0.0)
     on_cuda = bench.on_device(TINY, "cuda")
     assert (on_cuda.config().device, on_cuda.config().engine.num_gpus) == ("cuda", bench.GPU_SHARE)
-    ray = build_config(on_cuda.raw | {"engine": on_cuda.raw["engine"] | {"name": "ray"}})
-    assert ray.engine.num_gpus > 0  # a valid CUDA config for Ray actors
+    own_share = BenchCase("own", "test", TINY.raw | {"engine": {"num_gpus": 1.0}})
+    assert bench.on_device(own_share, "cuda").config().engine.num_gpus == 1.0

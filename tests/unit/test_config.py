@@ -40,7 +40,6 @@ def _raw(**sections):
         (_raw(engine={"name": "spark"}), "engine", "inprocess, ray"),
         (_raw(client={"batch_sise": 3}), "client.batch_sise", "batch_size, epochs"),
         (_raw(rounds=0), "rounds", ">= 1"),
-        (_raw(device="cuda", engine={"name": "ray"}), "engine.num_gpus", "Ray hides the GPU"),
         (
             _raw(client={"batch_size": 1}, model={"name": "mlp", "norm": "batch"}),
             "client.batch_size",
