@@ -20,12 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from fedbatch.bench.cases import CASES, BenchCase
 from fedbatch.config import RunConfig
+from fedbatch.federated.workload import resolve_device
 
 # On CUDA each Ray client actor reserves this share of the GPU (unless the case sets its
 # own): vanilla Flower's actors see no GPU without one (Ray hides it from actors that
@@ -102,8 +102,7 @@ def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
 def on_device(case: BenchCase, device: str) -> BenchCase:
     """The case with every runner on `device` (`auto`: CUDA when present), Ray actors
     included."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device).type
     raw = case.raw | {"device": device}
     if device == "cuda":
         raw["engine"] = {"num_gpus": GPU_SHARE} | dict(case.raw.get("engine", {}))
