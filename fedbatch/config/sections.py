@@ -21,6 +21,7 @@ DATASETS = ("synthetic", "mnist1d", "digits", "images")
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff")
 STRATEGIES += ("fedasync",)
 ENGINES = ("inprocess", "ray", "deployment", "vectorized")
@@ -59,6 +60,7 @@ class ModelConfig:
     ghost_batch: int | None = None  # BatchNorm statistics over virtual batches of this size
     fedbn: bool = False  # FedBN: normalization layers stay local, never aggregated
     checkpointing: bool = False  # recompute activations in backward (less memory, more time)
+    memory_format: str = "auto"  # of 2-D conv weights; auto: channels_last on the CPU
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,9 @@ def model_config(raw: Mapping[str, Any]) -> ModelConfig:
         ),
         fedbn=boolean("model.fedbn", raw.get("fedbn", d.fedbn)),
         checkpointing=boolean("model.checkpointing", raw.get("checkpointing", d.checkpointing)),
+        memory_format=choice(
+            "model.memory_format", raw.get("memory_format", d.memory_format), MEMORY_FORMATS
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from fedbatch.data.datasets import Dataset, load_dataset
 from fedbatch.data.drift import DriftTransform
 from fedbatch.data.partition import partition_indices
 from fedbatch.data.stream import ClientStream
-from fedbatch.local.models import build_model
+from fedbatch.local.models import build_model, memory_format
 from fedbatch.seeding import derive_seed
 
 
@@ -81,7 +81,7 @@ class Workload:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, "model-init"))
             model = build_model(self.cfg.model, self.dataset.input_shape, self.dataset.num_classes)
-        return model.to(self.device)
+        return model.to(self.device, memory_format=memory_format(self.cfg.model, self.device))
 
     def model(self) -> nn.Module:
         """This process's reusable model object; callers load the weights they need."""

@@ -30,6 +30,7 @@ def _raw(**sections):
         (_raw(data={"name": "cifar"}), "data", "synthetic, mnist1d, digits"),
         (_raw(model={"name": "resnet"}), "model", "logreg, mlp, cnn1d"),
         (_raw(model={"name": "mlp", "norm": "instance"}), "model.norm", "none, batch"),
+        (_raw(model={"memory_format": "nhwc"}), "model.memory_format", "auto, contiguous"),
         (_raw(clients_per_round=5), "clients_per_round", "<= 4"),
         (
             _raw(strategy={"name": "fedavg", "fraction_evaluate": 1.5}),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.config import ModelConfig
-from fedbatch.local.models import GhostBatchNorm1d, GhostBatchNorm2d, build_model
+from fedbatch.federated.records import load_arrays, model_to_arrays
+from fedbatch.local.models import GhostBatchNorm1d, GhostBatchNorm2d, build_model, memory_format
 from fedbatch.local.trainer import TrainOptions, train_local
 
 
@@ -385,3 +387,46 @@ def test_lr_at_is_applied_per_step():
     assert opt.param_groups[0]["lr"] == 0.1
     constant = step(*step(w0, b0, 0.1), 0.1)[0]  # the schedule mattered
     assert not torch.allclose(constant, w2, rtol=1e-3)
+
+
+# --- memory format ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wanted", "device", "expected"),
+    [
+        ("auto", "cpu", torch.channels_last),
+        ("auto", "cuda", torch.contiguous_format),
+        ("channels_last", "cuda", torch.channels_last),
+        ("contiguous", "cpu", torch.contiguous_format),
+    ],
+)
+def test_memory_format_auto_is_channels_last_on_the_cpu_only(wanted, device, expected):
+    cfg = ModelConfig(name="cnn", memory_format=wanted)
+    assert memory_format(cfg, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "group"])
+def test_channels_last_cnn_trains_to_the_same_weights_and_records(norm):
+    """Only the layout changes: a round of SGD gives the same weights (to float rounding)
+    and the same records, which carry every tensor in PyTorch's default (NCHW) order."""
+    g = _generator(4)
+    x = torch.randn(40, 3, 12, 12, generator=g)
+    y = torch.randint(0, 5, (40,), generator=g)
+    torch.manual_seed(6)
+    nchw = build_model(ModelConfig(name="cnn", channels=(4, 8), norm=norm), (3, 12, 12), 5)
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    assert nhwc[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    a = _sgd_round(nchw, x, y, batch_size=8)
+    b = _sgd_round(nhwc, x, y, batch_size=8)
+    _assert_same_weights(nchw, nhwc)
+    assert b.loss == pytest.approx(a.loss, rel=1e-5)
+    assert nhwc[0][0].weight.is_contiguous(memory_format=torch.channels_last)  # kept
+    records = model_to_arrays(nchw), model_to_arrays(nhwc)
+    for key, array in records[0].items():
+        np.testing.assert_allclose(array.numpy(), records[1][key].numpy(), rtol=1e-5, atol=1e-7)
+    load_arrays(nhwc, records[0])  # back into the channels_last model, in its layout
+    assert nhwc[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    for name, value in nchw.state_dict().items():
+        assert torch.equal(nhwc.state_dict()[name], value)
