@@ -1,4 +1,5 @@
-"""`python -m fedbatch.bench [--case small|pfl|scale] [--repeats N] [--out DIR] [--device D]`.
+"""`python -m fedbatch.bench [--case C] [--runners R,...] [--repeats N] [--out DIR]
+[--device D] [--profile]`.
 
 Runs the same federated work (same model, data, clients, rounds, local steps, batch size,
 seed) through each runner, each run in a fresh process, interleaved and repeated, since
@@ -6,13 +7,16 @@ this machine kind changes speed even within a run. Prints a table (min and media
 time, time per client-round, median steady-state round time, peak RSS, accuracy, ratio of
 the mins to `plain`, ratio of the round medians to `plain`'s) and writes `bench.json` as
 {case: {runner: {seconds, seconds_median, round_seconds_median, rss_mb, accuracy, ratio,
-round_ratio}}}.
+round_ratio}}}. With `--profile`, each runner then runs once more, untimed, under cProfile:
+`DIR/profiles/<case>-<runner>.prof` (for pstats or snakeviz) and `.txt`, its top functions
+by cumulative time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pstats
 import statistics
 import subprocess
 import sys
@@ -37,9 +41,14 @@ ACCURACY_TOLERANCE = 0.01
 SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on", "vectorized")
 
 
-def run_once(runner: str, cfg: RunConfig) -> dict[str, Any]:
+# Lines of each profile's text summary: the functions with the most cumulative time.
+PROFILE_TOP = 40
+
+
+def run_once(runner: str, cfg: RunConfig, profile: Path | None = None) -> dict[str, Any]:
+    extra = [] if profile is None else [str(profile)]
     result = subprocess.run(
-        [sys.executable, "-m", "fedbatch.bench.runners", runner, cfg.to_json()],
+        [sys.executable, "-m", "fedbatch.bench.runners", runner, cfg.to_json(), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -99,6 +108,19 @@ def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
     return results
 
 
+def profile_runs(case: BenchCase, runs: dict[str, tuple[str, RunConfig]], out: Path) -> None:
+    """One more, untimed run of each runner under cProfile: `.prof` stats and a `.txt` of
+    the top functions by cumulative time."""
+    folder = out / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, (runner, cfg) in runs.items():
+        path = folder / f"{case.name}-{label}.prof"
+        run_once(runner, cfg, profile=path)
+        with path.with_suffix(".txt").open("w") as text:
+            stats = pstats.Stats(str(path), stream=text)
+            stats.strip_dirs().sort_stats("cumulative").print_stats(PROFILE_TOP)
+
+
 def on_device(case: BenchCase, device: str) -> BenchCase:
     """The case with every runner on `device` (`auto`: CUDA when present), Ray actors
     included."""
@@ -155,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile each runner: DIR/profiles/"
+    )
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 110))
     report: dict[str, Any] = {}
@@ -163,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         case = on_device(CASES[name], args.device)
         if case.registered:
             results = bench_scale(case, args.repeats)
+            to_profile = {
+                f"inprocess@{n}": ("inprocess", case.config(num_clients=n)) for n in case.registered
+            }
         else:
             runners = args.runners.split(",") if args.runners else list(case.runners)
             unknown = sorted(set(runners) - set(case.runners))
@@ -170,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--runners: unknown {unknown}; allowed {', '.join(case.runners)}")
             results = bench_runners(case, runners, args.repeats)
             problems += check_same_work(results)
+            to_profile = {runner: case.runner_config(runner) for runner in runners}
         report[name] = results
         print_table(case, results, console)
+        if args.profile:
+            profile_runs(case, to_profile, args.out)
+            console.print(f"profiles: {args.out / 'profiles'}/{name}-*.prof and .txt")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.out / 'bench.json'}")

@@ -1,12 +1,15 @@
 """The runners of the benchmark. Each runs a case's federated work once, in this process.
 
-`python -m fedbatch.bench.runners <runner> <config-json>` prints one JSON line:
+`python -m fedbatch.bench.runners <runner> <config-json> [PROFILE]` prints one JSON line:
 seconds (the federated work, engine start-up included, imports and data generation
-excluded), peak RSS of this process and final test accuracy.
+excluded), peak RSS of this process and final test accuracy. With PROFILE, the timed
+section runs under cProfile and its stats are written there (its seconds then include
+the profiler's own cost).
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
 import resource
 import sys
@@ -84,7 +87,7 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str]) -> None:
-    runner, config_json = argv
+    runner, config_json, *profile = argv
     if runner in OPTIONAL_RUNNERS:
         RUNNERS[runner] = import_module(OPTIONAL_RUNNERS[runner]).run
     if runner in ENGINE_MODULES:  # imports are not part of the timing, for any runner
@@ -94,8 +97,13 @@ def main(argv: list[str]) -> None:
     # Torch imports its compiler stack (seconds) at the first optimizer; every runner
     # would pay it once inside the timing, so pay it before.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
-    accuracy = RUNNERS[runner](cfg, workload)
+    if profiler is None:
+        accuracy = RUNNERS[runner](cfg, workload)
+    else:
+        accuracy = profiler.runcall(RUNNERS[runner], cfg, workload)
+        profiler.dump_stats(profile[0])
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "rss_mb": peak_rss_mb(), "accuracy": accuracy}
     if ROUND_SECONDS:

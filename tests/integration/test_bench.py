@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pstats
 
 import pytest
 
@@ -69,9 +70,8 @@ def test_accuracy_mismatch_is_reported():
 @pytest.mark.slow
 def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.CASES, "tiny", TINY)
-    code = bench.main(
-        ["--case", "tiny", "--runners", "plain,inprocess", "--repeats", "1", "--out", str(tmp_path)]
-    )
+    args = ["--case", "tiny", "--runners", "plain,inprocess", "--repeats", "1", "--profile"]
+    code = bench.main([*args, "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     plain, inprocess = report["tiny"]["plain"], report["tiny"]["inprocess"]
@@ -85,6 +85,13 @@ def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
     )
     assert inprocess["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-9)
     assert inprocess["rss_mb"] > 50
+    # --profile: one more run each under cProfile; the engine's shows Flower's client path.
+    profiles = tmp_path / "profiles"
+    plain_top = (profiles / "tiny-plain.txt").read_text()
+    inprocess_top = (profiles / "tiny-inprocess.txt").read_text()
+    assert "bare_local_sgd" in plain_top and "train_local" not in plain_top
+    assert "train_local" in inprocess_top and "client_app.py" in inprocess_top
+    assert pstats.Stats(str(profiles / "tiny-inprocess.prof")).total_calls > 1000
 
 
 def test_scale_case_compares_each_registered_count_with_the_smallest(monkeypatch):
