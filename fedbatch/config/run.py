@@ -16,6 +16,9 @@ from typing import Any
 from fedbatch.checks import ConfigError, check_known, choice, integer, on_off, section
 from fedbatch.config.clock import ClockConfig, clock_config
 from fedbatch.config.sections import (
+    DATASETS,
+    IMAGE_DATASETS,
+    MODELS,
     DataConfig,
     EngineConfig,
     EvalConfig,
@@ -87,8 +90,20 @@ BUILDERS = {
 }
 
 
+FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
+
+
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
+    images = cfg.data.name in IMAGE_DATASETS
+    if (cfg.model.name == "cnn") != images and cfg.model.name in ("cnn", "cnn1d"):
+        fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
+        needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
+        raise ConfigError(
+            "model",
+            cfg.model.name,
+            f"one of {', '.join(fits)} with data={cfg.data.name} ({cfg.model.name} needs {needs})",
+        )
     if cfg.model.norm == "batch" and cfg.client.batch_size == 1:
         raise ConfigError(
             "client.batch_size",

@@ -18,6 +18,7 @@ from fedbatch.checks import (
 )
 
 DATASETS = ("synthetic", "mnist1d", "digits", "images")
+IMAGE_DATASETS = ("images",)  # (C, H, W) samples; the others are flat feature vectors
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
 MODELS = ("logreg", "mlp", "cnn1d", "cnn")
 NORMS = ("none", "batch", "group", "layer")
@@ -182,6 +183,7 @@ def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
     # Strategy parameters sit beside `name` in YAML, and under `params` in the JSON copy.
     params = dict(raw.get("params", {}))
     params |= {k: v for k, v in raw.items() if k not in ("name", "fraction_evaluate", "params")}
+    params = {k: v for k, v in params.items() if v is not None}  # null: the strategy's default
     for key, value in params.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"strategy.{key}", value, "a number")

@@ -88,6 +88,10 @@ def stream_config(raw: Mapping[str, Any], run_seconds: float | None = None) -> S
         drift_strength=non_negative("drift_strength"),
         label_alpha=positive("label_alpha"),
     )
+    if cfg.replay_ratio > 0 and cfg.passes != 1:
+        raise ConfigError(
+            "stream.replay_ratio", cfg.replay_ratio, "0 unless stream.passes=1 (online training)"
+        )
     _check_drift(cfg, run_seconds)
     return cfg
 

@@ -135,9 +135,10 @@ def describe_nodes(
 
 def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
     """Node ids such that index i holds partition i."""
-    if cfg.engine.name != "deployment":
-        return sorted(grid.get_node_ids())
+    # Flower's simulation registers its nodes while the ServerApp starts: wait for all.
     nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
+    if cfg.engine.name != "deployment":
+        return sorted(nodes)
     partition_of, errors = describe_nodes(grid, nodes, cfg.engine.node_timeout)
     holders: dict[int, int] = {}
     for node, partition in sorted(partition_of.items()):

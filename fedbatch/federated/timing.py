@@ -102,11 +102,11 @@ class RoundClock:
 
     def client_timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
         """A replying client's virtual time and energy, from what it reports it did; with
-        `clock=real`, its measured wall time (energy unknown: 0)."""
+        `clock=real`, its measured wall time (energy unknown: nan, written as null)."""
         metrics = reply.content["metrics"]
         if self.clock.name == "real":
             measured = float(metrics["client_seconds"])
-            return ClientTiming(partition_id, 0.0, measured, 0.0, 0.0, 0.0)
+            return ClientTiming(partition_id, 0.0, measured, 0.0, 0.0, math.nan)
         return client_timing(
             partition_id,
             self.device_of[partition_id],

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedbatch.config import ConfigError
-from fedbatch.simulate import CONF_DIR, validate
+from fedbatch.simulate import CONF_DIR, check_overrides, validate
 from tests.conftest import FAST, read_rows, simulate
 
 BAD_INPUT = [
@@ -45,6 +45,7 @@ def test_bad_values_are_rejected_before_any_work(override, key, allowed):
         ("strategy=fedfoo", "strategy", "fedyogi"),
         ("data=cifar10", "data", "mnist1d"),
         ("model=resnet", "model", "cnn1d"),
+        ("model=cnn", "model", "cnn needs data=images"),
         ("client.batchsize=3", "client.batchsize", "batch_size, epochs"),
         ("partition.alpha=0.1", "partition=iid", "allowed name"),
         ("client.batch_size=0", "client.batch_size", "'full'"),
@@ -59,6 +60,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, override, key, allowed):
     assert key in lines[0] and allowed in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff"])
+def test_documented_async_keys_are_accepted_and_null_means_unset(strategy):
+    base = [f"strategy={strategy}", "clock=devices"]
+    check_overrides([*base, "strategy.hinge_cutoff=2"])
+    for overrides, expected in ((base, None), ([*base, "strategy.hinge_cutoff=2"], 2)):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            raw = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+        assert validate(raw).strategy.params.get("hinge_cutoff") == expected
 
 
 def test_a_bad_job_in_a_sweep_fails_before_any_job_runs(tmp_path):

@@ -66,6 +66,24 @@ def test_deployment_path_gives_the_simulation_s_numbers(tmp_path):
     )
 
 
+class LateGrid(InProcessGrid):
+    """A simulation whose nodes register while the ServerApp starts (as Ray's do)."""
+
+    def __init__(self, num_nodes: int, empty_looks: int) -> None:
+        super().__init__(num_nodes)
+        self.empty_looks = empty_looks
+
+    def get_node_ids(self):
+        self.empty_looks -= 1
+        return [] if self.empty_looks >= 0 else list(super().get_node_ids())[::-1]
+
+
+def test_simulation_engines_wait_for_their_nodes_to_register():
+    grid = LateGrid(6, empty_looks=2)
+    order = partition_order(grid, tiny_config(engine={"name": "ray", "node_timeout": 5.0}))
+    assert order == sorted(InProcessGrid(6).get_node_ids()) and grid.empty_looks < 0
+
+
 def test_two_nodes_with_one_partition_are_refused():
     with pytest.raises(RuntimeError, match="partition-id=0"):
         partition_order(ShuffledGrid([0, 0, 1, 2, 3, 4]), deployment())

@@ -31,6 +31,13 @@ def _raw(**sections):
         (_raw(model={"name": "resnet"}), "model", "logreg, mlp, cnn1d"),
         (_raw(model={"name": "mlp", "norm": "instance"}), "model.norm", "none, batch"),
         (_raw(model={"memory_format": "nhwc"}), "model.memory_format", "auto, contiguous"),
+        (_raw(model={"name": "cnn"}), "model", "logreg, mlp, cnn1d with data=digits"),
+        (_raw(stream={"name": "poisson", "replay_ratio": 0.5}), "stream.replay_ratio", "passes=1"),
+        (
+            _raw(model={"name": "cnn1d"}, data={"name": "images"}),
+            "model",
+            "logreg, mlp, cnn with data=images",
+        ),
         (_raw(clients_per_round=5), "clients_per_round", "<= 4"),
         (
             _raw(strategy={"name": "fedavg", "fraction_evaluate": 1.5}),
