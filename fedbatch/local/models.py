@@ -183,8 +183,8 @@ def memory_format(cfg: ModelConfig, device: torch.device) -> torch.memory_format
     """The layout of the model's 2-D convolution weights (other tensors keep theirs).
 
     `auto` picks channels_last on the CPU, where a training step of fedbatch's CNNs takes
-    7–29% less time in it than in NCHW, at B from 1 to 256 with every norm (measured:
-    `simulations/bench/README.md`); elsewhere it keeps PyTorch's default. With channels_last
+    0.71–0.98× the NCHW time, at B from 1 to 256 with every norm, never more (measured by
+    `simulations/bench/memory_format.py`); elsewhere it keeps PyTorch's default. With channels_last
     weights a convolution takes NCHW inputs as they are and computes in NHWC.
     """
     wanted = cfg.memory_format
