@@ -9,7 +9,7 @@ the mins to `plain`, ratio of the round medians to `plain`'s) and writes `bench.
 {case: {runner: {seconds, seconds_median, round_seconds_median, rss_mb, accuracy, ratio,
 round_ratio}}}. With `--profile`, each runner then runs once more, untimed, under cProfile:
 `DIR/profiles/<case>-<runner>.prof` (for pstats or snakeviz) and `.txt`, its top functions
-by cumulative time.
+by cumulative time; `ray` and `flower` are not profiled (see NOT_PROFILED).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on", "vectorized
 
 # Lines of each profile's text summary: the functions with the most cumulative time.
 PROFILE_TOP = 40
+# cProfile sees the calling thread only; these runners' rounds run in Flower's ServerApp
+# thread and in Ray actors, so their profile would show start-up and waiting.
+NOT_PROFILED = ("ray", "flower")
 
 
 def run_once(runner: str, cfg: RunConfig, profile: Path | None = None) -> dict[str, Any]:
@@ -198,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--runners: unknown {unknown}; allowed {', '.join(case.runners)}")
             results = bench_runners(case, runners, args.repeats)
             problems += check_same_work(results)
-            to_profile = {runner: case.runner_config(runner) for runner in runners}
+            to_profile = {r: case.runner_config(r) for r in runners if r not in NOT_PROFILED}
         report[name] = results
         print_table(case, results, console)
+        args.out.mkdir(parents=True, exist_ok=True)  # written per case: nothing timed is lost
+        (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.profile:
             profile_runs(case, to_profile, args.out)
             console.print(f"profiles: {args.out / 'profiles'}/{name}-*.prof and .txt")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.out / 'bench.json'}")
     for problem in problems:
         console.print(f"[red]{problem}[/red]")

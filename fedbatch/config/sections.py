@@ -68,7 +68,12 @@ class ModelConfig:
 class StrategyConfig:
     name: str = "fedavg"
     fraction_evaluate: float = 0.0
-    params: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, float | None] = field(default_factory=dict)  # None: left unset
+
+    @property
+    def set_params(self) -> dict[str, float]:
+        """The parameters given a value; a null one keeps the strategy's default."""
+        return {k: v for k, v in self.params.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -183,10 +188,9 @@ def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
     # Strategy parameters sit beside `name` in YAML, and under `params` in the JSON copy.
     params = dict(raw.get("params", {}))
     params |= {k: v for k, v in raw.items() if k not in ("name", "fraction_evaluate", "params")}
-    params = {k: v for k, v in params.items() if v is not None}  # null: the strategy's default
     for key, value in params.items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"strategy.{key}", value, "a number")
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ConfigError(f"strategy.{key}", value, "a number or null")
     return StrategyConfig(name=name, fraction_evaluate=fraction, params=params)
 
 

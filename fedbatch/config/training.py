@@ -1,6 +1,6 @@
 """Config sections for local training: the client, the batch-size schedule and the probes.
 
-Every batch-size lever of the literature is a key here (science.md has the formulas).
+Every batch-size lever of the literature is a key here (docs/science.md has the formulas).
 """
 
 from __future__ import annotations

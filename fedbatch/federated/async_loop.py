@@ -52,7 +52,7 @@ class AsyncServer:
 
     def __init__(self, grid: Grid, cfg: RunConfig, initial: ArrayRecord) -> None:
         self.grid, self.cfg = grid, cfg
-        self.params = dict(cfg.strategy.params)
+        self.params = cfg.strategy.set_params
         self.node_ids = list(grid.get_node_ids())  # in partition order
         self.clock = RoundClock(cfg)
         self.model_bytes = record_bytes(initial)

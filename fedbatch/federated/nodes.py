@@ -100,7 +100,9 @@ class PartitionedGrid(GridView):
         ]
 
 
-def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+def wait_for_nodes(
+    grid: Grid, count: int, timeout: float, nodes_are: str = "SuperNodes connected"
+) -> list[int]:
     """The connected node ids, once at least `count` are connected."""
     deadline = time.monotonic() + timeout
     while True:
@@ -109,7 +111,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
             return nodes
         if time.monotonic() >= deadline:
             raise RuntimeError(
-                f"only {len(nodes)} of num_clients={count} SuperNodes connected within "
+                f"only {len(nodes)} of num_clients={count} {nodes_are} within "
                 f"engine.node_timeout={timeout:g} s"
             )
         time.sleep(POLL_SECONDS)
@@ -135,10 +137,11 @@ def describe_nodes(
 
 def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
     """Node ids such that index i holds partition i."""
-    # Flower's simulation registers its nodes while the ServerApp starts: wait for all.
-    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
     if cfg.engine.name != "deployment":
-        return sorted(nodes)
+        # Flower's simulation registers its nodes while the ServerApp starts: wait for all.
+        nodes_are = "simulated nodes registered"
+        return sorted(wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout, nodes_are))
+    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
     partition_of, errors = describe_nodes(grid, nodes, cfg.engine.node_timeout)
     holders: dict[int, int] = {}
     for node, partition in sorted(partition_of.items()):

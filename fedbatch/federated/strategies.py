@@ -83,7 +83,7 @@ def check_strategy_params(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"strategy.{key}", value, f"parameters of {name}: " + (", ".join(allowed) or "none")
             )
-        if key in _RANGES:
+        if key in _RANGES and value is not None:
             low, high, inclusive = _RANGES[key]
             number(f"strategy.{key}", value, low, high, open_low=not inclusive)
     if name in ASYNC_PARAMETERS:
@@ -98,7 +98,7 @@ def check_strategy_params(cfg: RunConfig) -> None:
 
 
 def _check_async(cfg: RunConfig) -> None:
-    name, params = cfg.strategy.name, cfg.strategy.params
+    name, params = cfg.strategy.name, cfg.strategy.set_params
     if not cfg.clock.on:
         allowed = f"devices with strategy={name} (updates arrive in virtual-time order)"
         raise ConfigError("clock", "off", allowed)
@@ -130,5 +130,5 @@ def build_strategy(cfg: RunConfig) -> FedAvg:
         min_available_nodes=min(per_round, evaluate_nodes),
         train_metrics_aggr_fn=aggregate_client_metrics,
         evaluate_metrics_aggr_fn=aggregate_client_metrics,
-        **cfg.strategy.params,
+        **cfg.strategy.set_params,
     )

@@ -159,6 +159,10 @@ class RoundClock:
             "round_virtual_seconds": duration,
             "clients_dropped": len(schedule.dropped) + len(idle & set(schedule.kept)),
             "clients_crashed": len(crashed),
-            "energy_joules": sum(t.energy for t in timings) + crashed_energy,
+            "energy_joules": (
+                math.nan  # a real device has no power model
+                if self.clock.name == "real"
+                else sum(t.energy for t in timings) + crashed_energy
+            ),
         }
         return [r for i, r in zip(ids, answered, strict=True) if i in kept], row

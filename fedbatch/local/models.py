@@ -182,13 +182,15 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
 def memory_format(cfg: ModelConfig, device: torch.device) -> torch.memory_format:
     """The layout of the model's 2-D convolution weights (other tensors keep theirs).
 
-    `auto` picks channels_last on the CPU, where a training step of fedbatch's CNNs takes
-    0.71–0.98× the NCHW time, at B from 1 to 256 with every norm, never more (measured by
-    `simulations/bench/memory_format.py`); elsewhere it keeps PyTorch's default. With channels_last
+    `auto` picks channels_last on a CPU with oneDNN (PyTorch's x86 and ARM wheels), where a
+    training step of fedbatch's CNNs took 0.71–0.98× the NCHW time here (2-core x86, one
+    thread, B from 1 to 256, no/batch/group norm: `simulations/bench/memory_format.py`);
+    elsewhere it keeps PyTorch's default. With channels_last
     weights a convolution takes NCHW inputs as they are and computes in NHWC.
     """
     wanted = cfg.memory_format
-    if wanted == "channels_last" or (wanted == "auto" and device.type == "cpu"):
+    onednn_cpu = device.type == "cpu" and torch.backends.mkldnn.is_available()
+    if wanted == "channels_last" or (wanted == "auto" and onednn_cpu):
         return torch.channels_last
     return torch.contiguous_format
 

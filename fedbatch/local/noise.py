@@ -1,7 +1,7 @@
 """The gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), pure torch.
 
 Two-batch estimates within one client, across clients, their running average, and an exact
-per-example reference (torch.func) for small models. See /work/shared/science.md.
+per-example reference (torch.func) for small models. See docs/science.md.
 """
 
 from __future__ import annotations

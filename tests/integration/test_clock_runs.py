@@ -224,6 +224,7 @@ def test_fedasync_mixes_each_arrival_and_learns(tmp_path):
         ({"name": "fedbuff", "buffer_size": 4, "concurrency": 2}, _clock(), "strategy.buffer_size"),
         ({"name": "fedbuff", "concurrency": 99}, _clock(), "strategy.concurrency"),
         ({"name": "fedbuff"}, {"name": "off"}, "clock"),
+        ({"name": "fedasync", "hinge_cutof": None}, _clock(), "strategy.hinge_cutof"),  # typo
     ],
 )
 def test_bad_async_settings_name_the_key(strategy, clock, key):

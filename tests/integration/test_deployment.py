@@ -82,6 +82,9 @@ def test_simulation_engines_wait_for_their_nodes_to_register():
     grid = LateGrid(6, empty_looks=2)
     order = partition_order(grid, tiny_config(engine={"name": "ray", "node_timeout": 5.0}))
     assert order == sorted(InProcessGrid(6).get_node_ids()) and grid.empty_looks < 0
+    never = LateGrid(6, empty_looks=10**6)
+    with pytest.raises(RuntimeError, match="only 0 of num_clients=6 simulated nodes registered"):
+        partition_order(never, tiny_config(engine={"name": "ray", "node_timeout": 0.3}))
 
 
 def test_two_nodes_with_one_partition_are_refused():

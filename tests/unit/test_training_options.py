@@ -401,9 +401,18 @@ def test_lr_at_is_applied_per_step():
         ("contiguous", "cpu", torch.contiguous_format),
     ],
 )
-def test_memory_format_auto_is_channels_last_on_the_cpu_only(wanted, device, expected):
+def test_memory_format_auto_is_channels_last_on_the_cpu_only(wanted, device, expected, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     cfg = ModelConfig(name="cnn", memory_format=wanted)
     assert memory_format(cfg, torch.device(device)) == expected
+
+
+def test_memory_format_auto_keeps_nchw_on_a_cpu_without_onednn(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    cpu = torch.device("cpu")
+    assert memory_format(ModelConfig(name="cnn"), cpu) == torch.contiguous_format
+    explicit = ModelConfig(name="cnn", memory_format="channels_last")
+    assert memory_format(explicit, cpu) == torch.channels_last
 
 
 @pytest.mark.parametrize("norm", ["none", "batch", "group"])
