@@ -96,7 +96,7 @@ FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
     images = cfg.data.name in IMAGE_DATASETS
-    if (cfg.model.name == "cnn") != images and cfg.model.name in ("cnn", "cnn1d"):
+    if (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
         fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
         needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(

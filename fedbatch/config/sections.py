@@ -61,7 +61,7 @@ class ModelConfig:
     ghost_batch: int | None = None  # BatchNorm statistics over virtual batches of this size
     fedbn: bool = False  # FedBN: normalization layers stay local, never aggregated
     checkpointing: bool = False  # recompute activations in backward (less memory, more time)
-    memory_format: str = "auto"  # of 2-D conv weights; auto: channels_last on the CPU
+    memory_format: str = "auto"  # of 2-D conv weights; auto: channels_last on a oneDNN CPU
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,8 @@ def memory_format(cfg: ModelConfig, device: torch.device) -> torch.memory_format
     `auto` picks channels_last on a CPU with oneDNN (PyTorch's x86 and ARM wheels), where a
     training step of fedbatch's CNNs took 0.71–0.98× the NCHW time here (2-core x86, one
     thread, B from 1 to 256, no/batch/group norm: `simulations/bench/memory_format.py`);
-    elsewhere it keeps PyTorch's default. With channels_last
-    weights a convolution takes NCHW inputs as they are and computes in NHWC.
+    elsewhere it keeps PyTorch's default. With channels_last weights a convolution takes
+    NCHW inputs as they are and computes in NHWC.
     """
     wanted = cfg.memory_format
     onednn_cpu = device.type == "cpu" and torch.backends.mkldnn.is_available()
