@@ -39,6 +39,7 @@ class DataConfig:
     num_features: int = 60
     num_classes: int = 10
     num_sources: int = 30
+    signal: float = 1.0  # images: amplitude of the class templates (the noise's σ is 1.5)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def data_config(raw: Mapping[str, Any]) -> DataConfig:
         num_features=integer("data.num_features", raw.get("num_features", d.num_features), 1),
         num_classes=integer("data.num_classes", raw.get("num_classes", d.num_classes), 2),
         num_sources=integer("data.num_sources", raw.get("num_sources", d.num_sources), 1),
+        signal=number("data.signal", raw.get("signal", d.signal), 0.0, open_low=True),
     )
 
 

@@ -11,7 +11,8 @@
   deviations of u_k and B_k. Then a seeded random test split.
 - `images`: CIFAR-shaped synthetic images (3×32×32, `num_classes` classes): each class
   has a smooth random template (4×4 noise upsampled); a sample is its class template,
-  translated by up to 4 pixels each way, plus pixel noise of 1.5× the template scale.
+  translated by up to 4 pixels each way, plus pixel noise of σ = 1.5. The templates' scale
+  is `signal` (default 1: easy); smaller values make the classes harder to tell apart.
   A stand-in for image benchmarks, generated in a second; seeded random test split.
 
 Test sets hold ceil(test_fraction · n) samples (digits, synthetic, images) or
@@ -67,6 +68,7 @@ def _relevant(cfg: DataConfig) -> DataConfig:
             test_fraction=cfg.test_fraction,
             num_samples=cfg.num_samples,
             num_classes=cfg.num_classes,
+            signal=cfg.signal,
         )
     num_samples = cfg.num_samples if cfg.name == "mnist1d" else default.num_samples
     return replace(default, name=cfg.name, test_fraction=cfg.test_fraction, num_samples=num_samples)
@@ -172,7 +174,7 @@ def _random_split(
 
 def _images(cfg: DataConfig, seed: int) -> Arrays:
     rng = np.random.default_rng(seed)
-    coarse = rng.standard_normal((cfg.num_classes, 3, 4, 4), dtype=np.float32)
+    coarse = cfg.signal * rng.standard_normal((cfg.num_classes, 3, 4, 4), dtype=np.float32)
     templates = np.kron(coarse, np.ones((8, 8), dtype=np.float32))  # smooth 3×32×32
     y = rng.integers(0, cfg.num_classes, size=cfg.num_samples)
     x = templates[y]

@@ -33,6 +33,7 @@ def _raw(**sections):
         (_raw(model={"memory_format": "nhwc"}), "model.memory_format", "auto, contiguous"),
         (_raw(model={"name": "cnn"}), "model", "logreg, mlp, cnn1d with data=digits"),
         (_raw(stream={"name": "poisson", "replay_ratio": 0.5}), "stream.replay_ratio", "passes=1"),
+        (_raw(data={"name": "images", "signal": 0}), "data.signal", "> 0.0"),
         (
             _raw(model={"name": "cnn1d"}, data={"name": "images"}),
             "model",

@@ -139,6 +139,19 @@ def test_images_are_class_templates_under_noise() -> None:
     assert 1.5 <= residual.std() <= 2.0  # noise 1.5, plus the spread from translations
 
 
+def test_image_signal_scales_the_templates_only() -> None:
+    """Same seed: the same translations and noise, templates × signal. So the difference
+    between signals 1 and 0.5 is twice the one between 0.5 and 0.25."""
+
+    def images(signal: float) -> np.ndarray:
+        cfg = DataConfig(name="images", num_samples=300, num_classes=4, signal=signal)
+        return load_dataset(cfg, 0).x_train.astype(np.float64)
+
+    full, half, quarter = images(1.0), images(0.5), images(0.25)
+    np.testing.assert_allclose(full - half, 2 * (half - quarter), atol=1e-5)
+    assert np.abs(full - half).mean() > 0.1
+
+
 def test_unknown_dataset_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         load_dataset(DataConfig(name="cifar10"), 0)
