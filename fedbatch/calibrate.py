@@ -8,6 +8,9 @@ samples per second and memory (weights + gradients + optimizer state + activatio
 for backward), the largest B within `--budget-mb`, and writes `calibration.json`. It fits
 the virtual clock's device model to the fp32 times and memory, prints the fit against the
 measurements, and writes `device.json`, which `clock=devices clock.profile=...` loads.
+Only step time and memory are measured: `device.json` keeps each fitted value's points and
+fit error beside it (`fitted`) and names the values it cannot measure (memory cap, power,
+bandwidth, latency: fedbatch's defaults) as `presets`, to be edited to match the device.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ VARIANTS = {
     "bf16+checkpointing": ("bf16", True),
 }
 MB = 2**20
+FITTED_TIME = ("step_overhead", "throughput", "saturation", "scaling")
+FITTED_MEMORY = ("memory_base", "memory_per_sample")
+LABELS = ("name", "share")  # a one-device profile's label and share: neither measured nor assumed
+UNITS = {"memory_cap": "MB", "power": "W", "bandwidth_down": "Mbit/s", "bandwidth_up": "Mbit/s"}
+UNITS |= {"latency": "s"}
+PRESETS_NOTE = (
+    "not measured on this machine: fedbatch's default device values; "
+    "edit device.<key> to match your device"
+)
 
 
 def _compose(overrides: list[str]) -> RunConfig:
@@ -122,11 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = _compose(overrides)
     from fedbatch.federated.workload import resolve_device
 
-    device = resolve_device(cfg.device)
-    results = calibrate(cfg, _batch_sizes(args.batch_sizes), variants, max(1, args.repeats))
+    device, repeats = resolve_device(cfg.device), max(1, args.repeats)
+    model = dataclasses.asdict(cfg.model)
+    results = calibrate(cfg, _batch_sizes(args.batch_sizes), variants, repeats)
     console = Console()
     console.print(_table(results, str(device)))
-    output: dict[str, Any] = {"device": str(device), "model": dataclasses.asdict(cfg.model)}
+    output: dict[str, Any] = {"device": str(device), "model": model}
     output["variants"] = results
     if args.budget_mb is not None:
         from fedbatch.local.profile import StepProfile, largest_batch_within
@@ -143,31 +156,84 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "calibration.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     console.print(f"wrote {args.out / 'calibration.json'}")
     if results.get("fp32"):
-        _write_device(results["fp32"], str(device), args.out, console)
+        _write_device(
+            device_profile(results["fp32"], str(device), repeats, model), args.out, console
+        )
 
 
-def _write_device(rows: list[dict[str, Any]], device: str, out: Path, console: Console) -> None:
-    """Fit the clock's device model to the fp32 measurements; write it for `clock.profile`."""
+def device_profile(
+    rows: list[dict[str, Any]], device: str, repeats: int, model: dict[str, Any]
+) -> dict[str, Any]:
+    """The clock's device fitted to the fp32 rows, saying what each value rests on: the
+    fitted ones beside their measurements and fit errors, the others named as presets."""
     from fedbatch.clock.devices import fit_device, relative_errors
 
     sizes = [row["batch_size"] for row in rows]
     seconds = [row["seconds"] for row in rows]
     memory = [row["peak_bytes"] / MB for row in rows]
-    fitted = fit_device(sizes, seconds, memory, name=f"measured-{device}")
-    errors = relative_errors(fitted, sizes, seconds)
+    fitted = fit_device(sizes, seconds, memory, name=f"calibrated-{device}")
+    memory_errors = [abs(fitted.memory_mb(b) - m) / m for b, m in zip(sizes, memory, strict=True)]
+    values = dataclasses.asdict(fitted)
+    not_fitted = FITTED_TIME + FITTED_MEMORY + LABELS
+    return {
+        "device": values,
+        "fitted": {
+            "measured_on": device,
+            "model": model,
+            "step_time": {
+                "keys": list(FITTED_TIME),
+                "points": len(sizes),
+                "measured": f"fp32 seconds per step, the fastest of {repeats} steps per B",
+                "batch_sizes": sizes,
+                "seconds": seconds,
+                "max_relative_error": max(relative_errors(fitted, sizes, seconds)),
+            },
+            "memory": {
+                "keys": list(FITTED_MEMORY),
+                "points": len(sizes),
+                "measured": "MB of weights, gradients, optimizer state and activations saved "
+                "for backward, counted per tensor",
+                "batch_sizes": sizes,
+                "mb": memory,
+                "max_relative_error": max(memory_errors),
+            },
+        },
+        "presets": {"keys": [k for k in values if k not in not_fitted], "note": PRESETS_NOTE},
+    }
+
+
+def _write_device(profile: dict[str, Any], out: Path, console: Console) -> None:
+    """Print the fit against every measurement, and the presets; write `device.json`."""
+    from fedbatch.clock.devices import DeviceClass, relative_errors
+
+    device = DeviceClass(**profile["device"])
+    timing, memory = profile["fitted"]["step_time"], profile["fitted"]["memory"]
+    sizes, seconds = timing["batch_sizes"], timing["seconds"]
     table = Table(
-        title=f"device model fit: t0 = {fitted.step_overhead * 1e3:.3f} ms, throughput "
-        f"{fitted.throughput:.0f} samples/s from B = {fitted.saturation}, α = {fitted.scaling:g}"
+        title=f"device model fit: t0 = {device.step_overhead * 1e3:.3f} ms, throughput "
+        f"{device.throughput:.0f} samples/s from B = {device.saturation}, α = {device.scaling:g}"
     )
     for column in ("B", "measured ms", "fitted ms", "error"):
         table.add_column(column, justify="right")
+    errors = relative_errors(device, sizes, seconds)
     for size, measured, error in zip(sizes, seconds, errors, strict=True):
-        fit_ms = fitted.step_seconds(size) * 1e3
+        fit_ms = device.step_seconds(size) * 1e3
         table.add_row(str(size), f"{measured * 1e3:.3f}", f"{fit_ms:.3f}", f"{error:.1%}")
     console.print(table)
+    console.print(
+        f"fitted to {timing['points']} points ({timing['measured']}): largest error "
+        f"{timing['max_relative_error']:.1%}; memory {device.memory_base:.3f} MB + "
+        f"{device.memory_per_sample:.5f} MB per sample, fitted to {memory['points']} points, "
+        f"largest error {memory['max_relative_error']:.1%}"
+    )
+    presets = ", ".join(
+        f"{key}={profile['device'][key]:g} {UNITS.get(key, '')}".rstrip()
+        for key in profile["presets"]["keys"]
+    )
+    console.print(f"presets ({profile['presets']['note']}): {presets}")
     path = out / "device.json"
-    path.write_text(json.dumps({"device": dataclasses.asdict(fitted)}, indent=2) + "\n")
-    console.print(f"largest error {max(errors):.1%}; wrote {path} (use: clock.profile={path})")
+    path.write_text(json.dumps(profile, indent=2) + "\n")
+    console.print(f"wrote {path} (use: clock.profile={path})")
 
 
 if __name__ == "__main__":

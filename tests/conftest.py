@@ -72,6 +72,15 @@ def without_measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in MEASURED} for row in rows]
 
 
+# What a simulation's server measures on the pooled training data, which a deployment's
+# server does not hold (its gap comes from the clients' evaluation instead).
+SERVER_DATA = {"global_train_loss", "global_train_accuracy", "generalization_gap"}
+
+
+def without_server_data(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k not in SERVER_DATA} for row in rows]
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

@@ -111,15 +111,7 @@ def _check_combinations(cfg: RunConfig) -> None:
             "an integer >= 2 with model.norm=batch (BatchNorm needs "
             "two samples per batch; use model.norm=group or layer for B=1)",
         )
-    noise_measured = cfg.monitor.noise_scale > 0 or cfg.monitor.noise_across > 0
-    if cfg.batch.name == "adaptive" and not noise_measured:
-        raise ConfigError(
-            "batch", "adaptive", "with monitor.noise_scale or monitor.noise_across >= 1"
-        )
-    if cfg.batch.adascale and not noise_measured:
-        raise ConfigError(
-            "batch.adascale", True, "with monitor.noise_scale or monitor.noise_across >= 1"
-        )
+    _check_noise_sources(cfg)
     if cfg.batch.adascale and cfg.client.lr_scaling != "none":
         raise ConfigError(
             "client.lr_scaling",
@@ -141,6 +133,27 @@ def _check_combinations(cfg: RunConfig) -> None:
         )
     if cfg.monitor.noise_exact and cfg.model.norm == "batch":
         raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
+
+
+def _check_noise_sources(cfg: RunConfig) -> None:
+    """Adaptive B and AdaScale follow a noise estimate that must be measured."""
+    probe = {"global": "monitor.noise_across", "local": "monitor.noise_scale"}
+    if cfg.batch.name == "adaptive":
+        key = probe[cfg.batch.noise]
+        if getattr(cfg.monitor, key.split(".")[1]) == 0:
+            other = "local" if cfg.batch.noise == "global" else "global"
+            raise ConfigError(
+                "batch.noise",
+                cfg.batch.noise,
+                f"{cfg.batch.noise} with batch=adaptive only when {key} >= 1 "
+                f"(or batch.noise={other} with {probe[other]} >= 1)",
+            )
+    if cfg.batch.adascale and cfg.monitor.noise_scale == 0:
+        raise ConfigError(
+            "batch.adascale",
+            True,
+            "true only with monitor.noise_scale >= 1 (AdaScale follows the clients' own noise)",
+        )
 
 
 def build_config(raw: Mapping[str, Any]) -> RunConfig:

@@ -105,6 +105,7 @@ class EvalConfig:
     batch_size: int = 1024
     initial: bool = True
     follow_drift: bool = False  # the test set drifts with the stream (covariate, concept)
+    train_samples: int = 1000  # fixed sample of the pooled training data for the true gap
 
 
 # --- building -------------------------------------------------------------------------
@@ -240,4 +241,5 @@ def eval_config(raw: Mapping[str, Any]) -> EvalConfig:
         batch_size=integer("eval.batch_size", raw.get("batch_size", 1024), 1),
         initial=boolean("eval.initial", raw.get("initial", True)),
         follow_drift=boolean("eval.follow_drift", raw.get("follow_drift", False)),
+        train_samples=integer("eval.train_samples", raw.get("train_samples", 1000), 0),
     )

@@ -29,7 +29,10 @@ REGULARIZATION = ("none", "linear", "sqrt")
 BATCH_SCHEDULES = ("constant", "step", "ramp", "adaptive")
 RAMPS = ("linear", "geometric")
 ADAPTIVE_RULES = ("simple", "norm_test")
+NOISE_SOURCES = ("global", "local")  # B_simple of the pooled data, or within clients
+NOISE_AVERAGES = ("ema", "mean")
 PER_CLIENT_RULES = ("same", "equal_steps")
+OPTIMIZER_STATES = ("reset", "keep")  # a fresh optimizer each round, or its state kept
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ClientConfig:
     precision: str = "fp32"
     regularization: str = "none"  # weight decay and dropout · (B / base_batch_size)^{0, 1, 1/2}
     prefetch: bool = False  # gather the next mini-batch on a background thread
+    optimizer_state: str = "reset"  # keep: momentum/moments/step counts carry across rounds
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class BatchConfig:
     rule: str = "simple"  # adaptive: grow toward B_simple, or by the norm test
     theta: float = 1.0  # norm test: grow while B < tr(Σ) / (θ²|G|²)
     growth: float = 2.0  # adaptive: largest factor by which B may grow in one round
+    noise: str = "global"  # adaptive: follow the pooled data's B_simple, or the clients' own
     adascale: bool = False  # AdaScale: LR and schedule progress multiplied by the gain r
     per_client: str | tuple[int, ...] = "same"  # a list of B (cycled over clients) or a rule
 
@@ -84,7 +89,8 @@ class MonitorConfig:
     noise_scale: int = 0  # two-batch B_simple within each client, at the round's weights
     noise_big: int | None = None  # its big batch (default 8·B, at most the client's data)
     noise_across: int = 0  # B_simple across clients: a one-step gradient probe round
-    noise_decay: float = 0.9  # server EMA over rounds of the |G|² and tr(Σ) estimates
+    noise_average: str = "ema"  # how the server averages |G|² and tr(Σ) over rounds
+    noise_decay: float = 0.9  # the EMA's β (0: this round's estimate only)
     noise_exact: int = 0  # exact per-example tr(Σ) and |G|² (torch.func), small models
     sharpness: int = 0  # ε-sharpness (Keskar et al. 2017)
     sharpness_epsilon: float = 1e-3
@@ -145,6 +151,7 @@ def client_config(raw: Mapping[str, Any]) -> ClientConfig:
         precision=named("precision", PRECISIONS),
         regularization=named("regularization", REGULARIZATION),
         prefetch=r.flag("prefetch"),
+        optimizer_state=named("optimizer_state", OPTIMIZER_STATES),
     )
 
 
@@ -180,6 +187,7 @@ def batch_config(raw: Mapping[str, Any]) -> BatchConfig:
         rule=choice("batch.rule", raw.get("rule", d.rule), ADAPTIVE_RULES),
         theta=number("batch.theta", raw.get("theta", d.theta), 0.0, open_low=True),
         growth=number("batch.growth", raw.get("growth", d.growth), 1.0, open_low=False),
+        noise=choice("batch.noise", raw.get("noise", d.noise), NOISE_SOURCES),
         adascale=boolean("batch.adascale", raw.get("adascale", d.adascale)),
         per_client=_per_client(raw.get("per_client", d.per_client)),
     )
@@ -194,6 +202,9 @@ def monitor_config(raw: Mapping[str, Any]) -> MonitorConfig:
         layer_norms=boolean("monitor.layer_norms", raw.get("layer_norms", d.layer_norms)),
         noise_big=optional(
             lambda k, v: integer(k, v, 2), "monitor.noise_big", raw.get("noise_big")
+        ),
+        noise_average=choice(
+            "monitor.noise_average", raw.get("noise_average", d.noise_average), NOISE_AVERAGES
         ),
         noise_decay=number(
             "monitor.noise_decay", raw.get("noise_decay", d.noise_decay), 0.0, 0.999, open_low=False

@@ -33,12 +33,15 @@ SGD_RULES = ("sgd", "momentum", "nesterov")
 def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
     """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
     empty when they can. FedBN and ghost batches need BatchNorm, drift needs a stream,
-    memory-split micro-batches and step limits need the clock: all ruled out below."""
+    memory-split micro-batches and step limits need the clock: all ruled out below. A kept
+    optimizer state lives in the ClientApp's context.state, so every round of such a run
+    goes through the ClientApp (batching some rounds would leave it stale)."""
     client, model = cfg.client, cfg.model
     checks = [
         (client.optimizer not in SGD_RULES, f"client.optimizer={client.optimizer}"),
         (client.precision != "fp32", f"client.precision={client.precision}"),
         (client.accumulate != 1, f"client.accumulate={client.accumulate}"),
+        (client.optimizer_state == "keep", "client.optimizer_state=keep"),
         (model.norm == "batch", "model.norm=batch"),
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),

@@ -19,6 +19,7 @@ from torch import nn
 
 from fedbatch.config import RunConfig
 from fedbatch.data.stream_rounds import StreamRound
+from fedbatch.federated.client_optimizer import load_optimizer_state, save_optimizer_state
 from fedbatch.federated.client_stream import stream_batches
 from fedbatch.federated.records import (
     NUM_EXAMPLES,
@@ -175,6 +176,9 @@ def train(msg: Message, context: Context) -> Message:
     if plan.weight_decay != client_cfg.weight_decay:
         client_cfg = dataclasses.replace(client_cfg, weight_decay=plan.weight_decay)
     optimizer = build_optimizer(model.parameters(), client_cfg, lr=plan.first_lr())
+    keep_state = client_cfg.optimizer_state == "keep"
+    if keep_state:
+        load_optimizer_state(optimizer, context)
     if cfg.model.dropout > 0:
         set_dropout(model, plan.dropout)
     micro_batch, steps = _device_limits(cfg, config, plan)
@@ -214,6 +218,8 @@ def train(msg: Message, context: Context) -> Message:
     )
     if cfg.model.fedbn:
         _save_local_norms(model, context)
+    if keep_state:
+        save_optimizer_state(optimizer, context)
     metrics = train_metrics(task, plan, result, probes)
     if streamed is not None:
         metrics = _with_stream(metrics, streamed, result)

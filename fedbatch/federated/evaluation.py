@@ -1,31 +1,42 @@
-"""Server-side evaluation of the global model on the central test set."""
+"""Server-side measurements of the global model: test and train loss (the true
+generalization gap) and the pooled training data's exact gradient noise scale."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 
+import numpy as np
 import torch
+from torch.nn import functional as F
 
 from fedbatch.data.stream import ClientStream
 from fedbatch.federated.records import load_arrays
 from fedbatch.federated.workload import Workload
+from fedbatch.local.noise import exact_noise
 from fedbatch.local.trainer import evaluate
 from fedbatch.metrics.callbacks import Callback, RoundState
+from fedbatch.seeding import derive_seed
 
 
 class ServerEvaluation(Callback):
-    """Loss and accuracy of the global model on the central held-out test set.
+    """Loss and accuracy of the global model on the central held-out test set, and its
+    generalization gap.
 
     Evaluates every `eval.every` rounds and the last one, and round 0 (the initial model)
-    unless `eval.initial` is false. The generalization gap is test loss − train loss, the
-    train loss being the clients' mean over the round's local steps.
+    unless `eval.initial` is false. The gap is the *same* model's test loss − train loss:
+    in simulation the train loss is the global model's on a fixed sample of the pooled
+    training data (`eval.train_samples`); in a deployment, whose server holds no client
+    data, it is the clients' evaluation of the global model on their data
+    (`client_eval_loss`). Never the clients' running loss of their local models
+    (`train_loss`), which is another model's, measured while it trained.
     """
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
         self.model = workload.initial_model()
         self.drifting = workload.cfg.eval.follow_drift
+        self.train_sample = _train_sample(workload)
 
     @functools.cache  # noqa: B019 (one evaluator per run)
     def _reference(self) -> ClientStream:
@@ -41,16 +52,21 @@ class ServerEvaluation(Callback):
         the end of the round (without per-client stagger): during a gradual drift, that
         fraction of its rows (a fixed seeded order) is in the new concept. `now` is the
         virtual time (the clock's, when one runs)."""
+        return self._drifted(self.workload.x_test, self.workload.y_test, server_round, now)
+
+    def _drifted(
+        self, x: torch.Tensor, y: torch.Tensor, server_round: int, now: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.workload
         if not self.drifting:
-            return w.x_test, w.y_test
+            return x, y
         stream = w.cfg.stream
         now = server_round * stream.round_seconds if now is None else now
         fraction = self._reference().concept_at(now)
-        order = torch.randperm(len(w.y_test), generator=torch.Generator().manual_seed(w.cfg.seed))
-        concept = torch.zeros(len(w.y_test), dtype=torch.int8)
-        concept[order[: round(fraction * len(w.y_test))]] = 1
-        return w.drift().apply(w.x_test, w.y_test, concept.to(w.x_test.device))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(w.cfg.seed))
+        concept = torch.zeros(len(y), dtype=torch.int8)
+        concept[order[: round(fraction * len(y))]] = 1
+        return w.drift().apply(x, y, concept.to(x.device))
 
     def _due(self, server_round: int) -> bool:
         cfg = self.workload.cfg
@@ -62,10 +78,62 @@ class ServerEvaluation(Callback):
         if not self._due(state.round):
             return
         load_arrays(self.model, state.arrays)
-        x, y = self.test_set(state.round, state.row.get("virtual_seconds"))
-        loss, accuracy = evaluate(self.model, x, y, self.workload.cfg.eval.batch_size)
+        now = state.row.get("virtual_seconds")
+        batch = self.workload.cfg.eval.batch_size
+        x, y = self.test_set(state.round, now)
+        loss, accuracy = evaluate(self.model, x, y, batch)
         state.row["test_loss"] = loss
         state.row["test_accuracy"] = accuracy
-        train_loss = state.row.get("train_loss")
+        train_loss = state.row.get("client_eval_loss")
+        if self.train_sample is not None:
+            x, y = self._drifted(*self.train_sample, state.round, now)
+            train_loss, train_accuracy = evaluate(self.model, x, y, batch)
+            state.row["global_train_loss"] = train_loss
+            state.row["global_train_accuracy"] = train_accuracy
         if train_loss is not None:
             state.row["generalization_gap"] = loss - train_loss
+
+
+class PooledExactNoise(Callback):
+    """`noise_scale_exact_global`: the exact B_simple of the pooled training data from
+    per-example gradients (torch.func), at the weights each due round *started* from (the
+    weights the across-client probe sees), every `monitor.noise_exact` rounds.
+
+    The reference `noise_scale_global` estimates; simulation engines only (a deployment's
+    server holds no client data). Costs one per-example gradient pass over the pooled data.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.model = workload.initial_model()
+        pooled = torch.from_numpy(np.sort(np.concatenate(workload.partitions)))
+        self.index = pooled.to(workload.x_train.device)
+        self.start: object = None  # the weights the next round starts from
+
+    @staticmethod
+    def wanted(workload: Workload) -> bool:
+        cfg = workload.cfg
+        return cfg.monitor.noise_exact > 0 and cfg.engine.name != "deployment"
+
+    def on_round_end(self, state: RoundState) -> None:
+        frequency = self.workload.cfg.monitor.noise_exact
+        if state.round > 0 and state.round % frequency == 0 and self.start is not None:
+            load_arrays(self.model, self.start)
+            w = self.workload
+            x, y = w.x_train[self.index], w.y_train[self.index]
+            grad_sq, trace = exact_noise(self.model, F.cross_entropy, x, y)
+            state.row["noise_scale_exact_global"] = trace / grad_sq if grad_sq > 0 else None
+        self.start = state.arrays
+
+
+def _train_sample(workload: Workload) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A fixed seeded sample of the pooled training data (the union of the partitions),
+    or None in a deployment (its server holds no client data) or with eval.train_samples=0."""
+    cfg = workload.cfg
+    if cfg.engine.name == "deployment" or cfg.eval.train_samples == 0:
+        return None
+    pooled = torch.from_numpy(np.sort(np.concatenate(workload.partitions)))
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-sample"))
+    index = pooled[torch.randperm(len(pooled), generator=generator)[: cfg.eval.train_samples]]
+    index = index.to(workload.x_train.device)
+    return workload.x_train[index], workload.y_train[index]

@@ -2,7 +2,13 @@
 
 `RoundInstruments` decides what a round does (batch size, AdaScale gain, schedule progress,
 which probes are due) and turns the replies into metrics-row values: the running gradient
-noise scale, across-client probes, update norms and the cosine similarity of client updates.
+noise scales, update norms and the cosine similarity of client updates.
+
+Two noise scales, never mixed: *local*, each client's own B_simple (its n_k samples, from the
+within-client probe; bounded by about n_k) and *global*, the pooled training data's B_simple
+(McCandlish et al.'s quantity, from the across-client probe). Each is a ratio of the server's
+averages of |G|² and tr(Σ) over rounds, reported with its effective number of draws and a
+standard error.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from fedbatch.local.probes import cosine_similarities
 # Row keys this module fills (None when not measured in a round).
 ROW_KEYS = (
     "batch_size", "effective_batch_size", "lr", "lr_gain", "noise_grad_sq", "noise_trace",
-    "noise_scale", "noise_scale_across", "noise_scale_exact", "sharpness", "hessian_top",
+    "noise_scale_local", "noise_scale_local_se", "noise_scale_local_draws", "noise_scale",
+    "noise_scale_global", "noise_scale_global_se", "noise_scale_global_draws",
+    "noise_scale_across", "noise_scale_exact", "sharpness", "hessian_top",
     "weight_norm", "update_norm_mean", "update_cosine_mean", "update_cosine_min",
     "data_seconds", "compute_seconds", "virtual_seconds", "samples_arrived", "samples_trained",
-    "wait_seconds", "prequential_loss", "prequential_accuracy",
+    "wait_seconds", "prequential_loss", "prequential_accuracy", "steps_per_client",
+    "examples_per_client",
 )  # fmt: skip
 _FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "sharpness", "hessian_top")
 _FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
@@ -46,22 +55,42 @@ def _flat(record: ArrayRecord) -> torch.Tensor:
     return torch.cat([array_to_tensor(a).reshape(-1).double() for a in record.values()])
 
 
-class RoundInstruments:
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        self.planner = BatchPlanner(cfg.batch, cfg.client.batch_size, cfg.rounds)
-        self.noise = NoiseScaleEMA(decay=cfg.monitor.noise_decay or None)
-        self.plan = RoundPlan(cfg.client.batch_size, 1.0, 0.0)
+def _estimate(average: NoiseScaleEMA) -> NoiseEstimate | None:
+    return NoiseEstimate(average.grad_sq, average.trace) if average.count else None
 
-    def estimate(self) -> NoiseEstimate | None:
-        if not self.noise.count:
-            return None
-        return NoiseEstimate(self.noise.grad_sq, self.noise.trace)
+
+def _noise_row(name: str, average: NoiseScaleEMA) -> dict[str, float]:
+    if not average.count:
+        return {}
+    return {
+        name: average.b_simple,
+        f"{name}_se": average.standard_error,
+        f"{name}_draws": average.draws,
+    }
+
+
+class RoundInstruments:
+    def __init__(self, cfg: RunConfig, pooled_size: int | None = None) -> None:
+        """`pooled_size`: the training data's size over all partitions, the population the
+        across-client probe samples from (None: treat it as unbounded)."""
+        self.cfg = cfg
+        self.planner = BatchPlanner(
+            cfg.batch, cfg.client.batch_size, cfg.rounds, cfg.client.accumulate
+        )
+        monitor = cfg.monitor
+        decay = monitor.noise_decay if monitor.noise_average == "ema" else None
+        self.local_noise = NoiseScaleEMA(decay=decay)
+        self.global_noise = NoiseScaleEMA(decay=decay)
+        self.pooled_size = pooled_size
+        self.plan = RoundPlan(cfg.client.batch_size, 1.0, 0.0)
 
     def round_config(self, server_round: int) -> dict[str, Any]:
         """What every client is told this round, beside the run config."""
         monitor = self.cfg.monitor
-        self.plan = self.planner.plan(server_round, self.estimate())
+        followed = self.global_noise if self.cfg.batch.noise == "global" else self.local_noise
+        self.plan = self.planner.plan(
+            server_round, _estimate(followed), _estimate(self.local_noise)
+        )
         probes = [p for p in START_PROBES if _due(getattr(monitor, p), server_round)]
         grad_norms = _due(monitor.grad_norm, server_round)
         window = {}
@@ -84,7 +113,8 @@ class RoundInstruments:
         return _due(self.cfg.monitor.noise_across, server_round)
 
     def across_clients(self, replies: Sequence[Message]) -> float:
-        """B_simple from per-client gradients at the same weights (a probe round)."""
+        """This round's global B_simple from per-client gradients at the same weights (a
+        probe round); the running global average takes it in."""
         ok = [r.content for r in replies if not r.has_error()]
         if len(ok) < 2:
             return math.nan
@@ -92,11 +122,25 @@ class RoundInstruments:
         grads = [_flat(c["arrays"]) for c in ok]
         mean = sum(g * b for g, b in zip(grads, sizes, strict=True)) / sum(sizes)
         grad_sq, trace = across_client_estimates(
-            [float(c["metrics"]["grad_sq"]) for c in ok], sizes, float(mean.pow(2).sum())
+            [float(c["metrics"]["grad_sq"]) for c in ok],
+            sizes,
+            float(mean.pow(2).sum()),
+            self.pooled_size,
         )
-        if self.cfg.monitor.noise_scale == 0:  # the only noise measurement: it drives B
-            self.noise.update(grad_sq, trace)
+        self.global_noise.update(grad_sq, trace)
         return _ratio(grad_sq, trace)
+
+    @staticmethod
+    def client_work(replies: Sequence[Message]) -> dict[str, Any]:
+        """Optimizer steps and samples processed, each a mean over the clients that
+        replied: the round's share of steps- and examples-to-target."""
+        metrics = [r.content["metrics"] for r in replies if not r.has_error()]
+        if not metrics:
+            return {}
+        return {
+            "steps_per_client": sum(float(m["steps"]) for m in metrics) / len(metrics),
+            "examples_per_client": sum(float(m["examples_seen"]) for m in metrics) / len(metrics),
+        }
 
     @staticmethod
     def stream_totals(replies: Sequence[Message]) -> dict[str, Any]:
@@ -119,9 +163,10 @@ class RoundInstruments:
         if self.cfg.stream.streaming:
             row["virtual_seconds"] = server_round * self.cfg.stream.round_seconds
         if "noise_grad_sq" in metrics:
-            self.noise.update(float(metrics["noise_grad_sq"]), float(metrics["noise_trace"]))
-        if self.noise.count:
-            row["noise_scale"] = self.noise.b_simple
+            self.local_noise.update(float(metrics["noise_grad_sq"]), float(metrics["noise_trace"]))
+        row |= _noise_row("noise_scale_local", self.local_noise)
+        row["noise_scale"] = row.get("noise_scale_local")  # the name before local/global
+        row |= _noise_row("noise_scale_global", self.global_noise)
         if "exact_grad_sq" in metrics:
             row["noise_scale_exact"] = _ratio(
                 float(metrics["exact_grad_sq"]), float(metrics["exact_trace"])

@@ -27,7 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.async_loop import run_async
-from fedbatch.federated.evaluation import ServerEvaluation
+from fedbatch.federated.evaluation import PooledExactNoise, ServerEvaluation
 from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
 from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.nodes import PartitionedGrid, partition_order
@@ -47,9 +47,10 @@ from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryWriter
 
 ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-    "client_eval_loss", "client_eval_accuracy", "clients_sampled", "clients_replied",
-    "clients_failed", "examples", "examples_seen", "steps", "grad_norm_mean",
-    "grad_norm_max", "generalization_gap", "client_error", "seconds", "elapsed_seconds",
+    "global_train_loss", "global_train_accuracy", "client_eval_loss", "client_eval_accuracy",
+    "clients_sampled", "clients_replied", "clients_failed", "examples", "examples_seen",
+    "steps", "grad_norm_mean", "grad_norm_max", "generalization_gap", "client_error",
+    "seconds", "elapsed_seconds", "noise_scale_exact_global",
     *INSTRUMENT_KEYS, *CLOCK_KEYS,
 )  # fmt: skip
 
@@ -90,9 +91,11 @@ def run_rounds(
     callbacks: Sequence[Callback],
     *,
     initial_arrays: ArrayRecord,
+    pooled_size: int | None = None,
 ) -> RunOutcome:
     """Run up to `cfg.rounds` rounds of the configured strategy on `grid`, whose nodes are
-    listed in partition order."""
+    listed in partition order. `pooled_size`: the training data's size over all
+    partitions (the global noise scale's population)."""
     asynchronous = cfg.strategy.name in ASYNC_PARAMETERS
     if asynchronous:
         check_strategy_params(cfg)
@@ -100,7 +103,7 @@ def run_rounds(
     nodes = SampledNodesGrid(grid)
     partition_of = {node: i for i, node in enumerate(nodes.all_node_ids)}
     evaluate_count = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
-    instruments = RoundInstruments(cfg)
+    instruments = RoundInstruments(cfg, pooled_size)
     clock = RoundClock(cfg) if cfg.clock.on else None
     model_bytes = record_bytes(initial_arrays)
     arrays, base = initial_arrays, {"run-config": cfg.to_json()}
@@ -201,7 +204,7 @@ def run_rounds(
             "elapsed_seconds": now - start,
         }
         row |= instruments.measure(server_round, before, arrived, train) | clock_row
-        row |= instruments.stream_totals(replies)
+        row |= instruments.stream_totals(replies) | instruments.client_work(replies)
         state = RoundState(server_round, arrays, row)
         notify(state)
         if messages and not replied:
@@ -244,7 +247,7 @@ def _run_async(
         server_round: int, before: ArrayRecord, replies: list[Message], train: MetricRecord
     ) -> dict[str, Any]:
         probed = instruments.measure(server_round, before, replies, train)
-        return probed | instruments.stream_totals(replies)
+        return probed | instruments.stream_totals(replies) | instruments.client_work(replies)
 
     completed, ended = run_async(grid, cfg, notify, base, measure, initial)
     reason = ended if ended == "all_clients_failed" else stop[0]
@@ -263,6 +266,8 @@ def standard_callbacks(
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryWriter(None if out_dir is None else out_dir / "summary.json", monitor)
     callbacks: list[Callback] = [ServerEvaluation(workload), monitor]
+    if PooledExactNoise.wanted(workload):
+        callbacks.insert(1, PooledExactNoise(workload))
     if out_dir is not None:
         callbacks.append(JsonlSink(out_dir / "metrics.jsonl"))
     callbacks.append(summary)
@@ -288,7 +293,13 @@ def run_experiment(
     workload = workload_for(cfg.to_json())
     callbacks, summary = standard_callbacks(workload, out_dir, progress=progress, lines=lines)
     ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
-    run_rounds(ordered, cfg, callbacks, initial_arrays=model_to_arrays(workload.initial_model()))
+    run_rounds(
+        ordered,
+        cfg,
+        callbacks,
+        initial_arrays=model_to_arrays(workload.initial_model()),
+        pooled_size=sum(len(p) for p in workload.partitions),
+    )
     return summary.summary
 
 

@@ -69,15 +69,26 @@ def bounded(cfg: BatchConfig, batch_size: int) -> int:
 
 
 class BatchPlanner:
-    """The server's batch-size and AdaScale state across rounds."""
+    """The server's batch-size and AdaScale state across rounds.
 
-    def __init__(self, cfg: BatchConfig, base: int | str, rounds: int) -> None:
-        self.cfg, self.base, self.rounds = cfg, base, rounds
+    AdaScale's base batch B₀ is `base` (`client.batch_size`, where the schedule starts and
+    for which the LR is set); its B is the round's effective batch, B × `accumulate`.
+    """
+
+    def __init__(self, cfg: BatchConfig, base: int | str, rounds: int, accumulate: int = 1) -> None:
+        self.cfg, self.base, self.rounds, self.accumulate = cfg, base, rounds, accumulate
         self.progress = 0.0
         self.previous = base if isinstance(base, int) else None
 
-    def plan(self, server_round: int, noise: NoiseEstimate | None) -> RoundPlan:
-        """The round's plan; `noise` is the latest estimate (used by adaptive and AdaScale)."""
+    def plan(
+        self,
+        server_round: int,
+        noise: NoiseEstimate | None = None,
+        gain_noise: NoiseEstimate | None = None,
+    ) -> RoundPlan:
+        """The round's plan. `noise`, the latest estimate `batch.noise` names, drives
+        adaptive B; `gain_noise`, the within-client one (a client's steps draw from its own
+        data), drives AdaScale's gain."""
         if not isinstance(self.base, int):  # client.batch_size=full: nothing to schedule
             return RoundPlan(FULL_BATCH, 1.0, self._advance(1.0))
         if self.cfg.name == "adaptive":
@@ -88,8 +99,9 @@ class BatchPlanner:
         batch = bounded(self.cfg, batch)
         self.previous = batch
         gain = 1.0
-        if self.cfg.adascale and noise is not None:
-            gain = adascale_gain(noise.trace, noise.grad_sq, max(batch / self.base, 1.0))
+        if self.cfg.adascale and gain_noise is not None:
+            effective = max(batch * self.accumulate, self.base)
+            gain = adascale_gain(gain_noise.trace, gain_noise.grad_sq, self.base, effective)
         return RoundPlan(batch, gain, self._advance(gain))
 
     def _advance(self, gain: float) -> float:

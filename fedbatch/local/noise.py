@@ -44,9 +44,11 @@ class NoiseScaleEMA:
     """Running averages of |G|² and tr(Σ) estimates, kept apart; B_simple = their ratio.
 
     `decay` β: exponential moving average, bias-corrected like Adam (divided by 1 − βᵗ);
-    None: plain running mean. The ratio of averages is stable where the average of the
-    per-step ratios is not (single |G|² estimates scatter around, and below, zero).
-    Updates with a non-finite value are ignored.
+    β = 0 keeps the last estimate only. None: plain running mean of every estimate. The
+    ratio of averages is stable where the average of the per-step ratios is not (single
+    |G|² estimates scatter around, and below, zero). Updates with a non-finite value are
+    ignored. The averaging weights also give the estimate's uncertainty: the effective
+    number of draws averaged and a delta-method standard error of the ratio.
     """
 
     decay: float | None = 0.99
@@ -54,6 +56,9 @@ class NoiseScaleEMA:
     _grad_sq: float = field(default=0.0, repr=False)
     _trace: float = field(default=0.0, repr=False)
     _weight: float = field(default=0.0, repr=False)
+    # Σ w², Σ w²g², Σ w²gt, Σ w²t² over the draws (g = |G|², t = tr Σ estimates).
+    _sq_weight: float = field(default=0.0, repr=False)
+    _sq_moments: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0), repr=False)
 
     def __post_init__(self) -> None:
         if self.decay is not None and not 0.0 <= self.decay < 1.0:
@@ -67,6 +72,14 @@ class NoiseScaleEMA:
         self._grad_sq = keep * self._grad_sq + add * grad_sq
         self._trace = keep * self._trace + add * trace
         self._weight = keep * self._weight + add  # = 1 − βᵗ, or t for the running mean
+        keep2, add2 = keep * keep, add * add
+        self._sq_weight = keep2 * self._sq_weight + add2
+        gg, gt, tt = self._sq_moments
+        self._sq_moments = (
+            keep2 * gg + add2 * grad_sq * grad_sq,
+            keep2 * gt + add2 * grad_sq * trace,
+            keep2 * tt + add2 * trace * trace,
+        )
         self.count += 1
 
     @property
@@ -87,6 +100,27 @@ class NoiseScaleEMA:
             return float("nan")
         return self.trace / grad_sq
 
+    @property
+    def draws(self) -> float:
+        """The effective number of estimates averaged, (Σw)²/Σw² (the count for a mean;
+        at most (1 + β)/(1 − β) for an EMA)."""
+        return self._weight**2 / self._sq_weight if self._sq_weight > 0 else 0.0
+
+    @property
+    def standard_error(self) -> float:
+        """Delta-method standard error of `b_simple` from the draws' spread (nan with fewer
+        than two effective draws or no B_simple).
+
+        With R = Σwt/Σwg, R − R* ≈ Σw(t − R*g)/Σwg, so Var R ≈ Σw²(t − Rg)²/(Σwg)², times
+        n/(n − 1) for the residuals' lost degree of freedom (n = `draws`).
+        """
+        ratio, n = self.b_simple, self.draws
+        if math.isnan(ratio) or n <= 1.0:
+            return float("nan")
+        gg, gt, tt = self._sq_moments
+        residual = max(tt - 2.0 * ratio * gt + ratio * ratio * gg, 0.0)
+        return math.sqrt(residual * n / (n - 1.0)) / self._grad_sq
+
 
 def _grad_sq(
     model: nn.Module, params: list[torch.Tensor], loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
@@ -97,7 +131,7 @@ def _grad_sq(
     return float(sum(g.double().pow(2).sum() for g in grads if g is not None))
 
 
-def _effective_size(b: int, n: int) -> float:
+def _effective_size(b: float, n: int) -> float:
     """B' with Var(mean of B drawn without replacement from n) = S²/B', i.e. 1/B − 1/n."""
     inverse = 1.0 / b - 1.0 / n
     return math.inf if inverse <= 0 else 1.0 / inverse
@@ -184,7 +218,10 @@ def exact_noise(
 
 
 def across_client_estimates(
-    client_grads_sq: Sequence[float], client_sizes: Sequence[int], mean_grad_sq: float
+    client_grads_sq: Sequence[float],
+    client_sizes: Sequence[int],
+    mean_grad_sq: float,
+    population: int | None = None,
 ) -> tuple[float, float]:
     """Two-batch (|G|², tr(Σ)) from one federated probe round at the same global weights.
 
@@ -193,9 +230,14 @@ def across_client_estimates(
     (the size-weighted average of the g_k: the big batch). Uses the equal-batch formula with
     B_small = mean b_k, |G_small|² = mean |g_k|² and B_big = Σ b_k (exact for equal b_k).
 
+    `population` N, the pooled training data's size, makes the estimates unbiased for
+    `exact_noise` on that pooled data: batches drawn without replacement from N enter as
+    1/B − 1/N (when the probe covers all N samples, ḡ is the pooled gradient itself).
+    None: the plain formula, for an unbounded data distribution.
+
     Assumes every client's batch is drawn from the same distribution (IID). Under non-IID
-    data the client gradients differ in expectation too, so tr(Σ) also counts that client
-    drift and B_simple comes out larger than within any client.
+    data the client gradients differ in expectation too, so tr(Σ) also counts that
+    between-client variance and B_simple comes out larger than the pooled data's.
     """
     k = len(client_grads_sq)
     if k != len(client_sizes):
@@ -203,4 +245,9 @@ def across_client_estimates(
     if k < 2:
         raise ValueError(f"across-client estimates need at least 2 clients, got {k}")
     b_big = float(sum(client_sizes))
-    return two_batch_estimates(sum(client_grads_sq) / k, mean_grad_sq, b_big / k, b_big)
+    b_small = b_big / k
+    if population is not None:
+        if population < b_big:
+            raise ValueError(f"population {population} is smaller than the probe's {b_big:g}")
+        b_small, b_big = _effective_size(b_small, population), _effective_size(b_big, population)
+    return two_batch_estimates(sum(client_grads_sq) / k, mean_grad_sq, b_small, b_big)

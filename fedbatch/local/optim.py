@@ -208,15 +208,18 @@ def lr_at(
     return target
 
 
-def adascale_gain(trace_cov: float, grad_sq: float, scale: float) -> float:
-    """AdaScale's gain r = (trΣ + |G|²) / (trΣ/S + |G|²) for an S-times larger batch.
+def adascale_gain(trace_cov: float, grad_sq: float, base_batch: float, batch: float) -> float:
+    """AdaScale's gain r = (σ₀² + |G|²) / (σ₀²/S + |G|²) (Johnson et al. 2020).
 
-    r = 1 at S = 1 and r → S as |G|² → 0 (pure noise; also returned when both are 0).
-    Negative (noisy) estimates of trΣ or |G|² are clamped at 0 first, and r to [1, S].
+    σ₀² = tr(Σ)/B₀ is the variance of the *base-batch* gradient (Σ per-example, B₀ the batch
+    the LR was tuned for) and S = B/B₀; in noise-scale terms r = (B_simple/B₀ + 1) /
+    (B_simple/B + 1). r = 1 at S = 1 and r → S as |G|² → 0 (pure noise; also returned when
+    both are 0). Negative (noisy) estimates are clamped at 0 first, and r to [1, S].
     """
-    if scale < 1:
-        raise ValueError(f"AdaScale scale must be >= 1, got {scale}")
-    t, g = max(trace_cov, 0.0), max(grad_sq, 0.0)
-    if t == 0 and g == 0:
+    if base_batch <= 0 or batch < base_batch:
+        raise ValueError(f"AdaScale needs 0 < base_batch <= batch, got {base_batch}, {batch}")
+    scale = batch / base_batch
+    base_variance, g = max(trace_cov, 0.0) / base_batch, max(grad_sq, 0.0)
+    if base_variance == 0 and g == 0:
         return float(scale)
-    return float(min(max((t + g) / (t / scale + g), 1.0), scale))
+    return float(min(max((base_variance + g) / (base_variance / scale + g), 1.0), scale))

@@ -44,6 +44,9 @@ class ConvergenceMonitor(Callback):
     Improvement means beating the last improving value by more than `min_delta`: test
     accuracy, or test loss when only a loss target is set. Round 0 sets the baseline.
     `best_*` report the best values seen, `best_round` the round of the best accuracy.
+    At the target it also records the optimizer steps and samples spent to reach it: the
+    sums over rounds of the mean per replying client (`steps_per_client`,
+    `examples_per_client`), the federated counterpart of Shallue et al.'s steps-to-target.
     """
 
     stop: StopConfig
@@ -52,6 +55,10 @@ class ConvergenceMonitor(Callback):
     best_round: int = 0
     rounds_to_target: int | None = None
     virtual_seconds_to_target: float | None = None  # when a virtual clock or stream runs
+    steps_to_target: float | None = None
+    examples_to_target: float | None = None
+    _steps: float = field(default=0.0, repr=False)
+    _examples: float = field(default=0.0, repr=False)
     _baseline: float = field(default=math.nan, repr=False)
     _since_improvement: int = field(default=0, repr=False)
 
@@ -64,6 +71,8 @@ class ConvergenceMonitor(Callback):
         return False
 
     def on_round_end(self, state: RoundState) -> None:
+        self._steps += state.row.get("steps_per_client") or 0.0
+        self._examples += state.row.get("examples_per_client") or 0.0
         accuracy = state.row.get("test_accuracy")
         loss = state.row.get("test_loss")
         if accuracy is None or loss is None:
@@ -89,3 +98,4 @@ class ConvergenceMonitor(Callback):
         if state.stop_reason in ("target_accuracy", "target_loss"):
             self.rounds_to_target = state.round
             self.virtual_seconds_to_target = state.row.get("virtual_seconds")
+            self.steps_to_target, self.examples_to_target = self._steps, self._examples

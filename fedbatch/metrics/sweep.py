@@ -1,9 +1,12 @@
 """Collect the runs of a Hydra multirun (or a single run) and tabulate them as sweep.csv.
 
 A run directory holds `metrics.jsonl` (one JSON object per round), `summary.json` (written
-when the run finishes) and Hydra's `.hydra/overrides.yaml`. A sweep directory holds one such
-run directory per job, named by job number. Everything here tolerates missing files, unknown
-keys and a truncated last line, so a sweep with crashed or still-running jobs can be read.
+when the run finishes), the resolved `config.yaml` and Hydra's `.hydra/overrides.yaml`
+(and `.hydra/config.yaml`, unresolved). Overrides label a run; the resolved config says what
+it actually ran with (a value left at its default is in no override). A sweep directory
+holds one such run directory per job, named by job number. Everything here tolerates
+missing files, unknown keys and a truncated last line, so a sweep with crashed or
+still-running jobs can be read.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+# The resolved config fedbatch.simulate writes; Hydra's own copy (interpolations unresolved)
+# is the fallback for runs that died before writing it.
+CONFIG_FILES = (Path("config.yaml"), Path(".hydra") / "config.yaml")
 SWEEP_CSV = "sweep.csv"
 
 STATUS_OK = "ok"  # summary.json exists: the run finished
@@ -55,6 +61,33 @@ class RunRecord:
     summary: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     status: str = STATUS_FAILED
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config (`config.yaml`, else `.hydra/config.yaml`), {} if neither."""
+    for name in CONFIG_FILES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            logger.warning("cannot read %s: %s", path, error)
+            continue
+        if isinstance(config, dict):
+            return config
+    return {}
+
+
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    """`config["client"]["lr"]` for "client.lr"; None when any level is missing."""
+    value: Any = config
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
 
 
 def read_overrides(run_dir: Path) -> dict[str, str]:
@@ -134,6 +167,7 @@ def load_run(run_dir: Path) -> RunRecord:
         summary=summary or {},
         rows=rows,
         status=status,
+        config=read_config(run_dir),
     )
 
 
@@ -191,11 +225,15 @@ def sweep_table(runs: list[RunRecord]) -> tuple[list[str], list[dict[str, str]]]
     return columns, table
 
 
-def write_sweep_csv(sweep_dir: Path) -> Path:
-    """Write `sweep_dir/sweep.csv`, one row per job (crashed jobs included), and return its path."""
+def write_sweep_csv(sweep_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write sweep.csv, one row per job (crashed jobs included), and return its path.
+
+    It goes into `out_dir` when given, so that a report written elsewhere leaves the sweep
+    directory exactly as it was; else beside the job dirs, where the Hydra callback puts it.
+    """
     sweep_dir = Path(sweep_dir)
     columns, table = sweep_table(collect_runs(sweep_dir))
-    out_path = sweep_dir / SWEEP_CSV
+    out_path = (sweep_dir if out_dir is None else Path(out_dir)) / SWEEP_CSV
     with out_path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -3,6 +3,11 @@
 Every plot is a function `(runs, out_dir) -> Path | None` registered in `PLOTS` by name; it
 returns the file it wrote, or None when no run has the data it needs. A later study adds a
 plot by decorating a function with `@register_plot("name")`.
+
+A file is named by what it shows, `<y>_vs_<x>.png`, and shows only what was measured: time
+is the virtual clock's (`virtual_seconds`) for runs with a clock or a stream, and the
+measured wall-clock time only for runs without one (a simulator's wall time says nothing
+about the simulated devices). Legends sit outside the axes, never on the data.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from fedbatch.metrics.sweep import RunRecord
 PlotFunction = Callable[[list[RunRecord], Path], Path | None]
 PLOTS: dict[str, PlotFunction] = {}
 
-LEGEND_INSIDE_MAX_LINES = 6
 MARKERS_MAX_POINTS = 40
 LOG_SCALE_MIN_RATIO = 100.0
 
@@ -109,12 +113,10 @@ def _new_axes(runs: list[RunRecord], title: str, xlabel: str, ylabel: str) -> tu
 
 
 def _save(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = None) -> Path:
+    """Save with the legend to the right of the axes; `bbox_inches` widens the image for it."""
     if handles is None:
         handles = axes.get_legend_handles_labels()[0]
-    if len(handles) > LEGEND_INSIDE_MAX_LINES:  # many runs: keep the legend off the data
-        axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-    else:
-        axes.legend(handles=handles, loc="best", fontsize=8)
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
@@ -129,25 +131,47 @@ def _use_log_scale_if_wide(axes: Axes, values: list[float]) -> None:
         axes.set_yscale("log")
 
 
+RunFilter = Callable[[RunRecord], bool]
+
+
+def _every_run(run: RunRecord) -> bool:
+    return True
+
+
+def has_virtual_time(run: RunRecord) -> bool:
+    """A clock or a stream ran: its rows carry virtual seconds."""
+    return any(_number(row.get("virtual_seconds")) is not None for row in run.rows)
+
+
+def _without_virtual_time(run: RunRecord) -> bool:
+    return not has_virtual_time(run)
+
+
 def _plot_metric(
-    runs: list[RunRecord], path: Path, x_key: str, y_key: str, labels: tuple[str, str, str]
+    runs: list[RunRecord],
+    path: Path,
+    keys: tuple[str, str],
+    labels: tuple[str, str, str],
+    include: RunFilter = _every_run,
 ) -> Path | None:
-    title, xlabel, ylabel = labels
+    """One metric against one x, a line per included run (colours fixed over all runs)."""
+    (x_key, y_key), (title, xlabel, ylabel) = keys, labels
     figure, axes = _new_axes(runs, title, xlabel, ylabel)
     drawn = False
     for run, label, color in zip(runs, line_labels(runs), line_colors(len(runs)), strict=True):
-        xs, ys = series(run, x_key, y_key)
+        xs, ys = series(run, x_key, y_key) if include(run) else ([], [])
         if xs:
             axes.plot(xs, ys, label=label, color=color, marker=_marker(xs), markersize=3)
             drawn = True
     return _save(figure, axes, path) if drawn else None
 
 
-@register_plot("accuracy")
+@register_plot("accuracy_vs_round")
 def plot_accuracy(runs: list[RunRecord], out_dir: Path) -> Path | None:
     """Test accuracy per round (round 0 is the initial model)."""
     labels = ("Test accuracy per round", "round", "test accuracy")
-    return _plot_metric(runs, out_dir / "accuracy.png", "round", "test_accuracy", labels)
+    path = out_dir / "accuracy_vs_round.png"
+    return _plot_metric(runs, path, ("round", "test_accuracy"), labels)
 
 
 def _solid_and_dashed(
@@ -157,20 +181,28 @@ def _solid_and_dashed(
     keys: tuple[str, str, str],
     names: tuple[str, str],
     log_if_wide: bool = False,
+    include: RunFilter = _every_run,
 ) -> Path | None:
-    """Two metrics per run against one x: `keys` = (x, solid, dashed), one colour per run."""
+    """Two metrics per run against one x: `keys` = (x, solid, dashed), one colour per run.
+
+    The solid/dashed key is added to the legend only when some run has the dashed metric.
+    """
     title, xlabel, ylabel = axis_labels
     x_key, solid_key, dashed_key = keys
     figure, axes = _new_axes(runs, title, xlabel, ylabel)
     handles: list[Any] = []
     plotted: list[float] = []
+    any_dashed = False
     for run, label, color in zip(runs, line_labels(runs), line_colors(len(runs)), strict=True):
+        if not include(run):
+            continue
         solid_x, solid_y = series(run, x_key, solid_key)
         dashed_x, dashed_y = series(run, x_key, dashed_key)
         if solid_x:
             axes.plot(solid_x, solid_y, color=color, marker=_marker(solid_x), markersize=3)
         if dashed_x:
             axes.plot(dashed_x, dashed_y, color=color, linestyle="--")
+            any_dashed = True
         if solid_x or dashed_x:
             handles.append(Line2D([], [], color=color, label=label))
             plotted += solid_y + dashed_y
@@ -178,19 +210,20 @@ def _solid_and_dashed(
         return None
     if log_if_wide:
         _use_log_scale_if_wide(axes, plotted)
-    handles += [
-        Line2D([], [], color="black", label=names[0]),
-        Line2D([], [], color="black", linestyle="--", label=names[1]),
-    ]
+    if any_dashed:
+        handles += [
+            Line2D([], [], color="black", label=names[0]),
+            Line2D([], [], color="black", linestyle="--", label=names[1]),
+        ]
     return _save(figure, axes, path, handles)
 
 
-@register_plot("loss")
+@register_plot("loss_vs_round")
 def plot_loss(runs: list[RunRecord], out_dir: Path) -> Path | None:
     """Test loss (solid) and train loss (dashed) per round, one colour per run."""
     return _solid_and_dashed(
         runs,
-        out_dir / "loss.png",
+        out_dir / "loss_vs_round.png",
         ("Loss per round", "round", "loss"),
         ("round", "test_loss", "train_loss"),
         ("test loss", "train loss"),
@@ -198,42 +231,63 @@ def plot_loss(runs: list[RunRecord], out_dir: Path) -> Path | None:
     )
 
 
-@register_plot("stream")
-def plot_stream(runs: list[RunRecord], out_dir: Path) -> Path | None:
-    """Streaming runs: held-out (solid) and prequential (dashed) accuracy over virtual time."""
+@register_plot("accuracy_vs_virtual_time")
+def plot_virtual_time(runs: list[RunRecord], out_dir: Path) -> Path | None:
+    """Runs with a clock or stream: test accuracy (solid) over virtual time, and for streams
+    the prequential accuracy (dashed); the title names only what is drawn."""
+    streams = any(
+        has_virtual_time(run) and series(run, "virtual_seconds", "prequential_accuracy")[0]
+        for run in runs
+    )
+    title = "Test and prequential accuracy" if streams else "Test accuracy"
+    ylabel = "accuracy" if streams else "test accuracy"
     return _solid_and_dashed(
         runs,
-        out_dir / "stream.png",
-        ("Accuracy over virtual time", "virtual seconds", "accuracy"),
+        out_dir / "accuracy_vs_virtual_time.png",
+        (f"{title} vs virtual time", "virtual seconds (simulated clock)", ylabel),
         ("virtual_seconds", "test_accuracy", "prequential_accuracy"),
         ("test accuracy", "prequential accuracy (test-then-train)"),
+        include=has_virtual_time,
     )
 
 
-@register_plot("time")
-def plot_time(runs: list[RunRecord], out_dir: Path) -> Path | None:
-    """Test accuracy against measured wall-clock time since the run started."""
-    labels = ("Test accuracy vs wall-clock time", "elapsed seconds (measured)", "test accuracy")
-    return _plot_metric(runs, out_dir / "time.png", "elapsed_seconds", "test_accuracy", labels)
+@register_plot("accuracy_vs_wall_clock_time")
+def plot_wall_clock(runs: list[RunRecord], out_dir: Path) -> Path | None:
+    """Runs without a virtual clock: test accuracy against measured wall-clock time."""
+    labels = ("Test accuracy vs wall-clock time", "wall-clock seconds (measured)", "test accuracy")
+    path = out_dir / "accuracy_vs_wall_clock_time.png"
+    keys = ("elapsed_seconds", "test_accuracy")
+    return _plot_metric(runs, path, keys, labels, include=_without_virtual_time)
 
 
-# Batch-size science: drawn only for runs that recorded them.
+# Batch-size science, drawn only for runs that recorded them: row key -> (file, title, y).
+# `noise_scale` is the within-client (local) B_simple, also written as `noise_scale_local`.
 _ROUND_METRICS = {
-    "batch_size": ("Batch size per round", "B (mean over clients)"),
-    "lr": ("Learning rate per round", "client LR (mean over steps and clients)"),
-    "noise_scale": ("Gradient noise scale", "B_simple = tr(Σ)/|G|² (running)"),
-    "grad_norm_mean": ("Gradient norm", "mean mini-batch gradient L2 norm"),
+    "batch_size": ("batch_size", "Batch size per round", "B (mean over clients)"),
+    "lr": ("lr", "Learning rate per round", "client LR (mean over steps and clients)"),
+    "noise_scale": (
+        "noise_scale_local",
+        "Local gradient noise scale (within clients)",
+        "local B_simple = tr(Σ)/|G|² of a client's data (running)",
+    ),
+    "noise_scale_global": (
+        "noise_scale_global",
+        "Global gradient noise scale (pooled training data)",
+        "global B_simple = tr(Σ)/|G|² (running)",
+    ),
+    "grad_norm_mean": ("grad_norm", "Gradient norm", "mean mini-batch gradient L2 norm"),
 }
 
 
 def _round_metric_plot(key: str) -> PlotFunction:
-    title, ylabel = _ROUND_METRICS[key]
+    stem, title, ylabel = _ROUND_METRICS[key]
 
     def plot(runs: list[RunRecord], out_dir: Path) -> Path | None:
-        return _plot_metric(runs, out_dir / f"{key}.png", "round", key, (title, "round", ylabel))
+        path = out_dir / f"{stem}_vs_round.png"
+        return _plot_metric(runs, path, ("round", key), (title, "round", ylabel))
 
     return plot
 
 
-for _key in _ROUND_METRICS:
-    register_plot(_key)(_round_metric_plot(_key))
+for _key, (_stem, *_) in _ROUND_METRICS.items():
+    register_plot(f"{_stem}_vs_round")(_round_metric_plot(_key))

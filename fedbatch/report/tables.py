@@ -1,18 +1,12 @@
-"""summary.md: a markdown table of final results, from sweep.csv or a single run's summary."""
+"""summary.md: a markdown table of final results, sweep.csv's rows or a single run's summary."""
 
 from __future__ import annotations
 
-import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-from fedbatch.metrics.sweep import (
-    JOB_COLUMNS,
-    SUMMARY_FIELDS,
-    SWEEP_CSV,
-    RunRecord,
-    write_sweep_csv,
-)
+from fedbatch.metrics.sweep import JOB_COLUMNS, SUMMARY_FIELDS, RunRecord, sweep_table
 
 SUMMARY_MD = "summary.md"
 
@@ -47,20 +41,10 @@ def markdown_table(columns: list[str], rows: list[dict[str, str]]) -> str:
     return "\n".join(header + [line([row.get(column, "") for column in columns]) for row in rows])
 
 
-def read_sweep_csv(sweep_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of sweep.csv, written first when it is absent."""
-    path = sweep_dir / SWEEP_CSV
-    if not path.is_file():
-        write_sweep_csv(sweep_dir)
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
-
-
-def sweep_markdown(sweep_dir: Path, runs: list[RunRecord]) -> str:
-    """One row per job; the per-key override columns are dropped (the label says it all)."""
-    columns, rows = read_sweep_csv(sweep_dir)
+def sweep_markdown(runs: list[RunRecord]) -> str:
+    """sweep.csv's rows, built from the runs (reading nothing back from the sweep dir); the
+    per-key override columns are dropped (the label says it all)."""
+    columns, rows = sweep_table(runs)
     override_keys = {key for run in runs for key in run.overrides}
     shown = [c for c in columns if c in JOB_COLUMNS or c not in override_keys]
     formatted = [{c: format_value(c, row.get(c) or "") for c in shown} for row in rows]
@@ -95,9 +79,15 @@ def best_run_line(runs: list[RunRecord]) -> str | None:
 
 
 def write_summary_md(
-    source: Path, runs: list[RunRecord], out_dir: Path, plots: list[Path], is_sweep: bool
+    source: Path,
+    runs: list[RunRecord],
+    out_dir: Path,
+    plots: list[Path],
+    is_sweep: bool,
+    sections: Sequence[str] = (),
 ) -> Path:
-    table = sweep_markdown(source, runs) if is_sweep else run_markdown(runs[0])
+    """The table, the best run, then `sections` (already markdown), then the plots."""
+    table = sweep_markdown(runs) if is_sweep else run_markdown(runs[0])
     noun = "job" if is_sweep else "run"
     parts = [
         "# fedbatch report",
@@ -107,6 +97,7 @@ def write_summary_md(
     best = best_run_line(runs)
     if best:
         parts.append(best)
+    parts += sections
     if plots:
         parts.append("## Plots")
         parts += [f"![{plot.stem}]({_relative(plot, out_dir)})" for plot in plots]

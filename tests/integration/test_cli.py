@@ -124,5 +124,5 @@ def test_multirun_writes_job_dirs_sweep_csv_and_report(tmp_path):
         timeout=120,
     )
     assert report.returncode == 0, report.stderr
-    assert (sweep_dir / "report" / "accuracy.png").stat().st_size > 1000
+    assert (sweep_dir / "report" / "accuracy_vs_round.png").stat().st_size > 1000
     assert "client.batch_size=full" in (sweep_dir / "report" / "summary.md").read_text()

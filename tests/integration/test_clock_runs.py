@@ -258,12 +258,49 @@ def test_calibrate_writes_a_device_profile_the_clock_loads(tmp_path, capsys):
         ["--batch-sizes", "1,8,64", "--variants", "fp32", "--repeats", "3",
          "--out", str(tmp_path), "model.hidden=[16]"]
     )  # fmt: skip
-    assert "device model fit" in capsys.readouterr().out
-    device = json.loads((tmp_path / "device.json").read_text())["device"]
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "device model fit" in out and "fitted to 3 points" in out
+    assert "presets (not measured on this machine" in out and "power=10 W" in out
+    profile = json.loads((tmp_path / "device.json").read_text())
+    device = profile["device"]
     cfg = tiny_config(clock={"name": "devices", "profile": str(tmp_path / "device.json")})
     (loaded,) = cfg.clock.devices
     assert loaded.throughput == device["throughput"] > 0
     assert loaded.memory_per_sample == device["memory_per_sample"] >= 0
+    # The fitted values are the fit of the measurements written beside them.
+    timing, memory = profile["fitted"]["step_time"], profile["fitted"]["memory"]
+    fp32 = json.loads((tmp_path / "calibration.json").read_text())["variants"]["fp32"]
+    assert timing["seconds"] == [row["seconds"] for row in fp32]
+    refit = fit_device(timing["batch_sizes"], timing["seconds"], memory["mb"])
+    for key in timing["keys"] + memory["keys"]:
+        assert device[key] == getattr(refit, key), key
+
+
+def test_a_device_profile_separates_fitted_values_from_presets():
+    from fedbatch.calibrate import MB, device_profile
+
+    truth = DeviceClass("t", step_overhead=0.001, throughput=5000.0, saturation=16, scaling=0.5,
+                        memory_base=20.0, memory_per_sample=0.25)  # fmt: skip
+    sizes = [1, 4, 16, 64, 256]
+    rows = [
+        {"batch_size": b, "seconds": truth.step_seconds(b), "peak_bytes": truth.memory_mb(b) * MB}
+        for b in sizes
+    ]
+    profile = device_profile(rows, "cpu", 5, {"name": "mlp"})
+    timing, memory = profile["fitted"]["step_time"], profile["fitted"]["memory"]
+    assert timing["keys"] == ["step_overhead", "throughput", "saturation", "scaling"]
+    assert memory["keys"] == ["memory_base", "memory_per_sample"]
+    assert timing["points"] == memory["points"] == 5
+    assert timing["max_relative_error"] < 1e-9 and memory["max_relative_error"] < 1e-9
+    for key in timing["keys"] + memory["keys"]:
+        assert profile["device"][key] == pytest.approx(getattr(truth, key), rel=1e-6), key
+    # What calibrate cannot measure is named as such, at the defaults, never as fitted.
+    presets = profile["presets"]["keys"]
+    assert presets == ["memory_cap", "power", "bandwidth_down", "bandwidth_up", "latency"]
+    assert "not measured" in profile["presets"]["note"]
+    default = DeviceClass("default")
+    assert all(profile["device"][key] == getattr(default, key) for key in presets)
+    assert set(presets).isdisjoint(timing["keys"] + memory["keys"])
 
 
 def test_async_run_stops_when_every_client_fails(tmp_path):

@@ -19,7 +19,14 @@ from fedbatch.deploy.security import make_node_keys
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.nodes import partition_order
 from fedbatch.federated.server_app import run_experiment
-from tests.conftest import FAST, read_rows, tiny_config, without_measured
+from tests.conftest import (
+    FAST,
+    SERVER_DATA,
+    read_rows,
+    tiny_config,
+    without_measured,
+    without_server_data,
+)
 
 
 def deployment(**overrides):
@@ -61,9 +68,21 @@ def test_partitions_come_from_the_nodes_own_configs():
 def test_deployment_path_gives_the_simulation_s_numbers(tmp_path):
     run_experiment(ShuffledGrid([2, 0, 3, 1, 5, 4]), deployment(), tmp_path / "d", progress=False)
     run_experiment(InProcessGrid(6), tiny_config(), tmp_path / "s", progress=False)
-    assert without_measured(read_rows(tmp_path / "d")) == without_measured(
-        read_rows(tmp_path / "s")
-    )
+    # The server of a deployment holds no client data: no train loss of its own, and the
+    # gap comes from the clients' evaluation of the global model (off here).
+    deployed = without_measured(read_rows(tmp_path / "d"))
+    simulated = without_measured(read_rows(tmp_path / "s"))
+    assert all(row[key] is None for row in deployed for key in SERVER_DATA)
+    assert all(row["generalization_gap"] is not None for row in simulated)
+    assert without_server_data(deployed) == without_server_data(simulated)
+
+
+def test_deployment_gap_is_test_loss_minus_the_clients_evaluation_of_the_global_model(tmp_path):
+    cfg = deployment(strategy={"name": "fedavg", "fraction_evaluate": 1.0})
+    run_experiment(InProcessGrid(6), cfg, tmp_path, progress=False)
+    for row in read_rows(tmp_path)[1:]:
+        assert row["global_train_loss"] is None
+        assert row["generalization_gap"] == row["test_loss"] - row["client_eval_loss"]
 
 
 class LateGrid(InProcessGrid):
@@ -168,7 +187,8 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
     subprocess.run([sys.executable, "-m", "fedbatch.simulate", *overrides], check=True)
     reference = read_rows(simulated)
     assert [r.keys() for r in rows] == [r.keys() for r in reference]
-    assert without_measured(rows[:2]) == without_measured(reference[:2])  # until the kill
+    until_the_kill = [without_server_data(without_measured(r[:2])) for r in (rows, reference)]
+    assert until_the_kill[0] == until_the_kill[1]
 
 
 @pytest.mark.slow

@@ -117,12 +117,13 @@ def test_stops_after_patience_without_improvement(tmp_path):
 
 
 # Client state that must survive between a client's rounds (Flower's context.state): an
-# online stream's consumed/buffered samples and FedBN's local BatchNorm layers.
+# online stream's consumed/buffered samples, FedBN's local BatchNorm layers and a kept
+# optimizer state (momentum buffers).
 STATEFUL = {
     "stream": {"name": "poisson", "rate": 4.0, "passes": 1, "buffer": "reservoir",
                "capacity": 30, "replay_ratio": 0.25},
     "model": {"norm": "batch", "fedbn": True},
-    "client": {"batch_size": 8},
+    "client": {"batch_size": 8, "optimizer": "momentum", "optimizer_state": "keep"},
 }  # fmt: skip
 
 

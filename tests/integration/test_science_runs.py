@@ -20,6 +20,7 @@ from fedbatch.local.models import norm_state_keys
 from tests.conftest import read_rows, tiny_config, tiny_raw
 
 NOISE_KEYS = ("noise_grad_sq", "noise_trace", "noise_scale", "noise_scale_across")
+NOISE_KEYS += ("noise_scale_local", "noise_scale_global")
 
 
 def _small(**overrides: Any) -> dict[str, Any]:
@@ -104,20 +105,27 @@ def test_noise_probes_and_update_stats_fill_every_round(tmp_path):
     # noise_scale is the ratio of the bias-corrected EMAs (decay 0.9) of the client means
     g1, t1 = rows[1]["noise_grad_sq"], rows[1]["noise_trace"]
     g2, t2 = rows[2]["noise_grad_sq"], rows[2]["noise_trace"]
-    assert rows[1]["noise_scale"] == pytest.approx(t1 / g1, rel=1e-9)
-    assert rows[2]["noise_scale"] == pytest.approx(
+    assert rows[1]["noise_scale_local"] == pytest.approx(t1 / g1, rel=1e-9)
+    assert rows[2]["noise_scale_local"] == pytest.approx(
         (0.09 * t1 + 0.1 * t2) / (0.09 * g1 + 0.1 * g2), rel=1e-9
     )
+    assert [r["noise_scale"] for r in rows] == [r["noise_scale_local"] for r in rows]  # alias
+    # effective draws (Σw)²/Σw² of the bias-corrected EMA: 1, then 0.19²/(0.09² + 0.1²)
+    assert rows[1]["noise_scale_local_draws"] == pytest.approx(1.0)
+    assert rows[2]["noise_scale_local_draws"] == pytest.approx(0.19**2 / (0.09**2 + 0.1**2))
+    assert rows[1]["noise_scale_local_se"] is None  # one draw: no spread to measure
+    assert rows[3]["noise_scale_local_se"] > 0
 
 
-def test_noise_across_alone_drives_the_running_noise_scale(tmp_path):
+def test_noise_across_alone_fills_the_global_noise_scale_only(tmp_path):
     rows = _noise_run(tmp_path, 2, {"noise_across": 1})
     for row in rows[1:]:
         assert row["noise_grad_sq"] is None and row["noise_trace"] is None
+        assert row["noise_scale_local"] is None and row["noise_scale"] is None
         assert math.isfinite(row["noise_scale_across"]) and row["noise_scale_across"] > 0
-        assert row["noise_scale"] > 0
-    # one estimate so far: the running noise scale is the probe's own
-    assert rows[1]["noise_scale"] == pytest.approx(rows[1]["noise_scale_across"], rel=1e-9)
+        assert row["noise_scale_global"] > 0
+    # one estimate so far: the running global noise scale is the probe's own
+    assert rows[1]["noise_scale_global"] == pytest.approx(rows[1]["noise_scale_across"])
 
 
 def test_updates_every_second_round(tmp_path):
@@ -133,7 +141,7 @@ def test_adaptive_batch_never_decreases_and_stays_in_bounds(tmp_path):
         tmp_path,
         rounds=4,
         client={"batch_size": 8},
-        batch={"name": "adaptive", "min": 8, "max": 48, "growth": 2},
+        batch={"name": "adaptive", "min": 8, "max": 48, "growth": 2, "noise": "local"},
         monitor={"noise_scale": 1},
     )
     sizes = [r["batch_size"] for r in rows[1:]]
@@ -241,8 +249,13 @@ def test_fedbn_off_clients_start_from_the_global_batchnorm(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"batch": {"name": "adaptive"}}, "batch"),
+        ({"batch": {"name": "adaptive"}}, "batch.noise"),
+        ({"batch": {"name": "adaptive"}, "monitor": {"noise_scale": 1}}, "batch.noise"),
+        ({"batch": {"name": "adaptive", "noise": "local"}}, "batch.noise"),
         ({"batch": {"name": "step", "adascale": True}}, "batch.adascale"),
+        ({"batch": {"adascale": True}, "monitor": {"noise_across": 1}}, "batch.adascale"),
+        ({"batch": {"noise": "pooled"}}, "batch.noise"),
+        ({"monitor": {"noise_average": "median"}}, "monitor.noise_average"),
         ({"client": {"precision": "fp16"}, "device": "cpu"}, "client.precision"),
         ({"batch": {"name": "ramp", "max": "full"}}, "batch.max"),
         ({"batch": {"name": "ramp"}}, "batch.max"),  # max defaults to full
@@ -258,8 +271,9 @@ def test_bad_science_combinations_name_the_key(overrides, key):
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"batch": {"name": "adaptive"}, "monitor": {"noise_scale": 1}},
+        {"batch": {"name": "adaptive", "noise": "local"}, "monitor": {"noise_scale": 1}},
         {"batch": {"name": "adaptive"}, "monitor": {"noise_across": 2}},
+        {"batch": {"adascale": True}, "monitor": {"noise_scale": 1}},
         {"client": {"precision": "bf16"}, "device": "cpu"},
         {"batch": {"name": "ramp", "max": 64}},
     ],

@@ -159,12 +159,13 @@ def test_adascale_gain_and_progress():
     planner = BatchPlanner(cfg, 8, rounds=4)
     trace, grad_sq = 3.0, 1.0
     noise = NoiseEstimate(grad_sq=grad_sq, trace=trace)
-    plans = [planner.plan(r, noise) for r in (1, 2, 3, 4)]
+    plans = [planner.plan(r, gain_noise=noise) for r in (1, 2, 3, 4)]
     assert [p.batch_size for p in plans] == [8, 16, 32, 32]
-    expected = [(trace + grad_sq) / (trace / s + grad_sq) for s in (1, 2, 4, 4)]
+    # σ₀² = tr(Σ)/B₀ = 3/8, the base batch's gradient variance
+    expected = [(3 / 8 + grad_sq) / (3 / 8 / s + grad_sq) for s in (1, 2, 4, 4)]
     assert expected[0] == 1.0
     assert [p.lr_gain for p in plans] == pytest.approx(expected, rel=1e-12)
-    assert plans[2].lr_gain == pytest.approx(4.0 / 1.75)
+    assert plans[2].lr_gain == pytest.approx(1.375 / (3 / 32 + 1))
     progress = [0.0, expected[0], expected[0] + expected[1], sum(expected[:3])]
     assert [p.progress for p in plans] == pytest.approx(progress, rel=1e-12)
     assert planner.progress == pytest.approx(sum(expected), rel=1e-12)
@@ -181,14 +182,23 @@ def test_adascale_without_an_estimate_has_gain_one():
 
 def test_adascale_uses_the_capped_batch():
     cfg = _batch(name="step", milestones=[1], factor=8, max=16, adascale=True)
-    plan = BatchPlanner(cfg, 8, rounds=1).plan(1, NoiseEstimate(grad_sq=0.5, trace=1.5))
+    plan = BatchPlanner(cfg, 8, rounds=1).plan(1, gain_noise=NoiseEstimate(0.5, 1.5))
     assert plan.batch_size == 16
-    assert plan.lr_gain == pytest.approx((1.5 + 0.5) / (1.5 / 2 + 0.5))
+    assert plan.lr_gain == pytest.approx((1.5 / 8 + 0.5) / (1.5 / 16 + 0.5))
+
+
+def test_adascale_scale_counts_accumulation_in_the_effective_batch():
+    # B₀ = 32, B = 32 × 4 micro-batches = 128, B_simple = 32: r = (1 + 1)/(1/4 + 1) = 1.6
+    cfg = _batch(name="constant", adascale=True)
+    planner = BatchPlanner(cfg, 32, rounds=1, accumulate=4)
+    plan = planner.plan(1, gain_noise=NoiseEstimate(grad_sq=0.5, trace=16.0))
+    assert plan.batch_size == 32
+    assert plan.lr_gain == pytest.approx(1.6)
 
 
 def test_without_adascale_gain_is_one_even_with_an_estimate():
     cfg = _batch(name="step", milestones=[1], factor=4)
-    plan = BatchPlanner(cfg, 8, rounds=1).plan(1, NoiseEstimate(grad_sq=1.0, trace=3.0))
+    plan = BatchPlanner(cfg, 8, rounds=1).plan(1, gain_noise=NoiseEstimate(1.0, 3.0))
     assert plan.lr_gain == 1.0 and plan.progress == 0.0
 
 

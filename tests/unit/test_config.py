@@ -26,6 +26,11 @@ def _raw(**sections):
         (_raw(client={"lr": 0}), "client.lr", "> 0.0"),
         (_raw(client={"lr": -0.1}), "client.lr", "> 0.0"),
         (_raw(client={"optimizer": "lion"}), "client.optimizer", "sgd, momentum"),
+        (
+            _raw(client={"optimizer_state": "carry"}),
+            "client.optimizer_state",
+            "'carry' is invalid: allowed one of reset, keep",
+        ),
         (_raw(strategy={"name": "fedfoo"}), "strategy", "fedavg, fedavgm"),
         (_raw(data={"name": "cifar"}), "data", "synthetic, mnist1d, digits"),
         (_raw(model={"name": "resnet"}), "model", "logreg, mlp, cnn1d"),

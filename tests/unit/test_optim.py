@@ -199,20 +199,27 @@ def test_lr_at_rejects_unknown_schedule_and_empty_cosine():
 
 
 def test_adascale_gain_formula():
-    # (3 + 1) / (3/4 + 1) = 16/7
-    assert adascale_gain(3.0, 1.0, 4.0) == pytest.approx(16 / 7)
+    # σ₀² = tr(Σ)/B₀ = 96/32 = 3, S = 128/32 = 4: (3 + 1) / (3/4 + 1) = 16/7
+    assert adascale_gain(96.0, 1.0, 32, 128) == pytest.approx(16 / 7)
+
+
+def test_adascale_gain_known_values_from_the_noise_scale():
+    # r = (B_simple/B₀ + 1)/(B_simple/B + 1): B_simple = B₀ = 32, B = 128 → 2/1.25 = 1.6;
+    # B_simple = 128 → 5/2 = 2.5 (the per-example trace in place of σ₀² gave 3.67 and 3.91).
+    assert adascale_gain(32.0, 1.0, 32, 128) == pytest.approx(1.6)
+    assert adascale_gain(128.0 * 0.01, 0.01, 32, 128) == pytest.approx(2.5)
 
 
 def test_adascale_gain_limits():
-    assert adascale_gain(3.0, 1.0, 1.0) == pytest.approx(1.0)
-    assert adascale_gain(3.0, 0.0, 8.0) == pytest.approx(8.0)  # pure noise
-    assert adascale_gain(0.0, 0.0, 8.0) == 8.0
-    assert adascale_gain(0.0, 2.0, 8.0) == pytest.approx(1.0)  # no noise
+    assert adascale_gain(3.0, 1.0, 8, 8) == pytest.approx(1.0)
+    assert adascale_gain(3.0, 0.0, 8, 64) == pytest.approx(8.0)  # pure noise
+    assert adascale_gain(0.0, 0.0, 8, 64) == 8.0
+    assert adascale_gain(0.0, 2.0, 8, 64) == pytest.approx(1.0)  # no noise
 
 
 def test_adascale_gain_clamps_negative_estimates():
-    assert adascale_gain(-1.0, 2.0, 4.0) == pytest.approx(1.0)
-    assert adascale_gain(2.0, -1.0, 4.0) == pytest.approx(4.0)
-    assert 1.0 <= adascale_gain(1e-12, 1e12, 4.0) <= 4.0
+    assert adascale_gain(-1.0, 2.0, 8, 32) == pytest.approx(1.0)
+    assert adascale_gain(2.0, -1.0, 8, 32) == pytest.approx(4.0)
+    assert 1.0 <= adascale_gain(1e-12, 1e12, 8, 32) <= 4.0
     with pytest.raises(ValueError):
-        adascale_gain(1.0, 1.0, 0.5)
+        adascale_gain(1.0, 1.0, 8, 4)

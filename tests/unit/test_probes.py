@@ -313,3 +313,32 @@ def test_cosine_similarities_by_hand():
     assert cosine_similarities([e1, update(0, 0, 0)]) == (0.0, 0.0)  # zero update: orthogonal
     assert all(math.isnan(v) for v in cosine_similarities([e1]))
     assert all(math.isnan(v) for v in cosine_similarities([]))
+
+
+def test_noise_scale_standard_error_and_draws_by_hand():
+    # Two draws (g, t) = (1, 2), (3, 2): R = 4/4 = 1, residuals t − R·g = 1, −1, so the
+    # ratio estimator's variance is s²/(n·ḡ²) = 2/(2·4) and its standard error 0.5.
+    mean = NoiseScaleEMA(decay=None)
+    mean.update(1.0, 2.0)
+    assert mean.draws == 1.0 and math.isnan(mean.standard_error)
+    mean.update(3.0, 2.0)
+    assert mean.draws == 2.0
+    assert mean.standard_error == pytest.approx(0.5)
+    # an EMA with β = 0.5 weighs the draws 0.25, 0.5: (Σw)²/Σw² = 0.5625/0.3125 = 1.8
+    ema = NoiseScaleEMA(decay=0.5)
+    ema.update(1.0, 2.0)
+    ema.update(3.0, 2.0)
+    assert ema.draws == pytest.approx(1.8)
+    assert NoiseScaleEMA(decay=0.0).draws == 0.0
+
+
+def test_across_client_estimates_with_the_pooled_population_by_hand():
+    # |G|² = 1, tr(Σ) = 32, 4 clients of b = 16 drawn without replacement from N = 128:
+    # E|g_k|² = 1 + 32·(1/16 − 1/128) = 2.75 and E|ḡ|² = 1 + 32·(1/64 − 1/128) = 1.25.
+    est = across_client_estimates([2.75] * 4, [16] * 4, 1.25, population=128)
+    assert est == pytest.approx((1.0, 32.0), rel=1e-12)
+    # The probe covers all N = 64 samples: ḡ is the pooled gradient, |G|² = |ḡ|² exactly.
+    est = across_client_estimates([2.5] * 4, [16] * 4, 1.0, population=64)
+    assert est == pytest.approx((1.0, 32.0), rel=1e-12)
+    with pytest.raises(ValueError):
+        across_client_estimates([2.5] * 4, [16] * 4, 1.0, population=32)

@@ -169,7 +169,7 @@ def test_report_on_a_sweep_writes_pngs_and_summary_md(
 ) -> None:
     assert main([str(sweep_dir)]) == 0
     out_dir = sweep_dir / "report"
-    for name in ("accuracy.png", "loss.png", "time.png"):
+    for name in ("accuracy_vs_round.png", "loss_vs_round.png", "accuracy_vs_wall_clock_time.png"):
         png = (out_dir / name).read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 1000
     printed = capsys.readouterr().out.split()
@@ -180,7 +180,7 @@ def test_report_on_a_sweep_writes_pngs_and_summary_md(
         assert run.label in summary
     assert "| 0.8123 |" in summary and "| 0.9000 |" in summary
     assert "| 12.35 |" in summary and "| incomplete |" in summary
-    assert "![accuracy](accuracy.png)" in summary
+    assert "![accuracy_vs_round](accuracy_vs_round.png)" in summary
 
 
 def test_report_on_a_single_run_honours_out(tmp_path: Path) -> None:
@@ -189,7 +189,7 @@ def test_report_on_a_single_run_honours_out(tmp_path: Path) -> None:
     )
     out_dir = tmp_path / "elsewhere"
     assert main([str(run_dir), "--out", str(out_dir)]) == 0
-    assert (out_dir / "accuracy.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out_dir / "accuracy_vs_round.png").read_bytes().startswith(PNG_MAGIC)
     summary = (out_dir / "summary.md").read_text()
     assert "client.batch_size=64" in summary and "| test_accuracy | 0.7000 |" in summary
     assert not (run_dir / "sweep.csv").exists()

@@ -1,0 +1,140 @@
+"""The published quantities end to end, each against an independent computation: the
+global noise scale against exact per-example gradients of the pooled data, the true
+generalization gap of the global model, and steps/examples to target by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fedbatch.engine import inprocess
+from fedbatch.engine.inprocess import InProcessGrid
+from fedbatch.federated.nodes import PartitionedGrid, partition_order
+from fedbatch.federated.records import load_arrays, model_to_arrays
+from fedbatch.federated.server_app import run_rounds, standard_callbacks
+from fedbatch.federated.workload import build_workload
+from fedbatch.local.noise import exact_noise
+from fedbatch.metrics.callbacks import Callback, RoundState
+from tests.conftest import read_rows, tiny_config
+
+
+def _final_weights(cfg, tmp_path) -> tuple[Any, list[dict[str, Any]]]:
+    """Run `cfg` in process; return the workload, the global weights after each round."""
+    workload = build_workload(cfg)
+    seen: list[Any] = []
+
+    class Keep(Callback):
+        def on_round_end(self, state: RoundState) -> None:
+            seen.append(state.arrays)
+
+    callbacks, _ = standard_callbacks(workload, tmp_path, progress=False)
+    grid = InProcessGrid(cfg.num_clients)
+    ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
+    run_rounds(
+        ordered,
+        cfg,
+        [*callbacks, Keep()],
+        initial_arrays=model_to_arrays(workload.initial_model()),
+        pooled_size=sum(len(p) for p in workload.partitions),
+    )
+    return workload, seen
+
+
+def test_global_noise_scale_matches_exact_per_example_gradients_of_the_pooled_data(tmp_path):
+    """IID clients at (practically) fixed weights: the run-averaged across-client estimate
+    is within 10% of tr(Σ)/|G|² computed from every pooled sample's own gradient."""
+    cfg = tiny_config(
+        rounds=40,
+        num_clients=8,
+        clients_per_round=8,
+        device="cpu",
+        model={"name": "logreg"},
+        client={"batch_size": 32, "lr": 1e-12, "steps": 1},
+        monitor={"noise_across": 1, "noise_average": "mean", "grad_norm": 0, "noise_exact": 20},
+        eval={"every": 40, "train_samples": 0},
+    )
+    inprocess.run(cfg, tmp_path, progress=False)
+    rows = read_rows(tmp_path)
+    workload = build_workload(cfg)
+    model = workload.initial_model()
+    pooled = torch.cat([torch.as_tensor(p) for p in workload.partitions])
+    grad_sq, trace = exact_noise(
+        model, F.cross_entropy, workload.x_train[pooled], workload.y_train[pooled]
+    )
+    exact = trace / grad_sq
+    last = rows[-1]
+    assert last["noise_scale_global_draws"] == pytest.approx(40)
+    assert last["noise_scale_global"] == pytest.approx(exact, rel=0.10)
+    # the standard error says how far the estimate may be: exact is within 3 of them
+    assert abs(last["noise_scale_global"] - exact) < 3 * last["noise_scale_global_se"]
+    # the server's own exact reference, at the weights round 20 and 40 started from
+    assert [r["noise_scale_exact_global"] is not None for r in rows[19:22]] == [False, True, False]
+    assert last["noise_scale_exact_global"] == pytest.approx(exact, rel=1e-4)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["noise_scale_global"] == pytest.approx(last["noise_scale_global"])
+
+
+def test_generalization_gap_is_the_global_models_test_minus_train_loss(tmp_path):
+    """A wide MLP trained long on 4 × ~90 samples overfits: the gap is positive, and it is
+    the same model's test loss minus its loss on the whole pooled training data."""
+    cfg = tiny_config(
+        rounds=12,
+        num_clients=4,
+        clients_per_round=4,
+        device="cpu",
+        data={"name": "digits", "test_fraction": 0.8},
+        model={"name": "mlp", "hidden": [256], "norm": "none"},
+        client={"batch_size": 8, "epochs": 5, "lr": 0.1},
+        eval={"train_samples": 100_000},  # more than there are: the whole pooled data
+    )
+    workload, weights = _final_weights(cfg, tmp_path)
+    rows = read_rows(tmp_path)
+    model = workload.initial_model()
+    load_arrays(model, weights[-1])
+    pooled = torch.cat([torch.as_tensor(p) for p in workload.partitions])
+    with torch.no_grad():
+        train_loss = float(
+            F.cross_entropy(model(workload.x_train[pooled]), workload.y_train[pooled])
+        )
+        test_loss = float(F.cross_entropy(model(workload.x_test), workload.y_test))
+    last = rows[-1]
+    assert last["global_train_loss"] == pytest.approx(train_loss, rel=1e-4)
+    assert last["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+    assert last["generalization_gap"] == pytest.approx(test_loss - train_loss, rel=1e-3)
+    assert last["generalization_gap"] > 0.05  # it overfits
+    assert last["global_train_accuracy"] > last["test_accuracy"]
+
+
+def test_steps_and_examples_to_target_sum_the_rounds_by_hand(tmp_path):
+    """4 IID clients of 359 or 360 digits, all in every round, B = 16, one epoch: each makes
+    ceil(360/16) = ceil(359/16) = 23 steps and sees its whole partition per round."""
+    cfg = tiny_config(
+        rounds=10,
+        num_clients=4,
+        clients_per_round=4,
+        device="cpu",
+        client={"batch_size": 16, "epochs": 1, "lr": 0.1},
+        stop={"target_accuracy": 0.8},
+    )
+    inprocess.run(cfg, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rounds = summary["rounds_to_target"]
+    assert rounds is not None and 1 <= rounds < 10
+    workload = build_workload(cfg)
+    sizes = [len(p) for p in workload.partitions]
+    assert {math.ceil(n / 16) for n in sizes} == {23}
+    assert summary["steps_to_target"] == pytest.approx(23 * rounds)
+    assert summary["examples_to_target"] == pytest.approx(rounds * sum(sizes) / 4)
+
+
+def test_nothing_to_target_when_the_target_is_not_reached(tmp_path):
+    cfg = tiny_config(rounds=1, device="cpu", stop={"target_accuracy": 0.999})
+    inprocess.run(cfg, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rounds_to_target"] is None
+    assert summary["steps_to_target"] is None and summary["examples_to_target"] is None

@@ -1,0 +1,125 @@
+"""Report figures say only what was measured, keep legends off the data, and `--out` leaves
+the source directory untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from fedbatch.report import plots
+from fedbatch.report.cli import main
+
+
+def write_run(run_dir: Path, rows: list[dict[str, Any]], overrides: list[str]) -> Path:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run_dir / "summary.json").write_text(json.dumps({"test_accuracy": rows[-1]["test_accuracy"]}))
+    return run_dir
+
+
+def rows(rounds: int, clock: bool = False, stream: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for r in range(rounds + 1):
+        row: dict[str, Any] = {"round": r, "test_accuracy": 0.1 + 0.2 * r, "test_loss": 2.0 - r}
+        row |= {"train_loss": 2.1 - r if r else None, "elapsed_seconds": 0.3 * r}
+        if clock or stream:
+            row["virtual_seconds"] = 10.0 * r
+        if stream:
+            row["prequential_accuracy"] = 0.1 * r if r else None
+        out.append(row)
+    return out
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[Figure, Axes]]:
+    """Every figure the report saves, by file name, to inspect titles, labels, legends."""
+    saved: dict[str, tuple[Figure, Axes]] = {}
+    original = plots._save
+
+    def spy(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = None) -> Path:
+        saved[path.name] = (figure, axes)
+        return original(figure, axes, path, handles)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return saved
+
+
+def legend_texts(axes: Axes) -> list[str]:
+    legend = axes.get_legend()
+    return [text.get_text() for text in legend.get_texts()] if legend else []
+
+
+def test_clock_only_run_is_plotted_against_virtual_time_and_never_called_a_stream(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    run = write_run(tmp_path / "run", rows(3, clock=True), ["clock=devices"])
+    assert main([str(run)]) == 0
+    names = {path.name for path in (run / "report").iterdir()}
+    assert "accuracy_vs_virtual_time.png" in names
+    assert "accuracy_vs_wall_clock_time.png" not in names  # its clock is the virtual one
+    assert not any("stream" in name for name in names)
+    _, axes = drawn["accuracy_vs_virtual_time.png"]
+    assert axes.get_title().startswith("Test accuracy vs virtual time")
+    assert axes.get_xlabel() == "virtual seconds (simulated clock)"
+    assert not any("prequential" in text for text in legend_texts(axes))
+
+
+def test_stream_run_adds_prequential_accuracy(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    run = write_run(tmp_path / "run", rows(3, stream=True), ["stream=poisson"])
+    assert main([str(run)]) == 0
+    _, axes = drawn["accuracy_vs_virtual_time.png"]
+    assert axes.get_title().startswith("Test and prequential accuracy vs virtual time")
+    assert "prequential accuracy (test-then-train)" in legend_texts(axes)
+
+
+def test_run_without_clock_uses_measured_wall_clock_time(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    run = write_run(tmp_path / "run", rows(3), ["client.batch_size=8"])
+    assert main([str(run)]) == 0
+    names = {path.name for path in (run / "report").iterdir()}
+    assert {"accuracy_vs_round.png", "loss_vs_round.png"} <= names
+    assert "accuracy_vs_virtual_time.png" not in names
+    _, axes = drawn["accuracy_vs_wall_clock_time.png"]
+    assert axes.get_xlabel() == "wall-clock seconds (measured)"
+
+
+def test_legends_sit_outside_the_axes(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0", rows(3), ["client.batch_size=8"])
+    write_run(sweep / "1", rows(3, clock=True), ["client.batch_size=16"])
+    assert main([str(sweep)]) == 0
+    assert len(drawn) >= 4
+    for name, (figure, axes) in drawn.items():
+        renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+        legend = axes.get_legend()
+        assert legend is not None, name
+        inside = axes.get_window_extent(renderer)
+        assert legend.get_window_extent(renderer).x0 >= inside.x1, name
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_out_leaves_the_source_tree_byte_for_byte_untouched(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for job, batch_size in enumerate((8, 16, 32)):
+        write_run(sweep / str(job), rows(2), [f"client.batch_size={batch_size}"])
+    before = snapshot(sweep)
+    out = tmp_path / "elsewhere"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    assert snapshot(sweep) == before
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2"]
+    assert (out / "sweep.csv").read_text().count("\n") == 4  # header + 3 jobs
+    assert (out / "summary.md").is_file()
