@@ -25,8 +25,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedbatch.config import ConfigError, RunConfig, build_config
-from fedbatch.simulate import CONF_DIR, check_overrides, fail
+from fedbatch.config import ConfigError, RunConfig
+from fedbatch.config.compose import OverrideError, compose_config
+from fedbatch.simulate import fail
 
 VARIANTS = {
     "fp32": ("fp32", False),
@@ -47,15 +48,9 @@ PRESETS_NOTE = (
 
 
 def _compose(overrides: list[str]) -> RunConfig:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    check_overrides(overrides)
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        raw = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
     try:
-        return build_config(raw)  # type: ignore[arg-type]
-    except ConfigError as error:
+        return compose_config(overrides)
+    except (OverrideError, ConfigError) as error:
         fail(str(error))
     raise AssertionError("unreachable")
 

@@ -1,7 +1,7 @@
 """Sweeps that scale out: Hydra's joblib and submitit launchers and its Optuna sweeper.
 
-fedbatch's own options for them live in `conf/hydra/launcher/` (`parallel`, `slurm`) and
-`conf/hydra/sweeper/` (`lr_tuning`); the plugins come with `pip install "fedbatch[sweep]"`.
+fedbatch's own options for them live in `fedbatch/conf/hydra/launcher/` (`parallel`, `slurm`) and
+`fedbatch/conf/hydra/sweeper/` (`lr_tuning`); the plugins come with `pip install "fedbatch[sweep]"`.
 This module holds what those configs need before Hydra composes them: the OmegaConf
 resolver `${fedbatch.jobs:THREADS}` (jobs that fit this machine's cores) and a one-line
 check that a chosen launcher or sweeper exists and that its plugin is installed.

@@ -17,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config import ConfigError, RunConfig, build_config
+from fedbatch.config.compose import CONF_DIR, OverrideError
+from fedbatch.config.compose import check_overrides as check_config_overrides
+from fedbatch.config.compose import fedbatch_overrides as _overrides
 from fedbatch.scaleout import plugin_error, register_resolvers
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_resolvers()  # before Hydra composes: conf/hydra/launcher/parallel.yaml uses one
 
 
@@ -28,52 +30,13 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _overrides(argv: list[str]) -> list[tuple[str, str]]:
-    """`key=value` arguments that Hydra would apply to fedbatch's own config."""
-    pairs = [arg.partition("=") for arg in argv]
-    return [(k, v) for k, sep, v in pairs if sep and not k.startswith(("hydra", "+", "~"))]
-
-
-def _selected_options(argv: list[str], conf_dir: Path) -> dict[str, list[str]]:
-    """Each config group's chosen option(s): the defaults list, overridden by argv."""
-    defaults = OmegaConf.load(conf_dir / "config.yaml").defaults
-    chosen = {str(k): [str(v)] for entry in defaults if isinstance(entry, DictConfig)
-              for k, v in entry.items()}  # fmt: skip
-    for key, value in _overrides(argv):
-        if (conf_dir / key).is_dir() and "(" not in value:
-            allowed = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
-            for option in value.split(","):
-                if option not in allowed:
-                    fail(f"{key}={option!r} is invalid: allowed one of {', '.join(allowed)}")
-            chosen[key] = value.split(",")
-    return chosen
-
-
 def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Reject unknown groups, options and keys with one line, before Hydra composes.
-
-    A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
-    `partition=iid` is caught here rather than by Hydra's multi-line struct error.
-    """
-    chosen = _selected_options(argv, conf_dir)
-    root = OmegaConf.load(conf_dir / "config.yaml")
-    sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
-    sections.pop("hydra", None)
-    top_level = {str(k) for k in root if k not in ("defaults", "hydra")} | set(chosen)
-    for key, _ in _overrides(argv):
-        head, _, name = key.partition(".")
-        if head not in top_level:
-            fail(f"{head} is not a known key: allowed {', '.join(sorted(top_level))}")
-        if not name or "." in name:
-            continue
-        if head in chosen:
-            where = f"{head}={','.join(chosen[head])}"
-            keys = {k for option in chosen[head]
-                    for k in OmegaConf.load(conf_dir / head / f"{option}.yaml")}  # fmt: skip
-        else:
-            where, keys = head, sections.get(head, set())
-        if name not in keys:
-            fail(f"{key} is not a key of {where}: allowed {', '.join(sorted(keys))}")
+    """Reject unknown groups, options and keys with one line and exit 2, before Hydra
+    composes (the checks: `fedbatch.config.compose.check_overrides`)."""
+    try:
+        check_config_overrides(argv, conf_dir)
+    except OverrideError as error:
+        fail(str(error))
 
 
 def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -83,14 +46,13 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     ):
         return
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+
+    from fedbatch.compat import sweep_jobs
 
     own = [f"{k}={v}" for k, v in _overrides(argv)]
     try:
-        parsed = OverridesParser.create().parse_overrides(own)
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        jobs = sweep_jobs(own)
     except HydraException as error:  # e.g. interval(), which only Optuna-like sweepers take
         fail(f"{error} (the default sweeper takes lists a,b,c and range())")
     with initialize_config_dir(str(conf_dir), version_base="1.3"):

@@ -137,22 +137,23 @@ def _check_combinations(cfg: RunConfig) -> None:
 
 def _check_noise_sources(cfg: RunConfig) -> None:
     """Adaptive B and AdaScale follow a noise estimate that must be measured."""
-    probe = {"global": "monitor.noise_across", "local": "monitor.noise_scale"}
-    if cfg.batch.name == "adaptive":
-        key = probe[cfg.batch.noise]
-        if getattr(cfg.monitor, key.split(".")[1]) == 0:
-            other = "local" if cfg.batch.noise == "global" else "global"
-            raise ConfigError(
-                "batch.noise",
-                cfg.batch.noise,
-                f"{cfg.batch.noise} with batch=adaptive only when {key} >= 1 "
-                f"(or batch.noise={other} with {probe[other]} >= 1)",
-            )
-    if cfg.batch.adascale and cfg.monitor.noise_scale == 0:
+    monitor = cfg.monitor
+    if cfg.batch.name == "adaptive" and cfg.batch.noise == "global" and not monitor.noise_across:
         raise ConfigError(
-            "batch.adascale",
-            True,
-            "true only with monitor.noise_scale >= 1 (AdaScale follows the clients' own noise)",
+            "monitor.noise_across",
+            0,
+            ">= 1 with batch=adaptive, which follows the global noise scale "
+            "(batch.noise=global), or batch.noise=local with monitor.noise_scale >= 1",
+        )
+    if cfg.batch.name == "adaptive" and cfg.batch.noise == "local" and not monitor.noise_scale:
+        raise ConfigError(
+            "monitor.noise_scale", 0, ">= 1 with batch=adaptive and batch.noise=local"
+        )
+    if cfg.batch.adascale and not monitor.noise_scale:
+        raise ConfigError(
+            "monitor.noise_scale",
+            0,
+            ">= 1 with batch.adascale=true (AdaScale follows the clients' own noise)",
         )
 
 

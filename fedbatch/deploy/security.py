@@ -64,7 +64,7 @@ def _subject_names(hosts: list[str]) -> list[x509.GeneralName]:
 
 def make_tls(out_dir: Path, hosts: list[str]) -> TlsFiles:
     """A CA and a SuperLink certificate valid for `hosts` (IP addresses or DNS names)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = (
         x509.CertificateBuilder()

@@ -2,9 +2,10 @@
 
 The same ServerApp and ClientApp as the simulation engines (`pyproject.toml`,
 `[tool.flwr.app.components]`). The Hydra-composed config travels as one JSON field of the
-run config (`fedbatch-config`). The ServerApp prints each round's row and the summary;
-`flwr run --stream` brings them back here, into the run directory, wherever the SuperLink
-runs. Each SuperNode holds the partition its `--node-config` names.
+run config (`fedbatch-config`, see `fedbatch.federated.run_config`). The ServerApp prints
+each round's row and the summary; `flwr run --stream` brings them back here, into the run
+directory, wherever the SuperLink runs. Each SuperNode holds the partition its
+`--node-config` names.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import fedbatch
 from fedbatch.config import RunConfig
 from fedbatch.deploy.federation import flower_command
 from fedbatch.engine import EngineError
+from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE, write_summary
 
 
@@ -42,9 +44,10 @@ def app_dir(cfg: RunConfig) -> Path:
 
 
 def run_config_toml(cfg: RunConfig) -> str:
-    """The run config (JSON strings are valid TOML basic strings). No `output-dir`: the
-    ServerApp's rows stream back here instead of being written on the SuperLink's machine."""
-    return f'fedbatch-config = {json.dumps(cfg.to_json())}\noutput-dir = ""\n'
+    """The run config: the whole config, composed here where a study's `--config-dir`
+    lies (JSON strings are valid TOML basic strings). No `output-dir`: the ServerApp's rows
+    stream back here instead of being written on the SuperLink's machine."""
+    return f'{CONFIG_KEY} = {json.dumps(cfg.to_json())}\n{OUTPUT_KEY} = ""\n'
 
 
 class RunDirectory:

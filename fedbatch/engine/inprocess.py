@@ -14,27 +14,14 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedbatch.compat import ErrorCode, Run, set_message_id, set_sender_identity
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as default_client_app
 from fedbatch.federated.server_app import run_experiment
 
 RUN_ID = 1
-
-
-def set_server_identity(run_id: int) -> None:
-    """Flower's `Message(...)` reads the sender's identity from `TaskIdentity`.
-
-    An internal Flower API (flwr 1.42): kept in this one place and covered by a test, so
-    an upgrade that changes it fails loudly.
-    """
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
 class InProcessGrid(Grid):
@@ -56,7 +43,7 @@ class InProcessGrid(Grid):
         }
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
-        set_server_identity(RUN_ID)
+        set_sender_identity(RUN_ID)  # the strategies' messages come from the SuperLink
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -88,7 +75,7 @@ class InProcessGrid(Grid):
     def _register(self, msg: Message) -> str:
         """Give `msg` its message id (a reply refers to it)."""
         msg_id = str(next(self._ids))
-        msg.metadata.__dict__["_message_id"] = msg_id
+        set_message_id(msg, msg_id)
         return msg_id
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedbatch.clock.scheduler import staleness_weight
-from fedbatch.config import RunConfig
 from fedbatch.federated.records import aggregate_client_metrics, array_to_tensor, tensor_to_array
-from fedbatch.federated.timing import RoundClock, record_bytes
+from fedbatch.federated.round_loop import Federation
+from fedbatch.metrics.callbacks import RoundState, RunOutcome
 from fedbatch.seeding import derive_seed
 
 
@@ -47,46 +46,44 @@ def _record(tensors: dict[str, torch.Tensor], like: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: tensor_to_array(v.to(dtypes[k])) for k, v in tensors.items()})
 
 
-class AsyncServer:
-    """The event loop's state: the global model, its version, the clients in flight."""
+class AsyncLoop(Federation):
+    """The event loop's state beside the shared federation: the global model's version
+    and the clients in flight."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, initial: ArrayRecord) -> None:
-        self.grid, self.cfg = grid, cfg
-        self.params = cfg.strategy.set_params
-        self.node_ids = list(grid.get_node_ids())  # in partition order
-        self.clock = RoundClock(cfg)
-        self.model_bytes = record_bytes(initial)
-        self.arrays, self.version = initial, 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params = self.cfg.strategy.set_params
+        assert self.clock is not None, "asynchronous strategies need a clock (config check)"
+        self.event_clock = self.clock
+        self.version = 0
         self.flight: list[_InFlight] = []
         self.dispatched = 0
-        self.failures: list[str] = []
+        self.concurrency = int(self.params.get("concurrency", self.cfg.clients_per_round))
+        fedasync = self.cfg.strategy.name == "fedasync"
+        self.per_update = 1 if fedasync else int(self.params.get("buffer_size", 1))
 
     def idle(self) -> list[int]:
         busy = {f.client for f in self.flight}
-        return [c for c in range(len(self.node_ids)) if c not in busy]
+        return [c for c in range(len(self.partition_of)) if c not in busy]
 
-    def dispatch(self, now: float, base: dict[str, Any]) -> None:
-        """Start one idle client (seeded choice) on the current global model."""
+    def dispatch(self) -> None:
+        """Start one idle client (seeded choice) on the current global model, now."""
         idle = self.idle()
         rng = np.random.default_rng(derive_seed(self.cfg.seed, "async", self.dispatched))
         client = idle[int(rng.integers(len(idle)))]
         self.dispatched += 1
         # Each dispatch is its own "round" for the client's seeds (shuffle, probes), and its
         # stream window starts at the virtual time it starts.
-        values = base | {"server-round": self.dispatched}
-        if self.cfg.stream.streaming:
-            values |= {"window-start": now, "window-end": now + self.cfg.stream.round_seconds}
-        limits = self.clock.limits(client, base["batch-size"], self.model_bytes)
-        config = ConfigRecord(values | {"partition-id": client} | limits)
-        content = RecordDict({"arrays": self.arrays, "config": config})
-        node = self.node_ids[client]
+        values = self.config | {"server-round": self.dispatched} | self.time.dispatch_window()
+        content = RecordDict({"arrays": self.arrays, "config": ConfigRecord(values)})
+        node = self.nodes.all_node_ids[client]
         msg = self.grid.create_message(content, MessageType.TRAIN, node, str(self.dispatched))
-        reply = next(iter(self.grid.send_and_receive([msg])))
+        (reply,) = self.send(self.address([msg]))
+        now = self.time.seconds
         if reply.has_error():
-            self.failures.append(reply.error.reason)
             finish, energy = now, 0.0
         else:
-            timing = self.clock.client_timing(client, reply, self.model_bytes)
+            timing = self.event_clock.client_timing(client, reply, self.model_bytes)
             finish, energy = now + timing.total, timing.energy
         entry = _InFlight(finish, self.dispatched, client, self.version, self.arrays, reply, energy)
         heapq.heappush(self.flight, entry)
@@ -115,67 +112,52 @@ class AsyncServer:
                 new = {k: v + scale * (end[k] - start[k]) for k, v in new.items()}
         self.arrays, self.version = _record(new, self.arrays), self.version + 1
 
+    def run(self) -> RunOutcome:
+        """`cfg.rounds` aggregations; stops as `all_clients_failed` once every client has
+        failed in a row."""
+        self.start()
+        self.plan(1)
+        for _ in range(self.concurrency):
+            self.dispatch()
+        for server_round in range(1, self.cfg.rounds + 1):
+            outcome = self.aggregate(server_round)
+            if outcome is not None:
+                return self.finish(*outcome)
+        return self.finish(self.cfg.rounds, "rounds")
 
-Measure = Callable[[int, ArrayRecord, list[Message], MetricRecord], dict[str, Any]]
-
-
-def run_async(
-    grid: Grid,
-    cfg: RunConfig,
-    notify: Callable[[int, ArrayRecord, dict[str, Any]], bool],
-    base: Callable[[int], dict[str, Any]],
-    measure: Measure,
-    initial: ArrayRecord,
-) -> tuple[int, str]:
-    """Run `cfg.rounds` aggregations; `notify(round, arrays, row)` returns True to stop.
-    `measure(round, before, replies, train)` adds the round's probe values to its row.
-    Stops as `all_clients_failed` once every client has failed in a row."""
-    server = AsyncServer(grid, cfg, initial)
-    concurrency = int(server.params.get("concurrency", cfg.clients_per_round))
-    per_update = 1 if cfg.strategy.name == "fedasync" else int(server.params.get("buffer_size", 1))
-    start, now = time.perf_counter(), 0.0
-    plan = base(1)
-    for _ in range(concurrency):
-        server.dispatch(now, plan)
-    for server_round in range(1, cfg.rounds + 1):
-        round_start, arrived, errors, energy = time.perf_counter(), [], [], 0.0
+    def aggregate(self, server_round: int) -> tuple[int, str] | None:
+        """Wait for the next `per_update` arrivals, apply them, write the row; (rounds
+        completed, why) when the run ends here."""
+        started, arrived, failed, energy = time.perf_counter(), [], [], 0.0
         failed_in_a_row = 0
         while True:
-            entry = heapq.heappop(server.flight)
-            now, energy = entry.finish, energy + entry.energy
+            entry = heapq.heappop(self.flight)
+            self.time.advance_to(entry.finish)
+            energy += entry.energy
             if entry.reply.has_error():
-                errors.append(entry.reply.error.reason)
+                failed.append(entry.reply)
                 failed_in_a_row += 1
-                if failed_in_a_row >= max(concurrency, cfg.num_clients):
+                if failed_in_a_row >= max(self.concurrency, self.cfg.num_clients):
                     return server_round - 1, "all_clients_failed"
             else:
                 arrived.append(entry)
                 failed_in_a_row = 0
-            if len(arrived) == per_update:
+            if len(arrived) == self.per_update:
                 break
-            server.dispatch(now, plan)  # keep `concurrency` clients busy
-        staleness = [server.version - e.version for e in arrived]
-        before = server.arrays
-        server.apply(arrived)
-        server.clock.time = now
-        plan = base(server_round + 1)
-        server.dispatch(now, plan)  # the last arrival's slot starts on the new model
-        train = aggregate_client_metrics([e.reply.content for e in arrived], "num-examples")
-        row = {key: train[key] for key in train if key != "num-examples"}
-        row |= measure(server_round, before, [e.reply for e in arrived], train)
+            self.dispatch()  # keep `concurrency` clients busy
+        staleness = [self.version - e.version for e in arrived]
+        before = self.arrays
+        self.apply(arrived)
+        aggregated = [e.reply for e in arrived]
+        train = aggregate_client_metrics([r.content for r in aggregated], "num-examples")
+        replies = aggregated + failed
+        row = self.row(server_round, started, len(replies), replies, aggregated, train, before)
+        self.plan(server_round + 1)  # after the row: its measurements feed the next plan
+        self.dispatch()  # the last arrival's slot starts on the new model
         row |= {
-            "examples": train["num-examples"],
-            "clients_sampled": len(arrived) + len(errors),
-            "clients_replied": len(arrived),
-            "clients_failed": len(errors),
-            "client_error": errors[0] if errors else None,
             "staleness_mean": sum(staleness) / len(staleness),
             "staleness_max": max(staleness),
-            "virtual_seconds": now,
             "energy_joules": energy,
-            "seconds": time.perf_counter() - round_start,
-            "elapsed_seconds": time.perf_counter() - start,
         }
-        if notify(server_round, server.arrays, row):
-            return server_round, "stopped"
-    return cfg.rounds, "rounds"
+        state = self.notify(RoundState(server_round, self.arrays, row))
+        return None if state.stop_reason is None else (server_round, state.stop_reason)

@@ -29,7 +29,7 @@ from fedbatch.federated.records import (
     tensor_to_array,
 )
 from fedbatch.federated.workload import Workload, workload_for
-from fedbatch.local.batching import RoundPlan
+from fedbatch.local.batching import DeviceLimit, NoiseEstimate, RoundPlan
 from fedbatch.local.instruments import mean_gradient, measure_at_weights
 from fedbatch.local.models import norm_state_keys, set_dropout
 from fedbatch.local.optim import build_optimizer
@@ -60,11 +60,18 @@ class Task:
 
     def plan(self) -> LocalPlan:
         config, cfg = self.config, self.workload.cfg
-        round_plan = RoundPlan(
-            config["batch-size"], float(config["lr-gain"]), float(config["progress"])
-        )
+        gain_noise = None
+        if "adascale-grad-sq" in config:
+            gain_noise = NoiseEstimate(
+                float(config["adascale-grad-sq"]), float(config["adascale-trace"])
+            )
+        round_plan = RoundPlan(config["batch-size"], 1.0, float(config["progress"]), gain_noise)
         mean_examples = len(self.workload.x_train) / cfg.num_clients
-        return plan_round(cfg, round_plan, self.partition_id, len(self.x), mean_examples)
+        device = None
+        if "device-batch-policy" in config:  # the virtual device's say on B
+            policy, value = config["device-batch-policy"], config["device-batch-value"]
+            device = DeviceLimit(str(policy), float(value))
+        return plan_round(cfg, round_plan, self.partition_id, len(self.x), mean_examples, device)
 
 
 def setup_task(msg: Message, context: Context) -> Task:
@@ -108,6 +115,7 @@ def train_metrics(task: Task, plan: LocalPlan, result: LocalResult, probes: dict
         "pass_batch": plan.pass_batch,  # samples per forward/backward pass
         "passes": plan.passes,  # passes per optimizer step
         "lr": result.lr_mean if plan.lr_at is not None else plan.lr,
+        "lr_gain": plan.lr_gain,
     }
     if bool(task.config["grad-norms"]):
         values |= {"grad_norm_mean": result.grad_norm_mean, "grad_norm_max": result.grad_norm_max}

@@ -45,23 +45,21 @@ class ServerEvaluation(Callback):
         stream = dataclasses.replace(w.cfg.stream, drift_stagger=0.0)
         return ClientStream(stream, w.cfg.seed, 0, w.dataset.y_test, w.dataset.num_classes)
 
-    def test_set(
-        self, server_round: int, now: float | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def test_set(self, now: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The central test set; with `eval.follow_drift` it drifts as the stream does at
-        the end of the round (without per-client stagger): during a gradual drift, that
-        fraction of its rows (a fixed seeded order) is in the new concept. `now` is the
-        virtual time (the clock's, when one runs)."""
-        return self._drifted(self.workload.x_test, self.workload.y_test, server_round, now)
+        virtual time `now`, the end of the round (without per-client stagger): during a
+        gradual drift, that fraction of its rows (a fixed seeded order) is in the new
+        concept."""
+        return self._drifted(self.workload.x_test, self.workload.y_test, now)
 
     def _drifted(
-        self, x: torch.Tensor, y: torch.Tensor, server_round: int, now: float | None
+        self, x: torch.Tensor, y: torch.Tensor, now: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.workload
         if not self.drifting:
             return x, y
-        stream = w.cfg.stream
-        now = server_round * stream.round_seconds if now is None else now
+        if now is None:
+            raise ValueError("a drifting test set needs the round's virtual time")
         fraction = self._reference().concept_at(now)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(w.cfg.seed))
         concept = torch.zeros(len(y), dtype=torch.int8)
@@ -80,13 +78,13 @@ class ServerEvaluation(Callback):
         load_arrays(self.model, state.arrays)
         now = state.row.get("virtual_seconds")
         batch = self.workload.cfg.eval.batch_size
-        x, y = self.test_set(state.round, now)
+        x, y = self.test_set(now)
         loss, accuracy = evaluate(self.model, x, y, batch)
         state.row["test_loss"] = loss
         state.row["test_accuracy"] = accuracy
         train_loss = state.row.get("client_eval_loss")
         if self.train_sample is not None:
-            x, y = self._drifted(*self.train_sample, state.round, now)
+            x, y = self._drifted(*self.train_sample, now)
             train_loss, train_accuracy = evaluate(self.model, x, y, batch)
             state.row["global_train_loss"] = train_loss
             state.row["global_train_accuracy"] = train_accuracy

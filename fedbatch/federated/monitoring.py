@@ -34,11 +34,12 @@ ROW_KEYS = (
     "noise_scale_global", "noise_scale_global_se", "noise_scale_global_draws",
     "noise_scale_across", "noise_scale_exact", "sharpness", "hessian_top",
     "weight_norm", "update_norm_mean", "update_cosine_mean", "update_cosine_min",
-    "data_seconds", "compute_seconds", "virtual_seconds", "samples_arrived", "samples_trained",
+    "data_seconds", "compute_seconds", "samples_arrived", "samples_trained",
     "wait_seconds", "prequential_loss", "prequential_accuracy", "steps_per_client",
     "examples_per_client",
 )  # fmt: skip
-_FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "sharpness", "hessian_top")
+_FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "lr_gain", "sharpness")
+_FROM_CLIENTS += ("hessian_top",)
 _FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
 _FROM_CLIENTS += ("prequential_loss", "prequential_accuracy")
 
@@ -74,9 +75,7 @@ class RoundInstruments:
         """`pooled_size`: the training data's size over all partitions, the population the
         across-client probe samples from (None: treat it as unbounded)."""
         self.cfg = cfg
-        self.planner = BatchPlanner(
-            cfg.batch, cfg.client.batch_size, cfg.rounds, cfg.client.accumulate
-        )
+        self.planner = BatchPlanner(cfg.batch, cfg.client.batch_size, cfg.rounds)
         monitor = cfg.monitor
         decay = monitor.noise_decay if monitor.noise_average == "ema" else None
         self.local_noise = NoiseScaleEMA(decay=decay)
@@ -93,16 +92,12 @@ class RoundInstruments:
         )
         probes = [p for p in START_PROBES if _due(getattr(monitor, p), server_round)]
         grad_norms = _due(monitor.grad_norm, server_round)
-        window = {}
-        if self.cfg.stream.streaming:  # the virtual time this round's clients may consume
-            seconds = self.cfg.stream.round_seconds
-            window = {
-                "window-start": (server_round - 1) * seconds,
-                "window-end": server_round * seconds,
-            }
-        return window | {
+        adascale = {}
+        if self.plan.gain_noise is not None:  # each client computes its gain from it
+            noise = self.plan.gain_noise
+            adascale = {"adascale-grad-sq": noise.grad_sq, "adascale-trace": noise.trace}
+        return adascale | {
             "batch-size": self.plan.batch_size,
-            "lr-gain": self.plan.lr_gain,
             "progress": self.plan.progress,
             "probes": probes,
             "grad-norms": grad_norms,
@@ -132,8 +127,9 @@ class RoundInstruments:
 
     @staticmethod
     def client_work(replies: Sequence[Message]) -> dict[str, Any]:
-        """Optimizer steps and samples processed, each a mean over the clients that
-        replied: the round's share of steps- and examples-to-target."""
+        """Optimizer steps and samples processed, each a mean over the clients whose
+        updates were aggregated (work a deadline dropped never reached the model): the
+        round's share of steps- and examples-to-target."""
         metrics = [r.content["metrics"] for r in replies if not r.has_error()]
         if not metrics:
             return {}
@@ -159,9 +155,7 @@ class RoundInstruments:
         metrics: MetricRecord = train if train is not None else MetricRecord()
         row: dict[str, Any] = {k: metrics[k] for k in _FROM_CLIENTS if k in metrics}
         row |= {k: v for k, v in metrics.items() if k.startswith("grad_norm/")}
-        row["lr_gain"] = self.plan.lr_gain
-        if self.cfg.stream.streaming:
-            row["virtual_seconds"] = server_round * self.cfg.stream.round_seconds
+        self.planner.advance(float(metrics["lr_gain"]) if "lr_gain" in metrics else 1.0)
         if "noise_grad_sq" in metrics:
             self.local_noise.update(float(metrics["noise_grad_sq"]), float(metrics["noise_trace"]))
         row |= _noise_row("noise_scale_local", self.local_noise)

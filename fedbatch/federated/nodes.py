@@ -14,10 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from fedbatch.compat import ErrorCode, Run
 from fedbatch.config import RunConfig
 
 DESCRIBE = f"{MessageType.QUERY}.describe"

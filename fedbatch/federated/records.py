@@ -18,6 +18,8 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
+from fedbatch.compat import fast_array
+
 # BatchNorm's step counter is an integer bookkeeping buffer, not a weight to average.
 _NOT_AVERAGED = ("num_batches_tracked",)
 _NUMPY_STYPE = "numpy.ndarray"
@@ -53,22 +55,13 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)  # numpy formats it in Python, each time
 
 
-def _array(dtype: str, shape: tuple[int, ...], data: bytes) -> Array:
-    """`Array(dtype, shape, stype, data)` without its argument dispatch and per-field
-    `__setattr__` (an internal layout of flwr 1.42's dataclass, checked by a test)."""
-    array = Array.__new__(Array)
-    array.__dict__.update(dtype=dtype, shape=shape, stype=_NUMPY_STYPE, data=data)
-    array.__dict__["_is_dirty"] = True
-    return array
-
-
 def numpy_to_array(values: np.ndarray) -> Array:
     """An Array identical to `Array(values)`, without re-formatting the header each time."""
     if not values.flags.c_contiguous:
         return Array(values)  # np.save keeps a Fortran-ordered array Fortran-ordered
     dtype, shape = _dtype_name(values.dtype), values.shape
     data = b"".join((_npy_header(dtype, shape), values.reshape(-1).view(np.uint8)))  # one copy
-    return _array(dtype, shape, data)
+    return fast_array(dtype, shape, _NUMPY_STYPE, data)
 
 
 def tensor_to_array(tensor: torch.Tensor) -> Array:

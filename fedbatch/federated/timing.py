@@ -1,8 +1,8 @@
-"""The server's virtual clock: who is on which device, what each round costs in time.
+"""The server's virtual time and clock: who is on which device, what each round costs.
 
 The math is in `fedbatch.clock` (no Flower); this adapts it to the round loop: how many
 clients to select, each client's per-round limits (memory, deadline), and which replies
-arrive in time to be aggregated.
+arrive in time to be aggregated. `VirtualTime` is the one owner of a run's virtual seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fedbatch.clock.devices import DeviceClass, assign_devices, spread_device
 from fedbatch.clock.network import transfer_seconds
 from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
 from fedbatch.config import FULL_BATCH, RunConfig
+from fedbatch.local.batching import DeviceLimit, device_batch_size
 
 ROW_KEYS = (
     "round_virtual_seconds", "clients_dropped", "clients_unavailable", "clients_crashed",
@@ -31,9 +32,10 @@ def record_bytes(arrays: ArrayRecord) -> int:
 
 
 class RoundClock:
+    """The device, network and availability model; it keeps no time of its own."""
+
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.clock = cfg, cfg.clock
-        self.time = 0.0
         classes = assign_devices(cfg.clock.devices, cfg.num_clients, cfg.seed)
         self.device_of: list[DeviceClass] = [
             spread_device(cfg.clock.devices[c], cfg.clock.spread, cfg.seed, client)
@@ -44,31 +46,45 @@ class RoundClock:
         """Over-selection: ⌈K(1 + o)⌉ clients for K updates, at most every client."""
         return min(self.cfg.num_clients, math.ceil(wanted * (1 + self.clock.over_selection)))
 
-    def available(self, partition_id: int, server_round: int) -> bool:
-        """Whether a selected client answers this round (dropout, diurnal night)."""
+    def available(self, partition_id: int, server_round: int, now: float) -> bool:
+        """Whether a selected client answers this round (dropout, diurnal night), at
+        virtual time `now`."""
         clock = self.clock
         return is_available(
             self.cfg.seed,
             server_round,
             partition_id,
-            self.time,
+            now,
             dropout=clock.dropout,
             day_seconds=clock.day_seconds,
             night=clock.night,
         )
 
+    def device_limit(self, partition_id: int) -> DeviceLimit | None:
+        """What this client's device asks of B under `clock.batch_policy`: `memory`, its
+        largest B that fits; `throughput`, its speed relative to the mean device."""
+        policy, device = self.clock.batch_policy, self.device_of[partition_id]
+        if policy == "memory":
+            return DeviceLimit("memory", device.largest_batch())
+        if policy == "throughput":
+            mean = sum(d.throughput for d in self.device_of) / len(self.device_of)
+            return DeviceLimit("throughput", device.throughput / mean)
+        return None
+
     def limits(self, partition_id: int, batch_size: int | str, model_bytes: int) -> dict[str, Any]:
-        """Per-client values for a round: B for this device (`clock.batch_policy`), the
-        device's memory limit on B, and the steps that fit a deadline or a time budget."""
+        """Per-client values for a round: the device's say on B (`clock.batch_policy`,
+        applied by the client's `choose_client_batch`), its memory limit on a pass, and the
+        steps that fit a deadline or a time budget."""
         if self.clock.name == "real":  # real devices have their own limits
             return {}
         device = self.device_of[partition_id]
         limits: dict[str, Any] = {"max-batch": device.largest_batch()}
+        wish = self.device_limit(partition_id)
+        if wish is not None:
+            limits |= {"device-batch-policy": wish.policy, "device-batch-value": wish.value}
         if batch_size == FULL_BATCH:
             return limits
-        batch = self.device_batch(device, int(batch_size))
-        if batch != batch_size:
-            limits["batch-size"] = batch
+        batch = int(batch_size) if wish is None else device_batch_size(int(batch_size), wish)
         timed = self.clock.policy == "deadline_partial" or self.clock.batch_policy == "equal_time"
         if timed:
             assert self.clock.deadline is not None
@@ -88,17 +104,6 @@ class RoundClock:
             key = "exact-steps" if self.clock.batch_policy == "equal_time" else "max-steps"
             limits[key] = steps
         return limits
-
-    def device_batch(self, device: DeviceClass, batch_size: int) -> int:
-        """`memory`: B capped by what fits the device; `throughput`: B scaled by the
-        device's throughput relative to the mean over clients (at least 1)."""
-        policy = self.clock.batch_policy
-        if policy == "memory":
-            return max(1, min(batch_size, device.largest_batch()))
-        if policy == "throughput":
-            mean = sum(d.throughput for d in self.device_of) / len(self.device_of)
-            return max(1, round(batch_size * device.throughput / mean))
-        return batch_size
 
     def client_timing(self, partition_id: int, reply: Message, model_bytes: int) -> ClientTiming:
         """A replying client's virtual time and energy, from what it reports it did; with
@@ -126,9 +131,9 @@ class RoundClock:
         model_bytes: int,
         wanted: int,
     ) -> tuple[list[Message], dict[str, Any]]:
-        """The replies that arrive in time to be aggregated, and the round's clock values;
-        the clock moves on by the round's duration. A client that crashes mid-round spent
-        part of its compute (and energy) and sends nothing."""
+        """The replies that arrive in time to be aggregated, and the round's clock values
+        (`round_virtual_seconds`: how far virtual time moves on). A client that crashes
+        mid-round spent part of its compute (and energy) and sends nothing."""
         answered = [r for r in replies if not r.has_error()]
         ids = [partition_of[r.metadata.src_node_id] for r in answered]
         timings = [
@@ -153,9 +158,7 @@ class RoundClock:
         if policy == "deadline_drop" and len(kept) < wanted:
             assert self.clock.deadline is not None  # the server cannot tell who crashed:
             duration = self.clock.deadline  # it waits for the deadline
-        self.time += duration
         row = {
-            "virtual_seconds": self.time,
             "round_virtual_seconds": duration,
             "clients_dropped": len(schedule.dropped) + len(idle & set(schedule.kept)),
             "clients_crashed": len(crashed),
@@ -166,3 +169,48 @@ class RoundClock:
             ),
         }
         return [r for i, r in zip(ids, answered, strict=True) if i in kept], row
+
+
+class VirtualTime:
+    """A run's virtual seconds, kept in one place.
+
+    With a clock (`clock=devices|real`) a synchronous round moves time on by its duration
+    (`RoundClock.settle`) and an asynchronous run to each arrival. With a stream and no
+    clock every round lasts `stream.round_seconds`. Otherwise a run has no virtual time
+    (`now` is None). The stream windows, the virtual time a round's clients may consume,
+    follow from the same time.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.clocked = cfg.clock.on
+        self.streaming = cfg.stream.streaming
+        self.seconds = 0.0
+        self._window_end = 0.0
+
+    @property
+    def now(self) -> float | None:
+        return self.seconds if self.clocked or self.streaming else None
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+
+    def advance_to(self, moment: float) -> None:
+        self.seconds = moment
+
+    def round_window(self) -> dict[str, float]:
+        """A synchronous round's stream window: from where the last one ended to a round's
+        length past now (without a clock: exactly one `stream.round_seconds`)."""
+        if not self.streaming:
+            return {}
+        start = self._window_end
+        end = max(start, self.seconds + self.cfg.stream.round_seconds)
+        self._window_end = end
+        return {"window-start": start, "window-end": end}
+
+    def dispatch_window(self) -> dict[str, float]:
+        """An asynchronous dispatch's window: a round's length from now."""
+        if not self.streaming:
+            return {}
+        end = self.seconds + self.cfg.stream.round_seconds
+        return {"window-start": self.seconds, "window-end": end}

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 from fedbatch.config import FULL_BATCH, BatchConfig
-from fedbatch.local.optim import adascale_gain
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,11 @@ class NoiseEstimate:
 @dataclass(frozen=True)
 class RoundPlan:
     batch_size: int | str  # the round's B before the per-client rule (`full`: whole data)
-    lr_gain: float  # AdaScale's gain r (1 without AdaScale)
+    lr_gain: float  # a fixed gain on the LR (1), unless `gain_noise` sets AdaScale's
     progress: float  # schedule progress in rounds at the round's start (AdaScale: Σ r)
+    # AdaScale: the within-client noise estimate from which each client computes its gain
+    # r at the effective batch it actually steps with (`plan.plan_round`)
+    gain_noise: NoiseEstimate | None = None
 
 
 def scheduled_batch_size(cfg: BatchConfig, base: int, server_round: int, rounds: int) -> int:
@@ -71,12 +73,13 @@ def bounded(cfg: BatchConfig, batch_size: int) -> int:
 class BatchPlanner:
     """The server's batch-size and AdaScale state across rounds.
 
-    AdaScale's base batch B₀ is `base` (`client.batch_size`, where the schedule starts and
-    for which the LR is set); its B is the round's effective batch, B × `accumulate`.
+    With AdaScale the round's plan carries the noise estimate; each client computes its
+    gain r at its own effective batch, and the schedule moves on by the gain the clients
+    reported (`advance`), 1 per round without AdaScale.
     """
 
-    def __init__(self, cfg: BatchConfig, base: int | str, rounds: int, accumulate: int = 1) -> None:
-        self.cfg, self.base, self.rounds, self.accumulate = cfg, base, rounds, accumulate
+    def __init__(self, cfg: BatchConfig, base: int | str, rounds: int) -> None:
+        self.cfg, self.base, self.rounds = cfg, base, rounds
         self.progress = 0.0
         self.previous = base if isinstance(base, int) else None
 
@@ -88,9 +91,9 @@ class BatchPlanner:
     ) -> RoundPlan:
         """The round's plan. `noise`, the latest estimate `batch.noise` names, drives
         adaptive B; `gain_noise`, the within-client one (a client's steps draw from its own
-        data), drives AdaScale's gain."""
+        data), goes to the clients for AdaScale's gain."""
         if not isinstance(self.base, int):  # client.batch_size=full: nothing to schedule
-            return RoundPlan(FULL_BATCH, 1.0, self._advance(1.0))
+            return RoundPlan(FULL_BATCH, 1.0, self.progress)
         if self.cfg.name == "adaptive":
             assert self.previous is not None
             batch = adaptive_batch_size(self.cfg, self.previous, noise)
@@ -98,16 +101,83 @@ class BatchPlanner:
             batch = scheduled_batch_size(self.cfg, self.base, server_round, self.rounds)
         batch = bounded(self.cfg, batch)
         self.previous = batch
-        gain = 1.0
-        if self.cfg.adascale and gain_noise is not None:
-            effective = max(batch * self.accumulate, self.base)
-            gain = adascale_gain(gain_noise.trace, gain_noise.grad_sq, self.base, effective)
-        return RoundPlan(batch, gain, self._advance(gain))
+        return RoundPlan(batch, 1.0, self.progress, gain_noise if self.cfg.adascale else None)
 
-    def _advance(self, gain: float) -> float:
-        start = self.progress
+    def advance(self, gain: float = 1.0) -> None:
+        """After a round: the schedule moved on by `gain` rounds (the clients' mean AdaScale
+        gain; 1 without AdaScale)."""
         self.progress += gain
-        return start
+
+
+@dataclass(frozen=True)
+class DeviceLimit:
+    """What a client's virtual device asks of B (`clock.batch_policy`): `memory` caps B
+    at what fits (`value`: the largest B), `throughput` scales B by the device's speed
+    relative to the mean device (`value`: that ratio)."""
+
+    policy: str
+    value: float
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """A client's B for a round and the last rule that set it: `schedule` (the round's B),
+    `per_client` (`batch.per_client`), `bounds` (`batch.min`/`batch.max`), `device_memory`,
+    `device_throughput` (`clock.batch_policy`) or `data` (no more than the client holds)."""
+
+    size: int
+    reason: str
+
+
+def device_batch_size(batch_size: int, device: DeviceLimit) -> int:
+    """B on this device: capped by its memory, or scaled by its relative throughput."""
+    if device.policy == "memory":
+        return max(1, min(batch_size, int(device.value)))
+    return max(1, round(batch_size * device.value))
+
+
+def choose_client_batch(
+    cfg: BatchConfig,
+    round_batch: int | str,
+    base: int | str,
+    partition_id: int,
+    num_examples: int,
+    mean_examples: float,
+    *,
+    limit_to_data: bool = True,
+    device: DeviceLimit | None = None,
+) -> BatchChoice:
+    """The one place a client's B is decided, in this order: the round's B (schedule) →
+    the per-client rule → `batch.min`/`batch.max` → the device → the client's data.
+
+    A list gives each client its own base B (cycled over partition ids), scaled by the
+    schedule as `round_batch / base`; `equal_steps` scales B with the client's data size so
+    every client makes the same number of steps per epoch. `limit_to_data=False` (streams,
+    whose data keep arriving) does not cap B at the partition's size.
+    """
+    if not isinstance(round_batch, int) or not isinstance(base, int):
+        return BatchChoice(num_examples, "schedule")
+    batch: float = round_batch
+    reason = "schedule"
+    if isinstance(cfg.per_client, tuple):
+        batch = cfg.per_client[partition_id % len(cfg.per_client)] * round_batch / base
+    elif cfg.per_client == "equal_steps":
+        batch = round_batch * num_examples / mean_examples
+    if round(batch) != round_batch:
+        reason = "per_client"
+    size = max(1, round(batch))
+    size, reason = _changed(size, bounded(cfg, size), reason, "bounds")
+    if device is not None:
+        size, reason = _changed(
+            size, device_batch_size(size, device), reason, f"device_{device.policy}"
+        )
+    if limit_to_data:
+        size, reason = _changed(size, max(1, min(size, num_examples)), reason, "data")
+    return BatchChoice(size, reason)
+
+
+def _changed(old: int, new: int, reason: str, because: str) -> tuple[int, str]:
+    return (new, because) if new != old else (old, reason)
 
 
 def client_batch_size(
@@ -119,19 +189,14 @@ def client_batch_size(
     mean_examples: float,
     limit_to_data: bool = True,
 ) -> int:
-    """The B one client uses: the round's B after the per-client rule, within its data.
-
-    A list gives each client its own base B (cycled over partition ids), scaled by the
-    schedule as `round_batch / base`; `equal_steps` scales B with the client's data size so
-    every client makes the same number of steps per epoch. `limit_to_data=False` (streams,
-    whose data keep arriving) does not cap B at the partition's size.
-    """
-    if not isinstance(round_batch, int) or not isinstance(base, int):
-        return num_examples
-    batch: float = round_batch
-    if isinstance(cfg.per_client, tuple):
-        batch = cfg.per_client[partition_id % len(cfg.per_client)] * round_batch / base
-    elif cfg.per_client == "equal_steps":
-        batch = round_batch * num_examples / mean_examples
-    batch = bounded(cfg, max(1, round(batch)))
-    return max(1, min(batch, num_examples)) if limit_to_data else batch
+    """`choose_client_batch`'s B, without a device."""
+    choice = choose_client_batch(
+        cfg,
+        round_batch,
+        base,
+        partition_id,
+        num_examples,
+        mean_examples,
+        limit_to_data=limit_to_data,
+    )
+    return choice.size

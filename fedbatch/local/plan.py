@@ -1,6 +1,7 @@
 """One client's hyperparameters for one round: B, LR per step, regularization (pure).
 
-The server sends the round's batch size, AdaScale gain and schedule progress; the client
+The server sends the round's batch size, schedule progress and, for AdaScale, the noise
+estimate; the client
 turns them into its own values with `plan_round`, given the size of its data.
 """
 
@@ -12,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedbatch.config import RunConfig
-from fedbatch.local.batching import RoundPlan, client_batch_size
-from fedbatch.local.optim import lr_at, scaled_lr
+from fedbatch.local.batching import DeviceLimit, RoundPlan, choose_client_batch
+from fedbatch.local.optim import adascale_gain, lr_at, scaled_lr
 
 _EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 
@@ -29,6 +30,8 @@ class LocalPlan:
     lr_at: Callable[[int], float] | None  # LR of local step s, or None when constant
     accumulate: int = 1
     micro_batch: int | None = None  # memory split of each micro-batch (same update)
+    batch_reason: str = "schedule"  # the rule that set batch_size (`BatchChoice.reason`)
+    lr_gain: float = 1.0  # AdaScale's gain r at this client's effective batch
 
     def first_lr(self) -> float:
         return self.lr_at(0) if self.lr_at is not None else self.lr
@@ -54,7 +57,12 @@ def steps_per_round(cfg: RunConfig, num_examples: int, effective_batch: int) -> 
 
 
 def plan_round(
-    cfg: RunConfig, plan: RoundPlan, partition_id: int, num_examples: int, mean_examples: float
+    cfg: RunConfig,
+    plan: RoundPlan,
+    partition_id: int,
+    num_examples: int,
+    mean_examples: float,
+    device: DeviceLimit | None = None,
 ) -> LocalPlan:
     """This client's values for the round.
 
@@ -65,7 +73,7 @@ def plan_round(
     """
     client = cfg.client
     streaming = cfg.stream.streaming  # a stream's data keep arriving: B is not capped by n
-    batch = client_batch_size(
+    choice = choose_client_batch(
         cfg.batch,
         plan.batch_size,
         client.batch_size,
@@ -73,7 +81,9 @@ def plan_round(
         num_examples,
         mean_examples,
         limit_to_data=not streaming,
+        device=device,
     )
+    batch = choice.size
     effective = batch * client.accumulate
     if not streaming:  # a step cannot hold more than the client's data
         effective = min(effective, num_examples)
@@ -81,10 +91,16 @@ def plan_round(
     lr = scaled_lr(client.lr, effective, client.base_batch_size, client.lr_scaling)
     regularization = (effective / client.base_batch_size) ** _EXPONENT[client.regularization]
     warmup = client.warmup_steps or client.warmup_epochs * math.ceil(num_examples / effective)
-    scheduled = client.lr_schedule != "constant" or warmup > 0 or plan.lr_gain != 1.0
+    gain = plan.lr_gain
+    if plan.gain_noise is not None and isinstance(client.batch_size, int):
+        # AdaScale at the batch this client steps with (capped by its data, per-client
+        # rules and its device included): B₀ = client.batch_size, B = its effective batch.
+        noise, base = plan.gain_noise, client.batch_size
+        gain = adascale_gain(noise.trace, noise.grad_sq, base, max(effective, base))
+    scheduled = client.lr_schedule != "constant" or warmup > 0 or gain != 1.0
     step_lr = None
     if scheduled:
-        start, gain = plan.progress * per_round, plan.lr_gain
+        start = plan.progress * per_round
         total = cfg.rounds * per_round
         milestones = tuple((m - 1) * per_round for m in client.lr_milestones)
 
@@ -110,4 +126,6 @@ def plan_round(
         dropout=min(cfg.model.dropout * regularization, 0.95),
         lr_at=step_lr,
         accumulate=client.accumulate,
+        batch_reason=choice.reason,
+        lr_gain=gain,
     )

@@ -2,7 +2,8 @@
 
 Every plot is a function `(runs, out_dir) -> Path | None` registered in `PLOTS` by name; it
 returns the file it wrote, or None when no run has the data it needs. A later study adds a
-plot by decorating a function with `@register_plot("name")`.
+plot by decorating a function with `@register_plot("name")` in a module that the package
+imports (`fedbatch/report/__init__.py`); `round_plots.py` holds the batch-size science.
 
 A file is named by what it shows, `<y>_vs_<x>.png`, and shows only what was measured: time
 is the virtual clock's (`virtual_seconds`) for runs with a clock or a stream, and the
@@ -13,7 +14,7 @@ about the simulated devices). Legends sit outside the axes, never on the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def write_plots(
     return written
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
@@ -63,7 +64,7 @@ def series(run: RunRecord, x_key: str, y_key: str) -> tuple[list[float], list[fl
     """The (x, y) points of `run` where both metrics are numbers."""
     xs, ys = [], []
     for row in run.rows:
-        x, y = _number(row.get(x_key)), _number(row.get(y_key))
+        x, y = number(row.get(x_key)), number(row.get(y_key))
         if x is not None and y is not None:
             xs.append(x)
             ys.append(y)
@@ -96,7 +97,7 @@ def line_colors(count: int) -> list[Any]:
     return [colormaps["viridis"](index / max(count - 1, 1)) for index in range(count)]
 
 
-def _new_axes(runs: list[RunRecord], title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
+def new_axes(runs: list[RunRecord], title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     figure = Figure(figsize=(8, 5))
     FigureCanvasAgg(figure)
     axes = figure.subplots()
@@ -112,7 +113,7 @@ def _new_axes(runs: list[RunRecord], title: str, xlabel: str, ylabel: str) -> tu
     return figure, axes
 
 
-def _save(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = None) -> Path:
+def save_figure(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = None) -> Path:
     """Save with the legend to the right of the axes; `bbox_inches` widens the image for it."""
     if handles is None:
         handles = axes.get_legend_handles_labels()[0]
@@ -121,7 +122,7 @@ def _save(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = No
     return path
 
 
-def _marker(xs: list[float]) -> str | None:
+def marker_for(xs: list[float]) -> str | None:
     return "o" if len(xs) <= MARKERS_MAX_POINTS else None
 
 
@@ -140,14 +141,14 @@ def _every_run(run: RunRecord) -> bool:
 
 def has_virtual_time(run: RunRecord) -> bool:
     """A clock or a stream ran: its rows carry virtual seconds."""
-    return any(_number(row.get("virtual_seconds")) is not None for row in run.rows)
+    return any(number(row.get("virtual_seconds")) is not None for row in run.rows)
 
 
 def _without_virtual_time(run: RunRecord) -> bool:
     return not has_virtual_time(run)
 
 
-def _plot_metric(
+def plot_metric(
     runs: list[RunRecord],
     path: Path,
     keys: tuple[str, str],
@@ -156,14 +157,14 @@ def _plot_metric(
 ) -> Path | None:
     """One metric against one x, a line per included run (colours fixed over all runs)."""
     (x_key, y_key), (title, xlabel, ylabel) = keys, labels
-    figure, axes = _new_axes(runs, title, xlabel, ylabel)
+    figure, axes = new_axes(runs, title, xlabel, ylabel)
     drawn = False
     for run, label, color in zip(runs, line_labels(runs), line_colors(len(runs)), strict=True):
         xs, ys = series(run, x_key, y_key) if include(run) else ([], [])
         if xs:
-            axes.plot(xs, ys, label=label, color=color, marker=_marker(xs), markersize=3)
+            axes.plot(xs, ys, label=label, color=color, marker=marker_for(xs), markersize=3)
             drawn = True
-    return _save(figure, axes, path) if drawn else None
+    return save_figure(figure, axes, path) if drawn else None
 
 
 @register_plot("accuracy_vs_round")
@@ -171,38 +172,48 @@ def plot_accuracy(runs: list[RunRecord], out_dir: Path) -> Path | None:
     """Test accuracy per round (round 0 is the initial model)."""
     labels = ("Test accuracy per round", "round", "test accuracy")
     path = out_dir / "accuracy_vs_round.png"
-    return _plot_metric(runs, path, ("round", "test_accuracy"), labels)
+    return plot_metric(runs, path, ("round", "test_accuracy"), labels)
+
+
+Dashed = tuple[str, str, str]  # (row key, legend name, line style)
 
 
 def _solid_and_dashed(
     runs: list[RunRecord],
     path: Path,
     axis_labels: tuple[str, str, str],
-    keys: tuple[str, str, str],
-    names: tuple[str, str],
+    solid: tuple[str, str, str],
+    dashed: Sequence[Dashed],
     log_if_wide: bool = False,
     include: RunFilter = _every_run,
 ) -> Path | None:
-    """Two metrics per run against one x: `keys` = (x, solid, dashed), one colour per run.
+    """Two metrics per run against one x, one colour per run: `solid` = (x key, key, name);
+    the dashed line is the first of `dashed` that the run has, in that entry's style.
 
-    The solid/dashed key is added to the legend only when some run has the dashed metric.
+    The line-style key is added to the legend only when some run has a dashed metric, with
+    one entry per kind of dashed line drawn.
     """
     title, xlabel, ylabel = axis_labels
-    x_key, solid_key, dashed_key = keys
-    figure, axes = _new_axes(runs, title, xlabel, ylabel)
+    x_key, solid_key, solid_name = solid
+    figure, axes = new_axes(runs, title, xlabel, ylabel)
     handles: list[Any] = []
     plotted: list[float] = []
-    any_dashed = False
+    used: list[Dashed] = []
     for run, label, color in zip(runs, line_labels(runs), line_colors(len(runs)), strict=True):
         if not include(run):
             continue
         solid_x, solid_y = series(run, x_key, solid_key)
-        dashed_x, dashed_y = series(run, x_key, dashed_key)
+        dashed_x: list[float] = []
+        dashed_y: list[float] = []
+        for option in dashed:
+            dashed_x, dashed_y = series(run, x_key, option[0])
+            if dashed_x:
+                axes.plot(dashed_x, dashed_y, color=color, linestyle=option[2])
+                if option not in used:
+                    used.append(option)
+                break
         if solid_x:
-            axes.plot(solid_x, solid_y, color=color, marker=_marker(solid_x), markersize=3)
-        if dashed_x:
-            axes.plot(dashed_x, dashed_y, color=color, linestyle="--")
-            any_dashed = True
+            axes.plot(solid_x, solid_y, color=color, marker=marker_for(solid_x), markersize=3)
         if solid_x or dashed_x:
             handles.append(Line2D([], [], color=color, label=label))
             plotted += solid_y + dashed_y
@@ -210,23 +221,34 @@ def _solid_and_dashed(
         return None
     if log_if_wide:
         _use_log_scale_if_wide(axes, plotted)
-    if any_dashed:
+    if used:
+        handles.append(Line2D([], [], color="black", label=solid_name))
         handles += [
-            Line2D([], [], color="black", label=names[0]),
-            Line2D([], [], color="black", linestyle="--", label=names[1]),
+            Line2D([], [], color="black", linestyle=style, label=name)
+            for _, name, style in sorted(used, key=dashed.index)
         ]
-    return _save(figure, axes, path, handles)
+    return save_figure(figure, axes, path, handles)
+
+
+# The global model's train loss when the run measured it; the clients' running loss of their
+# local models (`train_loss`, averaged while they train away from the global model) is not
+# the same quantity, so it is only the fallback, drawn in its own style and named as such.
+TRAIN_LOSSES: tuple[Dashed, ...] = (
+    ("global_train_loss", "train loss (global model)", "--"),
+    ("train_loss", "clients' running loss (local models)", ":"),
+)
 
 
 @register_plot("loss_vs_round")
 def plot_loss(runs: list[RunRecord], out_dir: Path) -> Path | None:
-    """Test loss (solid) and train loss (dashed) per round, one colour per run."""
+    """Test loss (solid) and the global model's train loss (dashed) per round, one colour
+    per run; runs without `global_train_loss` draw the clients' running loss (dotted)."""
     return _solid_and_dashed(
         runs,
         out_dir / "loss_vs_round.png",
         ("Loss per round", "round", "loss"),
-        ("round", "test_loss", "train_loss"),
-        ("test loss", "train loss"),
+        ("round", "test_loss", "test loss"),
+        TRAIN_LOSSES,
         log_if_wide=True,
     )
 
@@ -245,8 +267,8 @@ def plot_virtual_time(runs: list[RunRecord], out_dir: Path) -> Path | None:
         runs,
         out_dir / "accuracy_vs_virtual_time.png",
         (f"{title} vs virtual time", "virtual seconds (simulated clock)", ylabel),
-        ("virtual_seconds", "test_accuracy", "prequential_accuracy"),
-        ("test accuracy", "prequential accuracy (test-then-train)"),
+        ("virtual_seconds", "test_accuracy", "test accuracy"),
+        (("prequential_accuracy", "prequential accuracy (test-then-train)", "--"),),
         include=has_virtual_time,
     )
 
@@ -257,37 +279,4 @@ def plot_wall_clock(runs: list[RunRecord], out_dir: Path) -> Path | None:
     labels = ("Test accuracy vs wall-clock time", "wall-clock seconds (measured)", "test accuracy")
     path = out_dir / "accuracy_vs_wall_clock_time.png"
     keys = ("elapsed_seconds", "test_accuracy")
-    return _plot_metric(runs, path, keys, labels, include=_without_virtual_time)
-
-
-# Batch-size science, drawn only for runs that recorded them: row key -> (file, title, y).
-# `noise_scale` is the within-client (local) B_simple, also written as `noise_scale_local`.
-_ROUND_METRICS = {
-    "batch_size": ("batch_size", "Batch size per round", "B (mean over clients)"),
-    "lr": ("lr", "Learning rate per round", "client LR (mean over steps and clients)"),
-    "noise_scale": (
-        "noise_scale_local",
-        "Local gradient noise scale (within clients)",
-        "local B_simple = tr(Σ)/|G|² of a client's data (running)",
-    ),
-    "noise_scale_global": (
-        "noise_scale_global",
-        "Global gradient noise scale (pooled training data)",
-        "global B_simple = tr(Σ)/|G|² (running)",
-    ),
-    "grad_norm_mean": ("grad_norm", "Gradient norm", "mean mini-batch gradient L2 norm"),
-}
-
-
-def _round_metric_plot(key: str) -> PlotFunction:
-    stem, title, ylabel = _ROUND_METRICS[key]
-
-    def plot(runs: list[RunRecord], out_dir: Path) -> Path | None:
-        path = out_dir / f"{stem}_vs_round.png"
-        return _plot_metric(runs, path, ("round", key), (title, "round", ylabel))
-
-    return plot
-
-
-for _key, (_stem, *_) in _ROUND_METRICS.items():
-    register_plot(f"{_stem}_vs_round")(_round_metric_plot(_key))
+    return plot_metric(runs, path, keys, labels, include=_without_virtual_time)

@@ -11,13 +11,16 @@ The fit minimises Σ (log S_i − log(S_min + E_min/B_i))² with S_min, E_min �
 steps are multiplicative (a seed shifts S by a factor), and a plain fit in S would let the
 small-B points, with their large S, decide everything. Writing S = S_min (1 + c/B) with
 c = B_crit, the best log S_min for a given c is a mean, so the fit is a 1-D search over c
-in [0, ∞], both ends (no benefit from B; perfect scaling) included exactly.
+in [0, ∞], both ends (no benefit from B; perfect scaling) included exactly. Only points whose
+best LR lies inside its grid are valid (docs/science.md), so `choose_fit` fits those when
+there are enough of them, and says when a fit has to rest on flagged points instead.
 
 Pure: no files, no plotting, so every number here can be checked by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 MIN_DISTINCT_B = 3  # two parameters: fewer batch sizes leave nothing to test the curve
+SAME_B_RELATIVE = 0.05  # measured B within 5% of each other are one batch size (see below)
 FLAG_INSIDE = ""
 FLAG_LOWEST = "lowest LR tried"
 FLAG_HIGHEST = "highest LR tried"
@@ -39,7 +43,9 @@ _GRID_POINTS = 1201
 class Trial:
     """One run: its effective B, LR and seed, and what it took to reach the target.
 
-    `steps` is None when the run did not reach the target (or did not finish).
+    `batch_size` is the B the clients measured (capped at their data); `configured` is what
+    the config asked for (None when it names no number, e.g. `full`). `steps` is None when
+    the run did not reach the target (or did not finish).
     """
 
     batch_size: float
@@ -49,6 +55,7 @@ class Trial:
     examples: float | None = None
     rounds: float | None = None
     noise_scale: float | None = None  # the run's global B_simple, when measured
+    configured: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,38 @@ def edge_flag(best_lr: float | None, lrs_tried: Sequence[float]) -> str:
     if best_lr >= max(lrs_tried):
         return FLAG_HIGHEST
     return FLAG_INSIDE
+
+
+def place_batches(trials: Sequence[Trial], tolerance: float = SAME_B_RELATIVE) -> list[Trial]:
+    """The trials with one measured B per experiment, so that select_best can pool them.
+
+    The runs of one configured B are one experiment even where their measured B differ a
+    little (a run that stopped earlier averaged fewer rounds of sampled clients): they go
+    to the median of their measured B. Configured B whose positions then lie within
+    `tolerance` (relative) of each other were capped to the same B by the clients' data,
+    e.g. 256 and 512 on clients holding 144 samples: they are one batch size, at the
+    median over all their runs. A trial without a configured B is its own experiment.
+    """
+    experiments: dict[float, list[int]] = {}
+    for index, trial in enumerate(trials):
+        key = trial.configured if trial.configured is not None else trial.batch_size
+        experiments.setdefault(key, []).append(index)
+    positions = sorted(
+        (statistics.median(trials[i].batch_size for i in members), members)
+        for members in experiments.values()
+    )
+    placed = list(trials)
+    start = 0
+    while start < len(positions):
+        end = start + 1
+        while end < len(positions) and positions[end][0] <= positions[start][0] * (1 + tolerance):
+            end += 1
+        members = [i for _, group in positions[start:end] for i in group]
+        batch = statistics.median(trials[i].batch_size for i in members)
+        for i in members:
+            placed[i] = dataclasses.replace(trials[i], batch_size=batch)
+        start = end
+    return placed
 
 
 def select_best(trials: Sequence[Trial]) -> list[BestPoint]:
@@ -196,3 +235,34 @@ def fit_steps_vs_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> 
     total = float(np.sum((log_s - log_s.mean()) ** 2))
     r_squared = 1.0 - loss / total if total > 0 else math.nan
     return ScalingFit(s_min=s_min, e_min=e_min, r_squared=r_squared, n=len(b))
+
+
+@dataclass(frozen=True)
+class FitChoice:
+    """The fit to report, on which points, and the fit on every point beside it.
+
+    `points` are those `fit` used. `all_points` is the fit on every point when the main fit
+    left flagged points out (to show how much they move B_crit), else None. `on_flagged`
+    says the main fit had to include flagged points: too few B had their best LR inside.
+    """
+
+    fit: ScalingFit
+    points: tuple[BestPoint, ...]
+    all_points: ScalingFit | None
+    on_flagged: bool
+
+
+def _fit_points(points: Sequence[BestPoint]) -> ScalingFit:
+    return fit_steps_vs_batch([p.batch_size for p in points], [p.steps for p in points])
+
+
+def choose_fit(points: Sequence[BestPoint]) -> FitChoice | None:
+    """Fit the points whose best LR is inside its grid if 3 or more B have one, else all
+    points (flagged ones included); None with fewer than 3 B in all."""
+    inside = tuple(p for p in points if p.flag == FLAG_INSIDE)
+    if len({p.batch_size for p in inside}) >= MIN_DISTINCT_B:
+        every = _fit_points(points) if len(inside) < len(points) else None
+        return FitChoice(_fit_points(inside), inside, every, on_flagged=False)
+    if len({p.batch_size for p in points}) >= MIN_DISTINCT_B:
+        return FitChoice(_fit_points(points), tuple(points), None, on_flagged=True)
+    return None

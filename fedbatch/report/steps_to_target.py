@@ -1,10 +1,11 @@
 """A batch-size sweep's steps to target against B: `steps_to_target.png` and its summary.md part.
 
-Each run becomes a `scaling.Trial`: its effective B (client.batch_size × client.accumulate),
-LR and seed from the resolved config, since a value left at its default appears in no
-override; and its steps, examples and rounds to the target from summary.json. Runs whose B
-is not one number for the whole run (a batch schedule, per-client sizes) are left out and
-said so: they have no single B to put on the axis.
+The runs are read into trials and grouped by experiment (`trials.py`: measured B, and every
+override but B, LR and seed); each group gets its best LR per B, its own fit (`scaling.py`:
+on the points whose best LR is inside its grid when 3 or more B have one) and its own table,
+and one figure draws them all (`steps_figure.py`). Runs whose B is not one number for the
+whole run (a batch schedule, per-client sizes) are left out and said so: they have no
+single B to put on the axis.
 """
 
 from __future__ import annotations
@@ -13,182 +14,24 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter, NullFormatter, ScalarFormatter
-
-from fedbatch.metrics.sweep import STATUS_OK, RunRecord, config_value
+from fedbatch.metrics.sweep import RunRecord
 from fedbatch.report.scaling import (
     FLAG_INSIDE,
     MIN_DISTINCT_B,
     BestPoint,
+    FitChoice,
     ScalingFit,
     Trial,
-    fit_steps_vs_batch,
+    choose_fit,
+    place_batches,
     select_best,
 )
+from fedbatch.report.steps_figure import STEPS_FIGURE, TITLE, Series, fmt, write_steps_figure
 from fedbatch.report.tables import markdown_table
+from fedbatch.report.trials import TrialGroup, group_labels, groups_from_runs
 
-STEPS_FIGURE = "steps_to_target.png"
-TITLE = "Steps to target vs batch size"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _setting(run: RunRecord, key: str) -> Any:
-    """The resolved config's value, else the override's (runs older than config.yaml)."""
-    value = config_value(run.config, key)
-    return value if value is not None else run.overrides.get(key)
-
-
-def effective_batch_size(run: RunRecord) -> float | None:
-    """B × accumulate; for `full`, the mean B the clients reported (rows' effective B)."""
-    batch = _number(_setting(run, "client.batch_size"))
-    if batch is not None:
-        return batch * (_number(_setting(run, "client.accumulate")) or 1.0)
-    reported = [_number(row.get("effective_batch_size")) for row in run.rows]
-    present = [value for value in reported if value is not None]
-    return statistics.median(present) if present else None
-
-
-def _fixed_batch(run: RunRecord) -> bool:
-    schedule = _setting(run, "batch.name")
-    per_client = _setting(run, "batch.per_client")
-    return schedule in (None, "constant") and per_client in (None, "same")
-
-
-def global_noise_scale(run: RunRecord) -> float | None:
-    """summary.json's final global B_simple, else the last one a metrics row carries."""
-    value = _number(run.summary.get("noise_scale_global"))
-    if value is not None:
-        return value
-    rows = [_number(row.get("noise_scale_global")) for row in run.rows]
-    return next((v for v in reversed(rows) if v is not None), None)
-
-
-def trials_from_runs(runs: Sequence[RunRecord]) -> tuple[list[Trial], list[str]]:
-    """The runs as trials, and one note per kind of run left out or counted as missed."""
-    trials: list[Trial] = []
-    varying, unknown, unfinished = [], [], []
-    for run in runs:
-        batch = effective_batch_size(run)
-        if not _fixed_batch(run):
-            varying.append(run.name)
-            continue
-        if batch is None or batch <= 0:
-            unknown.append(run.name)
-            continue
-        finished = run.status == STATUS_OK
-        if not finished:
-            unfinished.append(run.name)
-        seed = _number(_setting(run, "seed"))
-        trials.append(
-            Trial(
-                batch_size=batch,
-                lr=_number(_setting(run, "client.lr")),
-                seed=None if seed is None else int(seed),
-                steps=_number(run.summary.get("steps_to_target")) if finished else None,
-                examples=_number(run.summary.get("examples_to_target")),
-                rounds=_number(run.summary.get("rounds_to_target")),
-                noise_scale=global_noise_scale(run),
-            )
-        )
-    notes = []
-    if varying:
-        notes.append(f"left out, B varies within the run: jobs {', '.join(varying)}")
-    if unknown:
-        notes.append(f"left out, B unknown: jobs {', '.join(unknown)}")
-    if unfinished:
-        notes.append(f"unfinished, counted as not reached: jobs {', '.join(unfinished)}")
-    return trials, notes
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "∞"
-    return f"{value:.{digits}g}"
-
-
-def write_steps_figure(
-    points: Sequence[BestPoint], fit: ScalingFit, noise: float | None, path: Path
-) -> Path:
-    """Log–log steps vs B: best-LR points (hollow when flagged), the fit, B_crit, B_simple."""
-    figure = Figure(figsize=(8, 5))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    axes.set_xscale("log", base=2)
-    axes.set_yscale("log")
-    axes.set_title(f"{TITLE} (best LR per B)", fontsize=11)
-    axes.set_xlabel("effective batch size B")
-    axes.set_ylabel("steps to target (clients' mean local steps, summed over rounds)")
-    axes.xaxis.set_major_formatter(ScalarFormatter())  # 4, 8, 16 rather than 2², 2³, 2⁴
-    axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
-    axes.grid(True, which="both", alpha=0.3)
-    b_lo, b_hi = min(p.batch_size for p in points), max(p.batch_size for p in points)
-    curve_b = [b_lo / 1.5 * (b_hi * 2.25 / b_lo) ** (i / 199) for i in range(200)]
-    axes.plot(curve_b, [fit.steps(b) for b in curve_b], color="C0", linestyle="--")
-    for point in points:
-        inside = point.flag == FLAG_INSIDE
-        axes.plot(
-            [point.batch_size],
-            [point.steps],
-            marker="o",
-            color="C0",
-            markerfacecolor="C0" if inside else "white",
-            linestyle="none",
-        )
-        axes.annotate(
-            f"lr={_fmt(point.lr, 3)}",
-            (point.batch_size, point.steps),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=7,
-        )
-    fit_label = (
-        f"S = S_min + E_min/B: S_min={_fmt(fit.s_min)}, E_min={_fmt(fit.e_min)}, "
-        f"R²(log S)={_fmt(fit.r_squared, 3)}"
-    )
-    handles = []
-    if any(point.flag == FLAG_INSIDE for point in points):
-        label = "best LR inside its grid"
-        handles.append(Line2D([], [], color="C0", marker="o", linestyle="none", label=label))
-    if any(point.flag != FLAG_INSIDE for point in points):
-        label = "best LR at its grid's edge, or one LR"
-        hollow = {"marker": "o", "markerfacecolor": "white", "linestyle": "none"}
-        handles.append(Line2D([], [], color="C0", label=label, **hollow))
-    handles.append(Line2D([], [], color="C0", linestyle="--", label=fit_label))
-    if fit.s_min > 0:
-        axes.axhline(fit.s_min, color="gray", linestyle=":")
-        handles.append(Line2D([], [], color="gray", linestyle=":", label="S_min (B → ∞)"))
-    if 0 < fit.b_crit < math.inf:
-        axes.axvline(fit.b_crit, color="C1", linestyle=":")
-        label = f"B_crit = E_min/S_min = {_fmt(fit.b_crit)}"
-        handles.append(Line2D([], [], color="C1", linestyle=":", label=label))
-    if noise is not None and noise > 0:
-        axes.axvline(noise, color="C2", linestyle="-.")
-        label = f"global B_simple (measured) = {_fmt(noise)}"
-        handles.append(Line2D([], [], color="C2", linestyle="-.", label=label))
-    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+__all__ = ["STEPS_FIGURE", "TITLE", "steps_report"]
 
 
 def _range_note(fit: ScalingFit, points: Sequence[BestPoint]) -> str:
@@ -207,60 +50,155 @@ def _points_table(points: Sequence[BestPoint]) -> str:
     columns.append("global B_simple")
     rows = [
         {
-            "B": _fmt(p.batch_size, 6),
-            "best LR": _fmt(p.lr),
-            "LRs tried": ", ".join(_fmt(lr) for lr in p.lrs_tried) or "n/a",
+            "B": fmt(p.batch_size, 6),
+            "best LR": fmt(p.lr),
+            "LRs tried": ", ".join(fmt(lr) for lr in p.lrs_tried) or "n/a",
             "seeds": str(p.seeds),
-            "steps": _fmt(p.steps, 5),
-            "examples": _fmt(p.examples, 5),
-            "rounds": _fmt(p.rounds, 4),
+            "steps": fmt(p.steps, 5),
+            "examples": fmt(p.examples, 5),
+            "rounds": fmt(p.rounds, 4),
             "flag": p.flag or "inside grid",
-            "global B_simple": _fmt(p.noise_scale),
+            "global B_simple": fmt(p.noise_scale),
         }
         for p in points
     ]
     return markdown_table(columns, rows)
 
 
-def steps_report(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], str]:
-    """Write the figure when 3 or more B reached the target; return it and the markdown."""
-    trials, notes = trials_from_runs(runs)
-    points = select_best(trials)
-    if len(points) < MIN_DISTINCT_B:
-        tried = len({trial.batch_size for trial in trials})
-        return [], (
-            f"{TITLE}: not fitted, {len(points)} of {tried} distinct B reached the target "
-            f"(`steps_to_target` in summary.json; {MIN_DISTINCT_B} needed)."
-        )
-    fit = fit_steps_vs_batch([p.batch_size for p in points], [p.steps for p in points])
-    measured = [p.noise_scale for p in points if p.noise_scale is not None]
-    noise = statistics.median(measured) if measured else None
-    figure = write_steps_figure(points, fit, noise, out_dir / STEPS_FIGURE)
-    lines = [
-        f"## {TITLE}",
-        f"![steps to target vs B]({STEPS_FIGURE})",
+def _fit_line(choice: FitChoice, points: Sequence[BestPoint]) -> str:
+    fit = choice.fit
+    every = choice.all_points  # on every point, when the main fit left flagged ones out
+    which = " whose best LR lies inside its grid" if every is not None else ""
+    line = (
         f"S = S_min + E_min/B fitted by least squares on log S over the best LR of each of "
-        f"n = {fit.n} batch sizes: S_min = {_fmt(fit.s_min)}, E_min = {_fmt(fit.e_min)}, "
-        f"**B_crit = E_min/S_min = {_fmt(fit.b_crit)}**{_range_note(fit, points)}, "
-        f"R² (on log S) = {_fmt(fit.r_squared)}.",
-        (
-            f"Global B_simple measured (`noise_scale_global`, median over the {len(measured)} "
-            f"best-LR points that measured it): {_fmt(noise)}."
-            if measured
-            else "Global B_simple: not measured in the best-LR runs (`noise_scale_global`)."
+        f"n = {fit.n} batch sizes{which}: S_min = {fmt(fit.s_min)}, E_min = {fmt(fit.e_min)}, "
+        f"**B_crit = E_min/S_min = {fmt(fit.b_crit)}**{_range_note(fit, points)}, "
+        f"R² (on log S) = {fmt(fit.r_squared)}."
+    )
+    if every is not None:
+        line += (
+            f" On all n = {every.n} points, flagged ones included: S_min = {fmt(every.s_min)}, "
+            f"E_min = {fmt(every.e_min)}, B_crit = {fmt(every.b_crit)}, "
+            f"R² = {fmt(every.r_squared)}."
         )
-        + " B_crit estimates McCandlish et al.'s B_noise, of which B_simple is a proxy: the "
-        "two agree up to a factor that depends on the problem.",
-    ]
+    return line
+
+
+def _flag_lines(choice: FitChoice, points: Sequence[BestPoint]) -> list[str]:
     flagged = [p for p in points if p.flag != FLAG_INSIDE]
+    lines = []
     if flagged:
         lines.append(
-            f"{len(flagged)} of {fit.n} points have their best LR at the edge of the LR grid "
-            "tried at that B, or one LR only: their steps bound the tuned value from above."
+            f"{len(flagged)} of {len(points)} points have their best LR at the edge of the LR "
+            "grid tried at that B, or one LR only: their steps bound the tuned value from above."
         )
+    if choice.on_flagged:
+        inside = len(points) - len(flagged)
+        lines.append(
+            f"This fit rests on flagged points (upper bounds): only {inside} B had their best "
+            f"LR inside its grid, {MIN_DISTINCT_B} needed to fit those alone."
+        )
+    return lines
+
+
+def _noise_line(series: Series, clients: Sequence[int | None], measured: int) -> str:
+    if series.noise is None:
+        return "Global B_simple: not measured in the best-LR runs (`noise_scale_global`)."
+    line = (
+        f"Global B_simple measured (`noise_scale_global`, median over the {measured} "
+        f"best-LR points that measured it): {fmt(series.noise)}."
+    )
+    known = {k for k in clients if k is not None}
+    if series.clients is not None:
+        line += (
+            f" B is per client, and a FedAvg step averages the updates of K = "
+            f"{series.clients} clients (`clients_per_round`), about K·B examples (exactly "
+            f"for FedSGD): compare B_crit with B_simple/K = {fmt(series.noise / series.clients)}"
+            ", the per-client share of the pooled noise scale, as well as with B_simple."
+        )
+    elif len(known) > 1:
+        line += (
+            f" B_simple/K not drawn: K (`clients_per_round`) varies within these runs "
+            f"({', '.join(str(k) for k in sorted(known))})."
+        )
+    else:
+        line += " B_simple/K not drawn: K (`clients_per_round`) is not in every run's config."
+    return line + (
+        " B_crit estimates McCandlish et al.'s B_noise, of which B_simple is a proxy: the "
+        "two agree up to a factor that depends on the problem."
+    )
+
+
+def _cap_lines(group: TrialGroup, placed: Sequence[Trial]) -> list[str]:
+    """One line per batch size where runs were placed away from their configured B."""
+    configured_at: dict[float, set[float]] = {}
+    for trial, moved in zip(group.trials, placed, strict=True):
+        if trial.configured is not None:
+            configured_at.setdefault(moved.batch_size, set()).add(trial.configured)
+    lines = []
+    for measured, configured in sorted(configured_at.items()):
+        if configured == {measured}:
+            continue
+        names = " and ".join(fmt(b, 6) for b in sorted(configured))
+        reasons = sorted({group.reasons[b] for b in configured if b in group.reasons})
+        pooled = " (one batch size: their runs are pooled)" if len(configured) > 1 else ""
+        lines.append(
+            f"B = {names} configured, {fmt(measured)} measured: "
+            f"{'; '.join(reasons) or 'as the clients measured it'}{pooled}."
+        )
+    return lines
+
+
+def _group_report(group: TrialGroup, label: str) -> tuple[Series | None, list[str]]:
+    """The group's series (None when fewer than 3 B reached the target) and its markdown."""
+    trials = place_batches(group.trials)
+    points = select_best(trials)
+    choice = choose_fit(points)
+    name = f"{TITLE} ({label})" if label else TITLE
+    if choice is None:
+        tried = len({trial.batch_size for trial in trials})
+        return None, [
+            f"{name}: not fitted, {len(points)} of {tried} distinct B reached the target "
+            f"(`steps_to_target` in summary.json; {MIN_DISTINCT_B} needed)."
+        ]
+    measured = [p.noise_scale for p in points if p.noise_scale is not None]
+    known = {k for k in group.clients if k is not None}
+    clients = next(iter(known)) if len(known) == 1 and None not in group.clients else None
+    noise = statistics.median(measured) if measured else None
+    series = Series(label, tuple(points), choice, noise, clients)
+    lines = [f"### {label}"] if label else []
+    lines += [_fit_line(choice, points), _noise_line(series, group.clients, len(measured))]
+    lines += _flag_lines(choice, points)
+    lines += _cap_lines(group, trials)
     missed = sorted({t.batch_size for t in trials} - {p.batch_size for p in points})
     if missed:
-        lines.append(f"Never reached the target: B = {', '.join(_fmt(b, 6) for b in missed)}.")
-    lines += [f"Note: {note}." for note in notes]
+        lines.append(f"Never reached the target: B = {', '.join(fmt(b, 6) for b in missed)}.")
     lines.append(_points_table(points))
+    return series, lines
+
+
+def steps_report(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], str]:
+    """Write the figure when some group has 3 or more B that reached the target; return it
+    and the markdown (one fit and table per group)."""
+    groups, notes = groups_from_runs(runs)
+    drawn: list[Series] = []
+    parts: list[list[str]] = []
+    for group, label in zip(groups, group_labels(groups), strict=True):
+        series, lines = _group_report(group, label)
+        if series is not None:
+            drawn.append(series)
+        parts.append(lines)
+    notes = [f"Note: {note}." for note in notes]
+    if not drawn:
+        if not groups:
+            parts = [[f"{TITLE}: not fitted, no run with a single B (runs without B left out)."]]
+        return [], "\n\n".join([line for lines in parts for line in lines] + notes)
+    figure = write_steps_figure(drawn, out_dir / STEPS_FIGURE)
+    lines = [f"## {TITLE}", f"![steps to target vs B]({STEPS_FIGURE})"]
+    if len(groups) > 1:
+        lines.append(
+            f"{len(groups)} experiments (runs that differ in more than B, LR and seed), "
+            "each fitted on its own."
+        )
+    lines += [line for group_lines in parts for line in group_lines] + notes
     return [figure], "\n\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.strategies import check_strategy_params
 from fedbatch.federated.timing import RoundClock, record_bytes
 from fedbatch.federated.workload import workload_for
+from fedbatch.local.batching import DeviceLimit, choose_client_batch
 from tests.conftest import read_rows, tiny_config, without_measured
 
 # One device class, round numbers: t(B=16) = 0.01 + 32 / 1000 = 0.042 s per step.
@@ -161,10 +163,16 @@ def test_batch_policies_give_each_device_its_own_b_or_time_budget(tmp_path):
         timer = RoundClock(cfg)
         return [(d.name, timer.limits(i, 16, 1000)) for i, d in enumerate(timer.device_of)]
 
+    def client_batch(values) -> tuple[int, str]:
+        device = DeviceLimit(values["device-batch-policy"], values["device-batch-value"])
+        choice = choose_client_batch(tiny_config().batch, 16, 16, 0, 1000, 1000.0, device=device)
+        return choice.size, choice.reason
+
     for name, values in limits(batch_policy="memory"):
-        assert values.get("batch-size", 16) == (8 if name == "slow" else 16)
+        expected = (8, "device_memory") if name == "slow" else (16, "schedule")
+        assert client_batch(values) == expected
     for name, values in limits(batch_policy="throughput"):  # mean throughput 2000
-        assert values["batch-size"] == (8 if name == "slow" else 24)
+        assert client_batch(values) == (8 if name == "slow" else 24, "device_throughput")
     for name, values in limits(batch_policy="equal_time", deadline=2.0):
         # transfers: 0.1 + 8000/8e6 down, 0.1 + 8000/4e6 up; t(16) = 0.01 + 32/throughput
         budget = 2.0 - (0.1 + 0.001) - (0.1 + 0.002)
@@ -360,3 +368,16 @@ def test_stream_windows_follow_each_other_when_rounds_outlast_them(tmp_path):
     end = rows[-1]["virtual_seconds"] - rows[-1]["round_virtual_seconds"] + 0.5
     # Constant arrivals: everything that arrived before the last window's end, 6 clients.
     assert sum(r["samples_arrived"] for r in rows) == 6 * math.ceil(20.0 * end - 1)
+
+
+def test_measured_seconds_of_a_clock_and_stream_run_stay_within_the_wall_time(tmp_path):
+    """Virtual time (here thousands of device seconds) never leaks into measured time."""
+    stream = {"name": "constant", "rate": 20.0, "round_seconds": 0.5, "passes": 1}
+    before = time.perf_counter()
+    _, rows, summary = _run(tmp_path, rounds=3, stream=stream, clock=_clock())
+    wall = time.perf_counter() - before
+    assert rows[-1]["virtual_seconds"] > 0.5 * 3  # rounds outlast their windows
+    assert 0 < summary["seconds"] <= wall
+    elapsed = [r["elapsed_seconds"] for r in rows]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= summary["seconds"]
+    assert all(0 < r["seconds"] <= r["elapsed_seconds"] for r in rows)

@@ -7,25 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedbatch.config import STRATEGIES
-from fedbatch.engine import inprocess, run_engine
+from fedbatch.engine import run_engine
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.client_app import app as real_client_app
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.federated.strategies import ASYNC_PARAMETERS
 from tests.conftest import read_rows, tiny_config, without_measured
-
-
-def test_message_identity_internal_api_still_works():
-    """Guards the one internal Flower API the in-process engine relies on."""
-    inprocess.set_server_identity(7)
-    msg = Message(RecordDict({"config": ConfigRecord({"a": 1})}), 3, "train")
-    assert msg.metadata.run_id == 7
-    assert msg.metadata.src_node_id == 1
-    assert msg.metadata.dst_node_id == 3
 
 
 def test_rows_have_the_documented_fields_and_counts(tmp_path):

@@ -138,3 +138,14 @@ def test_nothing_to_target_when_the_target_is_not_reached(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rounds_to_target"] is None
     assert summary["steps_to_target"] is None and summary["examples_to_target"] is None
+
+
+def test_work_a_deadline_dropped_does_not_count_toward_the_target(tmp_path):
+    """Every client misses a 50 ms deadline: the model gets nothing, and no steps count."""
+    device = {"name": "box", "step_overhead": 0.01, "throughput": 1000.0, "latency": 0.1}
+    clock = {"name": "devices", "devices": [device], "policy": "deadline_drop", "deadline": 0.05}
+    cfg = tiny_config(rounds=2, device="cpu", clock=clock)
+    inprocess.run(cfg, tmp_path, progress=False)
+    for row in read_rows(tmp_path)[1:]:
+        assert row["clients_replied"] == 3 and row["clients_dropped"] == 3
+        assert row["steps_per_client"] is None and row["examples_per_client"] is None

@@ -249,11 +249,11 @@ def test_fedbn_off_clients_start_from_the_global_batchnorm(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"batch": {"name": "adaptive"}}, "batch.noise"),
-        ({"batch": {"name": "adaptive"}, "monitor": {"noise_scale": 1}}, "batch.noise"),
-        ({"batch": {"name": "adaptive", "noise": "local"}}, "batch.noise"),
-        ({"batch": {"name": "step", "adascale": True}}, "batch.adascale"),
-        ({"batch": {"adascale": True}, "monitor": {"noise_across": 1}}, "batch.adascale"),
+        ({"batch": {"name": "adaptive"}}, "monitor.noise_across"),
+        ({"batch": {"name": "adaptive"}, "monitor": {"noise_scale": 1}}, "monitor.noise_across"),
+        ({"batch": {"name": "adaptive", "noise": "local"}}, "monitor.noise_scale"),
+        ({"batch": {"name": "step", "adascale": True}}, "monitor.noise_scale"),
+        ({"batch": {"adascale": True}, "monitor": {"noise_across": 1}}, "monitor.noise_scale"),
         ({"batch": {"noise": "pooled"}}, "batch.noise"),
         ({"monitor": {"noise_average": "median"}}, "monitor.noise_average"),
         ({"client": {"precision": "fp16"}, "device": "cpu"}, "client.precision"),
@@ -280,3 +280,23 @@ def test_bad_science_combinations_name_the_key(overrides, key):
 )
 def test_the_same_settings_are_accepted_when_complete(overrides):
     build_config(tiny_raw(**overrides))
+
+
+def test_adascale_gain_is_taken_at_the_batch_clients_step_with(tmp_path):
+    """B₀ = 16 with 32 micro-batches asks for B = 512, but each client holds 359 or 360
+    samples: the gain is AdaScale's at that capped batch, from the last round's local
+    B_simple, r = (B_simple/B₀ + 1)/(B_simple/B + 1)."""
+    rows = _run(
+        tmp_path,
+        rounds=3,
+        client={"batch_size": 16, "accumulate": 32},
+        batch={"adascale": True},
+        monitor={"noise_scale": 1},
+    )
+    assert rows[1]["lr_gain"] == 1.0  # no estimate before the first round
+    for previous, row in itertools.pairwise(rows[1:]):
+        b_simple, batch = previous["noise_scale_local"], row["effective_batch_size"]
+        assert 359 <= batch <= 360
+        expected = (b_simple / 16 + 1) / (b_simple / batch + 1)
+        assert row["lr_gain"] == pytest.approx(expected, rel=1e-3)
+        assert row["lr"] == pytest.approx(0.1 * row["lr_gain"], rel=1e-3)

@@ -10,9 +10,12 @@ import pytest
 from fedbatch.config import FULL_BATCH
 from fedbatch.config.training import batch_config
 from fedbatch.local.batching import (
+    BatchChoice,
     BatchPlanner,
+    DeviceLimit,
     NoiseEstimate,
     adaptive_batch_size,
+    choose_client_batch,
     client_batch_size,
     scheduled_batch_size,
 )
@@ -145,7 +148,10 @@ def test_b_simple_clamps_a_negative_trace_at_zero():
 
 def test_full_batch_base_plans_full_and_counts_rounds():
     planner = BatchPlanner(_batch(name="step", milestones=[2]), FULL_BATCH, rounds=3)
-    plans = [planner.plan(r, NoiseEstimate(1.0, 10.0)) for r in (1, 2, 3)]
+    plans = []
+    for server_round in (1, 2, 3):
+        plans.append(planner.plan(server_round, NoiseEstimate(1.0, 10.0)))
+        planner.advance()
     assert [p.batch_size for p in plans] == [FULL_BATCH] * 3
     assert [p.lr_gain for p in plans] == [1.0, 1.0, 1.0]
     assert [p.progress for p in plans] == [0.0, 1.0, 2.0]
@@ -154,52 +160,36 @@ def test_full_batch_base_plans_full_and_counts_rounds():
 # --- AdaScale ------------------------------------------------------------------------------
 
 
-def test_adascale_gain_and_progress():
+def test_adascale_plans_carry_the_noise_and_progress_moves_by_the_reported_gain():
     cfg = _batch(name="step", milestones=[2, 3], factor=2, adascale=True)
     planner = BatchPlanner(cfg, 8, rounds=4)
-    trace, grad_sq = 3.0, 1.0
-    noise = NoiseEstimate(grad_sq=grad_sq, trace=trace)
-    plans = [planner.plan(r, gain_noise=noise) for r in (1, 2, 3, 4)]
+    noise = NoiseEstimate(grad_sq=1.0, trace=3.0)
+    plans = []
+    for server_round, reported in zip((1, 2, 3, 4), (1.0, 1.2, 1.5, 1.5), strict=True):
+        plans.append(planner.plan(server_round, gain_noise=noise))
+        planner.advance(reported)  # the clients' mean gain after the round
     assert [p.batch_size for p in plans] == [8, 16, 32, 32]
-    # σ₀² = tr(Σ)/B₀ = 3/8, the base batch's gradient variance
-    expected = [(3 / 8 + grad_sq) / (3 / 8 / s + grad_sq) for s in (1, 2, 4, 4)]
-    assert expected[0] == 1.0
-    assert [p.lr_gain for p in plans] == pytest.approx(expected, rel=1e-12)
-    assert plans[2].lr_gain == pytest.approx(1.375 / (3 / 32 + 1))
-    progress = [0.0, expected[0], expected[0] + expected[1], sum(expected[:3])]
-    assert [p.progress for p in plans] == pytest.approx(progress, rel=1e-12)
-    assert planner.progress == pytest.approx(sum(expected), rel=1e-12)
+    assert all(p.gain_noise == noise and p.lr_gain == 1.0 for p in plans)
+    assert [p.progress for p in plans] == pytest.approx([0.0, 1.0, 2.2, 3.7])
+    assert planner.progress == pytest.approx(5.2)
 
 
-def test_adascale_without_an_estimate_has_gain_one():
+def test_adascale_without_an_estimate_plans_no_gain():
     cfg = _batch(name="step", milestones=[1], factor=4, adascale=True)
     planner = BatchPlanner(cfg, 8, rounds=2)
-    plans = [planner.plan(r, None) for r in (1, 2)]
+    plans = []
+    for server_round in (1, 2):
+        plans.append(planner.plan(server_round, None))
+        planner.advance()
     assert [p.batch_size for p in plans] == [32, 32]
-    assert [p.lr_gain for p in plans] == [1.0, 1.0]
+    assert [p.gain_noise for p in plans] == [None, None]
     assert [p.progress for p in plans] == [0.0, 1.0]
 
 
-def test_adascale_uses_the_capped_batch():
-    cfg = _batch(name="step", milestones=[1], factor=8, max=16, adascale=True)
-    plan = BatchPlanner(cfg, 8, rounds=1).plan(1, gain_noise=NoiseEstimate(0.5, 1.5))
-    assert plan.batch_size == 16
-    assert plan.lr_gain == pytest.approx((1.5 / 8 + 0.5) / (1.5 / 16 + 0.5))
-
-
-def test_adascale_scale_counts_accumulation_in_the_effective_batch():
-    # B₀ = 32, B = 32 × 4 micro-batches = 128, B_simple = 32: r = (1 + 1)/(1/4 + 1) = 1.6
-    cfg = _batch(name="constant", adascale=True)
-    planner = BatchPlanner(cfg, 32, rounds=1, accumulate=4)
-    plan = planner.plan(1, gain_noise=NoiseEstimate(grad_sq=0.5, trace=16.0))
-    assert plan.batch_size == 32
-    assert plan.lr_gain == pytest.approx(1.6)
-
-
-def test_without_adascale_gain_is_one_even_with_an_estimate():
+def test_without_adascale_the_noise_stays_on_the_server():
     cfg = _batch(name="step", milestones=[1], factor=4)
     plan = BatchPlanner(cfg, 8, rounds=1).plan(1, gain_noise=NoiseEstimate(1.0, 3.0))
-    assert plan.lr_gain == 1.0 and plan.progress == 0.0
+    assert plan.gain_noise is None and plan.lr_gain == 1.0 and plan.progress == 0.0
 
 
 # --- per client ----------------------------------------------------------------------------
@@ -242,3 +232,25 @@ def test_client_batch_respects_batch_bounds():
 def test_full_round_batch_means_all_the_clients_data():
     cfg = _batch(per_client=[8, 16])
     assert client_batch_size(cfg, FULL_BATCH, FULL_BATCH, 1, 77, 100.0) == 77
+
+
+def test_one_place_decides_a_clients_batch_and_says_why():
+    cfg = _batch(per_client=[64, 8], max=128)
+    memory = DeviceLimit("memory", 16)
+    # schedule 32 → per-client 64 (list entry 64 at base 32) → the device's cap 16
+    assert choose_client_batch(cfg, 32, 32, 0, 1000, 1000.0, device=memory) == BatchChoice(
+        16, "device_memory"
+    )
+    # per-client 8 fits the device: the per-client rule had the last word
+    assert choose_client_batch(cfg, 32, 32, 1, 1000, 1000.0, device=memory) == BatchChoice(
+        8, "per_client"
+    )
+    # a faster device (1.5× the mean) scales B after the per-client rule: 8 → 12
+    fast = DeviceLimit("throughput", 1.5)
+    assert choose_client_batch(cfg, 32, 32, 1, 1000, 1000.0, device=fast) == BatchChoice(
+        12, "device_throughput"
+    )
+    # a client with 10 samples cannot take more
+    assert choose_client_batch(cfg, 32, 32, 0, 10, 1000.0, device=memory) == BatchChoice(10, "data")
+    assert choose_client_batch(_batch(), 32, 32, 0, 1000, 1000.0) == BatchChoice(32, "schedule")
+    assert choose_client_batch(_batch(max=16), 32, 32, 0, 1000, 1000.0).reason == "bounds"

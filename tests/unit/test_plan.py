@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedbatch.config import build_config
-from fedbatch.local.batching import RoundPlan
+from fedbatch.local.batching import NoiseEstimate, RoundPlan
 from fedbatch.local.plan import plan_round
 
 
@@ -196,6 +196,23 @@ def test_adascale_with_cosine_matches_the_formula():
         return gain * 0.2 * (1 + math.cos(math.pi * (start + gain * s) / total)) / 2
 
     assert _lrs(plan, 4) == pytest.approx([expected(s) for s in range(4)], rel=1e-12)
+
+
+def test_adascale_gain_at_the_effective_batch_by_hand():
+    # B₀ = 32, 4 micro-batches of 32: B = 128. B_simple = 16/0.5 = 32: r = 2/1.25 = 1.6.
+    noise = NoiseEstimate(grad_sq=0.5, trace=16.0)
+    client = {"batch_size": 32, "accumulate": 4, "lr": 0.1}
+    cfg = _cfg(client=client, batch={"adascale": True}, monitor={"noise_scale": 1})
+    plan = plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 1000, 1000.0)
+    assert plan.effective_batch_size == 128
+    assert plan.lr_gain == pytest.approx(1.6)
+    assert plan.first_lr() == pytest.approx(0.16)
+    # a client holding 96 samples steps with B = 96: r = (1 + 1)/(32/96 + 1) = 1.5
+    small = plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 96, 1000.0)
+    assert small.effective_batch_size == 96
+    assert small.lr_gain == pytest.approx(1.5)
+    # a client with less than B₀: no larger batch, no gain
+    assert plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 20, 1000.0).lr_gain == 1.0
 
 
 # --- regularization ------------------------------------------------------------------------

@@ -40,19 +40,35 @@ def rows(rounds: int, clock: bool = False, stream: bool = False) -> list[dict[st
 def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[Figure, Axes]]:
     """Every figure the report saves, by file name, to inspect titles, labels, legends."""
     saved: dict[str, tuple[Figure, Axes]] = {}
-    original = plots._save
+    original = plots.save_figure
 
     def spy(figure: Figure, axes: Axes, path: Path, handles: list[Any] | None = None) -> Path:
         saved[path.name] = (figure, axes)
         return original(figure, axes, path, handles)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     return saved
 
 
 def legend_texts(axes: Axes) -> list[str]:
     legend = axes.get_legend()
     return [text.get_text() for text in legend.get_texts()] if legend else []
+
+
+def legend_outside(figure: Figure, axes: Axes) -> bool:
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    legend = axes.get_legend()
+    inside = axes.get_window_extent(renderer)
+    return legend is not None and legend.get_window_extent(renderer).x0 >= inside.x1
+
+
+def drawn_lines(axes: Axes, style: str) -> list[tuple[str, list[float]]]:
+    """(colour, y data) of each data line drawn in `style` (legend proxies are not drawn)."""
+    return [
+        (str(line.get_color()), [float(y) for y in line.get_ydata()])
+        for line in axes.get_lines()
+        if line.get_linestyle() == style
+    ]
 
 
 def test_clock_only_run_is_plotted_against_virtual_time_and_never_called_a_stream(
@@ -101,11 +117,67 @@ def test_legends_sit_outside_the_axes(
     assert main([str(sweep)]) == 0
     assert len(drawn) >= 4
     for name, (figure, axes) in drawn.items():
-        renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
-        legend = axes.get_legend()
-        assert legend is not None, name
-        inside = axes.get_window_extent(renderer)
-        assert legend.get_window_extent(renderer).x0 >= inside.x1, name
+        assert legend_outside(figure, axes), name
+
+
+def test_loss_plot_draws_the_global_models_train_loss_else_names_the_clients_loss(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    sweep = tmp_path / "sweep"
+    with_global = rows(3)
+    for row in with_global:  # the clients' running loss is there too, and must not be drawn
+        row["global_train_loss"] = 2.0 - 0.5 * row["round"]
+    write_run(sweep / "0", with_global, ["client.batch_size=8"])
+    write_run(sweep / "1", rows(3), ["client.batch_size=16"])  # no global_train_loss
+    assert main([str(sweep)]) == 0
+    figure, axes = drawn["loss_vs_round.png"]
+    # run 0 (C0): its global-model loss dashed; run 1 (C1): its clients' running loss dotted
+    assert drawn_lines(axes, "--") == [("C0", [2.0, 1.5, 1.0, 0.5])]
+    assert drawn_lines(axes, ":") == [("C1", pytest.approx([1.1, 0.1, -0.9]))]  # 2.1 − r
+    legend = legend_texts(axes)
+    assert "train loss (global model)" in legend
+    assert "clients' running loss (local models)" in legend
+    assert "train loss" not in legend and legend_outside(figure, axes)
+
+
+def noise_rows() -> list[dict[str, Any]]:
+    """Rounds 0..4: the running global B_simple 40, 50, 60, 70 with SE 4, 5, null, 7 (round
+    3 has none: a gap), the exact pooled value 45 at every round; local likewise at half."""
+    out = rows(4)
+    values, errors = (None, 40.0, 50.0, 60.0, 70.0), (None, 4.0, 5.0, None, 7.0)
+    for row, value, se in zip(out, values, errors, strict=True):
+        row |= {"noise_scale_global": value, "noise_scale_global_se": se}
+        row |= {"noise_scale_exact_global": 45.0}
+        row |= {"noise_scale": value and value / 2, "noise_scale_local_se": se and se / 2}
+        row |= {"noise_scale_exact": 22.5}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"),
+    [("noise_scale_global_vs_round.png", 1.0), ("noise_scale_local_vs_round.png", 0.5)],
+)
+def test_noise_scale_plots_draw_exact_reference_and_se_band(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]], name: str, scale: float
+) -> None:
+    sweep = tmp_path / "sweep"
+    write_run(sweep / "0", noise_rows(), ["client.batch_size=8"])
+    write_run(sweep / "1", rows(3), ["client.batch_size=16"])  # measured no noise scale
+    assert main([str(sweep)]) == 0
+    figure, axes = drawn[name]
+    assert drawn_lines(axes, "-") == [("C0", [v * scale for v in (40, 50, 60, 70)])]
+    assert drawn_lines(axes, "--") == [("C0", [45 * scale] * 5)]  # exact, the run's colour
+    # one band per stretch with an SE (round 3 has none): rounds 1–2 from 40 − 4 to 50 + 5,
+    # and round 4 alone, 70 ± 7 (a bar)
+    bands = [band.get_paths()[0].vertices for band in axes.collections]
+    assert [(min(v[:, 0]), max(v[:, 0])) for v in bands] == [(1, 2), (4, 4)]
+    assert [(min(v[:, 1]), max(v[:, 1])) for v in bands] == [
+        (36 * scale, 55 * scale),
+        (63 * scale, 77 * scale),
+    ]
+    expected = ["client.batch_size=8", "running estimate", "± standard error"]
+    assert legend_texts(axes) == [*expected, "exact (per-example)"]
+    assert legend_outside(figure, axes)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

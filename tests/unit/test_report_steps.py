@@ -1,7 +1,8 @@
 """`python -m fedbatch.report` on a fake batch-size sweep: steps_to_target.png and its fit.
 
 The sweep's steps follow S = 100 + 2000/B at the effective B (batch_size × accumulate), so
-the fit must say S_min = 100, E_min = 2000 and B_crit = 20 (hand-computed: 2000/100).
+the fit must say S_min = 100, E_min = 2000 and B_crit = 20 (hand-computed: 2000/100). Its
+rows carry no `effective_batch_size`, so B comes from the config.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import yaml
 
 from fedbatch.metrics.sweep import collect_runs
 from fedbatch.report.cli import main
-from fedbatch.report.steps_to_target import effective_batch_size
+from fedbatch.report.trials import effective_batch_size
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -38,6 +39,7 @@ def write_job(
 def config_for(batch_size: Any, lr: float, seed: int = 0, accumulate: int = 2) -> dict[str, Any]:
     return {
         "seed": seed,
+        "clients_per_round": 5,
         "client": {"batch_size": batch_size, "accumulate": accumulate, "lr": lr},
         "batch": {"name": "constant", "per_client": "same"},
     }
@@ -88,9 +90,13 @@ def test_report_fits_steps_to_target_and_draws_it(tmp_path: Path) -> None:
     assert "![steps to target vs B](steps_to_target.png)" in summary
     # B_eff = 4 .. 64 (accumulate 2 read from config.yaml): 2000/100 = 20
     assert "S_min = 100, E_min = 2000, **B_crit = E_min/S_min = 20**" in summary
-    assert "R² (on log S) = 1." in summary and "n = 5 batch sizes" in summary
+    assert "R² (on log S) = 1." in summary
+    # the fit leaves out B = 64, whose best LR is the grid's top, and is given beside it
+    assert "n = 4 batch sizes whose best LR lies inside its grid" in summary
+    assert "On all n = 5 points, flagged ones included: S_min = 100, E_min = 2000," in summary
     assert "Never reached the target: B = 128." in summary
     assert "median over the 5 best-LR points that measured it): 30." in summary
+    assert "compare B_crit with B_simple/K = 6, the per-client share" in summary  # 30 / 5
     # per-B table: B = 8 -> 100 + 2000/8 = 350 steps, 2800 examples; B = 64 at the top LR
     assert "| 8 | 0.1 | 0.05, 0.1, 0.2 | 1 | 350 | 2800 | 10 | inside grid | 30 |" in summary
     assert "| 64 | 0.2 | 0.05, 0.1, 0.2 | 1 | 131.25 | 8400 | 10 | highest LR tried | 30 |" in (
@@ -131,7 +137,7 @@ def test_seed_that_missed_disqualifies_its_lr(tmp_path: Path) -> None:
     assert "Global B_simple: not measured in the best-LR runs" in summary
 
 
-def test_effective_batch_size_reads_config_then_rows_for_full(tmp_path: Path) -> None:
+def test_effective_batch_size_is_measured_then_configured(tmp_path: Path) -> None:
     write_job(tmp_path / "0", config_for(16, 0.1, accumulate=4), [], summary_for(None, 64))
     rows = [{"round": 0}, {"round": 1, "effective_batch_size": 140.0}]
     rows.append({"round": 2, "effective_batch_size": 150.0})
@@ -139,5 +145,11 @@ def test_effective_batch_size_reads_config_then_rows_for_full(tmp_path: Path) ->
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # only Hydra's own config.yaml
     (tmp_path / "2" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config_for(8, 0.1)))
     (tmp_path / "2" / "summary.json").write_text("{}")
+    # configured 256 × 1, but the clients hold 143–144 samples: the rows' median over
+    # trained rounds (round 0's value is not a trained round) is 144
+    capped = [{"round": 0, "effective_batch_size": 256.0}]
+    capped += [{"round": r, "effective_batch_size": b} for r, b in ((1, 143.0), (2, 144.0))]
+    capped.append({"round": 3, "effective_batch_size": 144.0})
+    write_job(tmp_path / "3", config_for(256, 0.1, accumulate=1), [], None, capped)
     runs = collect_runs(tmp_path)
-    assert [effective_batch_size(run) for run in runs] == [64.0, 145.0, 16.0]
+    assert [effective_batch_size(run) for run in runs] == [64.0, 145.0, 16.0, 144.0]

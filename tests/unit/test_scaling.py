@@ -16,8 +16,11 @@ from fedbatch.report.scaling import (
     FLAG_INSIDE,
     FLAG_LOWEST,
     FLAG_UNTUNED,
+    BestPoint,
     Trial,
+    choose_fit,
     fit_steps_vs_batch,
+    place_batches,
     select_best,
 )
 
@@ -134,3 +137,60 @@ def test_best_lr_per_b_with_two_seeds_and_edge_flags() -> None:
     assert (b8.examples, b8.rounds, b8.noise_scale) == (2000, 12.5, 40)
     assert points[2].lrs_tried == (0.05, 0.1, 0.2)  # LRs that missed count as tried
     assert points[0].noise_scale is None
+
+
+def _measured(b: float, configured: float | None, lr: float = 0.1) -> Trial:
+    return Trial(batch_size=b, lr=lr, seed=0, steps=100.0, configured=configured)
+
+
+def test_runs_capped_to_the_same_b_are_one_batch_size() -> None:
+    trials = [
+        _measured(64, 64),
+        _measured(128, 128),
+        # configured 256: its runs measured 144 and 143 -> the experiment sits at 143.5
+        _measured(144, 256, lr=0.1),
+        _measured(143, 256, lr=0.2),
+        # configured 512: 143.6, within 5% of 143.5 -> one batch size with 256
+        _measured(143.6, 512),
+        # no configured B (`full`): each its own experiment; 150 is 4.5% above 143.5, so it
+        # joins them, and 160 (11.5% above) is a batch size of its own
+        _measured(150, None),
+        _measured(160, None),
+    ]
+    # the merged four sit at the median of their runs: median(143, 143.6, 144, 150) = 143.8
+    placed = [trial.batch_size for trial in place_batches(trials)]
+    assert placed == [64, 128, 143.8, 143.8, 143.8, 143.8, 160]
+
+
+def _point(b: float, steps: float, flag: str) -> BestPoint:
+    lrs = (0.05, 0.1, 0.2)
+    return BestPoint(b, 0.1, steps, None, None, 1, lrs, flag, None)
+
+
+def test_fit_uses_points_inside_their_grid_and_gives_the_fit_on_all_beside() -> None:
+    on_curve = [_point(b, 100 + 2000 / b, FLAG_INSIDE) for b in (4, 8, 16)]  # 600, 350, 225
+    flagged = _point(64, 400.0, FLAG_HIGHEST)  # far above the curve's 131.25
+    choice = choose_fit([*on_curve, flagged])
+    assert choice is not None and not choice.on_flagged
+    assert choice.points == tuple(on_curve)
+    assert choice.fit.b_crit == pytest.approx(20, rel=1e-6)  # 2000/100: the flagged left out
+    assert choice.all_points is not None and choice.all_points.n == 4
+    expected = fit_steps_vs_batch([4, 8, 16, 64], [600, 350, 225, 400])
+    assert choice.all_points.b_crit == pytest.approx(expected.b_crit)
+    assert choice.all_points.b_crit != pytest.approx(20, rel=0.1)
+    # with every point inside there is nothing to show beside the fit
+    alone = choose_fit(on_curve)
+    assert alone is not None and alone.all_points is None and not alone.on_flagged
+
+
+def test_fit_rests_on_flagged_points_when_fewer_than_three_are_inside() -> None:
+    points = [
+        _point(4, 600, FLAG_INSIDE),
+        _point(8, 350, FLAG_LOWEST),
+        _point(16, 225, FLAG_UNTUNED),
+        _point(32, 162.5, FLAG_INSIDE),
+    ]
+    choice = choose_fit(points)
+    assert choice is not None and choice.on_flagged and choice.all_points is None
+    assert choice.fit.n == 4 and choice.fit.b_crit == pytest.approx(20, rel=1e-6)
+    assert choose_fit(points[:2]) is None  # two B: nothing to fit

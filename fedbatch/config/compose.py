@@ -1,0 +1,138 @@
+"""The packaged Hydra configs (`fedbatch/conf/`) and composing a run's config from them.
+
+The configs ship inside the package, so every install (editable, wheel, a Flower app
+bundle) finds them beside this code, whatever the working directory. The command line
+(`python -m fedbatch.simulate`) composes them through `@hydra.main`; everything without a
+command line of its own composes here through Hydra's compose API: the ServerApp under
+`flwr run` (its `overrides` run-config key), `fedbatch.calibrate`. Both pass the same
+override checks first, so a misspelt key is one line wherever it is given.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedbatch.config.run import RunConfig, build_config
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "config"
+
+
+class OverrideError(ValueError):
+    """An override naming no group, option or key of the config, reported as one line."""
+
+
+def fedbatch_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """`key=value` arguments that Hydra would apply to fedbatch's own config."""
+    pairs = [arg.partition("=") for arg in argv]
+    return [(k, v) for k, sep, v in pairs if sep and not k.startswith(("hydra", "+", "~"))]
+
+
+def _selected_options(argv: Sequence[str], conf_dir: Path) -> dict[str, list[str]]:
+    """Each config group's chosen option(s): the defaults list, overridden by argv."""
+    defaults = OmegaConf.load(conf_dir / f"{CONFIG_NAME}.yaml").defaults
+    chosen = {str(k): [str(v)] for entry in defaults if isinstance(entry, DictConfig)
+              for k, v in entry.items()}  # fmt: skip
+    for key, value in fedbatch_overrides(argv):
+        if (conf_dir / key).is_dir() and "(" not in value:
+            allowed = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+            for option in value.split(","):
+                if option not in allowed:
+                    raise OverrideError(
+                        f"{key}={option!r} is invalid: allowed one of {', '.join(allowed)}"
+                    )
+            chosen[key] = value.split(",")
+    return chosen
+
+
+def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject unknown groups, options and keys with one line, before Hydra composes.
+
+    A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
+    `partition=iid` is caught here rather than by Hydra's multi-line struct error.
+    """
+    chosen = _selected_options(argv, conf_dir)
+    root = OmegaConf.load(conf_dir / f"{CONFIG_NAME}.yaml")
+    sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
+    sections.pop("hydra", None)
+    top_level = {str(k) for k in root if k not in ("defaults", "hydra")} | set(chosen)
+    for key, _ in fedbatch_overrides(argv):
+        head, _, name = key.partition(".")
+        if head not in top_level:
+            raise OverrideError(
+                f"{head} is not a known key: allowed {', '.join(sorted(top_level))}"
+            )
+        if not name or "." in name:
+            continue
+        if head in chosen:
+            where = f"{head}={','.join(chosen[head])}"
+            keys = {k for option in chosen[head]
+                    for k in OmegaConf.load(conf_dir / head / f"{option}.yaml")}  # fmt: skip
+        else:
+            where, keys = head, sections.get(head, set())
+        if name not in keys:
+            raise OverrideError(f"{key} is not a key of {where}: allowed {', '.join(sorted(keys))}")
+
+
+def split_overrides(text: str) -> list[str]:
+    """Overrides written as on a command line, `rounds=3 client.batch_size=16` (shell
+    quoting for a value with spaces), as a list. One composed config is one run, so a
+    sweep (`a=1,2`), a Hydra flag or a `hydra.*` setting is refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        overrides = shlex.split(text)
+    except ValueError as error:  # an unclosed quote
+        raise OverrideError(f"overrides={text!r} is invalid: {error}") from None
+    allowed = "allowed key=value pairs of fedbatch's config, one value each"
+    for override in overrides:
+        if override.startswith("-"):
+            raise OverrideError(f"overrides: {override!r} is invalid: {allowed}")
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise OverrideError(f"overrides={text!r} is invalid: {_first_line(error)}") from None
+    for override, given in zip(parsed, overrides, strict=True):
+        if override.is_hydra_override() or override.is_sweep_override():
+            raise OverrideError(f"overrides: {given!r} is invalid: {allowed}")
+    return overrides
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """The resolved config for `overrides`, as plain data (what `build_config` takes).
+
+    Only outside a running Hydra app: inside `@hydra.main`, Hydra already holds its one
+    global instance (and has composed the config).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from fedbatch.scaleout import register_resolvers
+
+    check_overrides(overrides, conf_dir)
+    register_resolvers()
+    try:
+        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+            composed = compose(CONFIG_NAME, overrides=list(overrides))
+        raw = OmegaConf.to_container(composed, resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise OverrideError(f"overrides {' '.join(overrides)!r}: {_first_line(error)}") from None
+    assert isinstance(raw, dict)
+    return {str(k): v for k, v in raw.items()}
+
+
+def compose_config(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> RunConfig:
+    """The validated run config for `overrides`: OverrideError or ConfigError otherwise."""
+    return build_config(compose_raw(overrides, conf_dir))

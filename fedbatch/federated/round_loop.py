@@ -1,0 +1,258 @@
+"""The server's round loop: one object owns a run's rounds, from plan to callbacks.
+
+A synchronous round reads top to bottom in `RoundLoop.play`: plan → (probe) → exchange
+(sample, address, send, receive) → settle (the clock decides who arrived in time) →
+aggregate → evaluate → row → callbacks. The asynchronous strategies keep their event loop
+(`async_loop.py`) but share everything else here: the exchange, reply handling, the row,
+virtual time and the callbacks. Every engine runs this same loop; only the Grid differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedbatch.config import RunConfig
+from fedbatch.federated.monitoring import RoundInstruments
+from fedbatch.federated.rows import empty_row, metric, reply_counts, train_values
+from fedbatch.federated.sampling import SampledNodesGrid
+from fedbatch.federated.strategies import ASYNC_PARAMETERS, build_strategy, check_strategy_params
+from fedbatch.federated.timing import RoundClock, VirtualTime, record_bytes
+from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+
+Configure = Callable[[int, ArrayRecord, ConfigRecord, Grid], Iterable[Message]]
+
+
+class Federation:
+    """What every round of a run shares: the nodes, the global model, virtual time, the
+    instruments, the callbacks, and how messages go out and replies come back."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        callbacks: Sequence[Callback],
+        initial_arrays: ArrayRecord,
+        pooled_size: int | None,
+    ) -> None:
+        self.grid, self.cfg, self.callbacks = grid, cfg, callbacks
+        self.nodes = SampledNodesGrid(grid)
+        self.partition_of = {node: i for i, node in enumerate(self.nodes.all_node_ids)}
+        self.instruments = RoundInstruments(cfg, pooled_size)
+        self.clock = RoundClock(cfg) if cfg.clock.on else None
+        self.time = VirtualTime(cfg)
+        self.arrays = initial_arrays
+        self.model_bytes = record_bytes(initial_arrays)
+        self.started = time.perf_counter()  # the wall-clock origin of `elapsed_seconds`
+        self.config: dict[str, Any] = {"run-config": cfg.to_json()}
+
+    # --- messages --------------------------------------------------------------------------
+
+    def plan(self, server_round: int) -> dict[str, Any]:
+        """What every client is told this round: the run config and the round's plan."""
+        self.config = {"run-config": self.cfg.to_json()} | self.instruments.round_config(
+            server_round
+        )
+        return self.config
+
+    def address(self, messages: Iterable[Message]) -> list[Message]:
+        """Give each message its own ConfigRecord naming the partition its node simulates
+        and, with a clock, that client's device limits. In partition order, so aggregation
+        sums in the same order always."""
+        addressed = []
+        for msg in sorted(messages, key=lambda m: self.partition_of[m.metadata.dst_node_id]):
+            partition = self.partition_of[msg.metadata.dst_node_id]
+            config = msg.content.config_records["config"].copy()  # validated once, when built
+            config["partition-id"] = partition
+            if self.clock is not None:
+                batch_size = self.config["batch-size"]
+                for key, value in self.clock.limits(
+                    partition, batch_size, self.model_bytes
+                ).items():
+                    config[key] = value
+            records: dict[str, Any] = dict(msg.content.array_records)
+            records["config"] = config
+            msg.content = RecordDict(records)
+            addressed.append(msg)
+        return addressed
+
+    def query(self, server_round: int, count: int) -> list[Message]:
+        """A query to `count` sampled nodes outside the strategy (a gradient probe)."""
+        offered = self.nodes.offer(self.cfg.seed, server_round, "train", count)
+        content = RecordDict(
+            {
+                "arrays": self.arrays,
+                "config": ConfigRecord(self.config | {"server-round": server_round}),
+            }
+        )
+        messages = [
+            self.grid.create_message(content, MessageType.QUERY, node, str(server_round))
+            for node in offered
+        ]
+        return self.send(self.address(messages))
+
+    def send(self, messages: list[Message]) -> list[Message]:
+        return list(self.grid.send_and_receive(messages)) if messages else []
+
+    # --- rows and callbacks ----------------------------------------------------------------
+
+    def row(
+        self,
+        server_round: int,
+        started: float,
+        sampled: int,
+        replies: Sequence[Message],
+        aggregated: Sequence[Message],
+        train: MetricRecord | None,
+        before: ArrayRecord,
+    ) -> dict[str, Any]:
+        """The round's row: counts, the aggregated training metrics, the instruments'
+        measurements, stream totals and work done, virtual and measured time."""
+        instruments = self.instruments
+        now = time.perf_counter()
+        return (
+            empty_row(server_round)
+            | train_values(train)
+            | reply_counts(sampled, replies)
+            | instruments.measure(server_round, before, aggregated, train)
+            | instruments.stream_totals(replies)
+            | instruments.client_work(aggregated)
+            | {
+                "virtual_seconds": self.time.now,
+                "seconds": now - started,
+                "elapsed_seconds": now - self.started,
+            }
+        )
+
+    def notify(self, state: RoundState) -> RoundState:
+        for callback in self.callbacks:
+            callback.on_round_end(state)
+        return state
+
+    def start(self) -> None:
+        """Round 0: the initial model, before any training."""
+        self.notify(RoundState(0, self.arrays, empty_row(0) | {"virtual_seconds": self.time.now}))
+
+    def finish(self, completed: int, stopped_because: str) -> RunOutcome:
+        outcome = RunOutcome(completed, stopped_because, time.perf_counter() - self.started)
+        for callback in self.callbacks:
+            callback.on_run_end(outcome)
+        return outcome
+
+
+class RoundLoop(Federation):
+    """Synchronous rounds of a Flower strategy: `configure_train` → `aggregate_train` →
+    `configure_evaluate` → `aggregate_evaluate`, each round one `play`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.strategy = build_strategy(self.cfg)
+        self.evaluate_count = max(
+            1, int(self.cfg.num_clients * self.cfg.strategy.fraction_evaluate)
+        )
+
+    def run(self) -> RunOutcome:
+        self.start()
+        for server_round in range(1, self.cfg.rounds + 1):
+            state = self.play(server_round)
+            if state.stop_reason is not None:
+                return self.finish(server_round, state.stop_reason)
+        return self.finish(self.cfg.rounds, "rounds")
+
+    def play(self, server_round: int) -> RoundState:
+        started = time.perf_counter()
+        self.plan(server_round)
+        self.config |= self.time.round_window()
+        across = self.probe(server_round)
+        messages, replies = self.exchange(self.strategy.configure_train, server_round, "train")
+        arrived, clock_row = self.settle(server_round, replies)
+        before = self.arrays
+        aggregated, train = self.strategy.aggregate_train(server_round, arrived)
+        self.arrays = aggregated if aggregated is not None else self.arrays
+        evaluation = self.evaluate(server_round)
+        row = self.row(server_round, started, len(messages), replies, arrived, train, before)
+        row |= clock_row | {
+            "noise_scale_across": across,
+            "client_eval_loss": metric(evaluation, "eval_loss"),
+            "client_eval_accuracy": metric(evaluation, "eval_accuracy"),
+        }
+        state = self.notify(RoundState(server_round, self.arrays, row))
+        if messages and not row["clients_replied"]:
+            state.stop_reason = state.stop_reason or "all_clients_failed"
+        return state
+
+    def probe(self, server_round: int) -> float | None:
+        """The across-client gradient probe, when due: per-client gradients at the global
+        weights, from `clients_per_round` sampled nodes."""
+        if not self.instruments.across_due(server_round):
+            return None
+        return self.instruments.across_clients(self.query(server_round, self.cfg.clients_per_round))
+
+    def exchange(
+        self, configure: Configure, server_round: int, phase: str
+    ) -> tuple[list[Message], list[Message]]:
+        """Sample this phase's clients, let the strategy configure them, collect replies.
+        With a clock, over-selection samples more and unavailable clients never answer."""
+        count = self.cfg.clients_per_round if phase == "train" else self.evaluate_count
+        if self.clock is not None and phase == "train":
+            count = self.clock.select_count(count)
+        self.nodes.offer(self.cfg.seed, server_round, phase, count)
+        config = ConfigRecord(self.config)
+        messages = self.address(configure(server_round, self.arrays, config, self.nodes))
+        self.unavailable = 0
+        if self.clock is not None and phase == "train":
+            now = self.time.seconds
+            answering = [
+                m
+                for m in messages
+                if self.clock.available(
+                    self.partition_of[m.metadata.dst_node_id], server_round, now
+                )
+            ]
+            self.unavailable = len(messages) - len(answering)
+            messages = answering
+        return messages, self.send(messages)
+
+    def settle(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[list[Message], dict[str, Any]]:
+        """Which replies arrive in time (all of them without a clock); time moves on."""
+        if self.clock is None:
+            if self.time.streaming:
+                self.time.advance(self.cfg.stream.round_seconds)
+            return replies, {}
+        arrived, row = self.clock.settle(
+            server_round, replies, self.partition_of, self.model_bytes, self.cfg.clients_per_round
+        )
+        self.time.advance(row["round_virtual_seconds"])
+        return arrived, row | {"clients_unavailable": self.unavailable}
+
+    def evaluate(self, server_round: int) -> MetricRecord | None:
+        """The clients' evaluation of the new global model (`strategy.fraction_evaluate`)."""
+        if self.cfg.strategy.fraction_evaluate <= 0:
+            return None
+        _, replies = self.exchange(self.strategy.configure_evaluate, server_round, "evaluate")
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def run_rounds(
+    grid: Grid,
+    cfg: RunConfig,
+    callbacks: Sequence[Callback],
+    *,
+    initial_arrays: ArrayRecord,
+    pooled_size: int | None = None,
+) -> RunOutcome:
+    """Run up to `cfg.rounds` rounds (or aggregations) of the configured strategy on
+    `grid`, whose nodes are listed in partition order. `pooled_size`: the training data's
+    size over all partitions (the global noise scale's population)."""
+    if cfg.strategy.name in ASYNC_PARAMETERS:
+        from fedbatch.federated.async_loop import AsyncLoop
+
+        check_strategy_params(cfg)
+        return AsyncLoop(grid, cfg, callbacks, initial_arrays, pooled_size).run()
+    return RoundLoop(grid, cfg, callbacks, initial_arrays, pooled_size).run()
