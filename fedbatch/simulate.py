@@ -20,7 +20,7 @@ from fedbatch.config import ConfigError, RunConfig, build_config
 from fedbatch.config.compose import CONF_DIR, OverrideError
 from fedbatch.config.compose import check_overrides as check_config_overrides
 from fedbatch.config.compose import fedbatch_overrides as _overrides
-from fedbatch.scaleout import plugin_error, register_resolvers
+from fedbatch.sweep_plugins import plugin_error, register_resolvers
 
 register_resolvers()  # before Hydra composes: conf/hydra/launcher/parallel.yaml uses one
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.federated.workload import Workload
-from fedbatch.local.batches import batch_schedule, resolve_batch_size
+from fedbatch.local.minibatches import batch_schedule, resolve_batch_size
 from fedbatch.local.optim import build_optimizer
 from fedbatch.seeding import derive_seed
 

@@ -119,7 +119,7 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict[str
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from fedbatch.scaleout import register_resolvers
+    from fedbatch.sweep_plugins import register_resolvers
 
     check_overrides(overrides, conf_dir)
     register_resolvers()

@@ -1,6 +1,6 @@
 """Buffers and round planning on a client's stream (numpy only).
 
-`plan_round` turns a window [t0, t1) of virtual time into batches of arrival ordinals
+`plan_stream_round` turns a window [t0, t1) of virtual time into batches of arrival ordinals
 (compute takes no virtual time yet). Online replays come from the buffer as it was before
 the round, restricted to arrivals already trained on; a `wait` round without a single
 step counts its whole window as waiting; a `window`/`reservoir` smaller than B waits for
@@ -112,7 +112,7 @@ class StreamRound:
         return self.state.offered if self.state.buffer is None else len(self.state.buffer)
 
 
-def plan_round(
+def plan_stream_round(
     stream: ClientStream,
     state: StreamState,
     t0: float,

@@ -22,7 +22,7 @@ from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.client_app import Task, setup_task, train_metrics
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
-from fedbatch.local.batches import batch_schedule
+from fedbatch.local.minibatches import batch_schedule
 from fedbatch.local.plan import LocalPlan
 from fedbatch.local.vectorized import ClientSteps, SGDRule, stack_params, train_clients
 

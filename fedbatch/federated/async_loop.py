@@ -2,7 +2,7 @@
 
 Up to `concurrency` clients train at once, each from the global model of the moment it
 was dispatched; their updates arrive in the order of their virtual finish times (device and
-network model, `federated/timing.py`). FedBuff applies the mean of every `buffer_size`
+network model, `federated/virtual_time.py`). FedBuff applies the mean of every `buffer_size`
 arrivals, each weighted by its staleness s(τ) (τ = versions since dispatch); FedAsync
 mixes every arrival in at once. One aggregation is one row of `metrics.jsonl`.
 """

@@ -29,11 +29,11 @@ from fedbatch.federated.records import (
     tensor_to_array,
 )
 from fedbatch.federated.workload import Workload, workload_for
-from fedbatch.local.batching import DeviceLimit, NoiseEstimate, RoundPlan
+from fedbatch.local.batch_sizing import DeviceLimit, NoiseEstimate, RoundPlan
 from fedbatch.local.instruments import mean_gradient, measure_at_weights
 from fedbatch.local.models import norm_state_keys, set_dropout
 from fedbatch.local.optim import build_optimizer
-from fedbatch.local.plan import LocalPlan, plan_round
+from fedbatch.local.plan import LocalPlan, plan_client_round
 from fedbatch.local.trainer import LocalResult, TrainOptions, evaluate, train_local
 from fedbatch.seeding import derive_seed
 
@@ -71,7 +71,9 @@ class Task:
         if "device-batch-policy" in config:  # the virtual device's say on B
             policy, value = config["device-batch-policy"], config["device-batch-value"]
             device = DeviceLimit(str(policy), float(value))
-        return plan_round(cfg, round_plan, self.partition_id, len(self.x), mean_examples, device)
+        return plan_client_round(
+            cfg, round_plan, self.partition_id, len(self.x), mean_examples, device
+        )
 
 
 def setup_task(msg: Message, context: Context) -> Task:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context
 
-from fedbatch.data.stream_rounds import StreamRound, StreamState, plan_round
+from fedbatch.data.stream_rounds import StreamRound, StreamState, plan_stream_round
 from fedbatch.federated.workload import Workload
-from fedbatch.local.batches import PlannedBatch
+from fedbatch.local.minibatches import PlannedBatch
 
 STATE = "stream-state"
 
@@ -44,7 +44,7 @@ def stream_batches(
     rules; the client's stream state moves on."""
     cfg = workload.cfg
     stream = workload.stream(partition_id)
-    planned = plan_round(
+    planned = plan_stream_round(
         stream,
         _load(context),
         *window,

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedbatch.config import RunConfig
 from fedbatch.federated.records import array_to_tensor
-from fedbatch.local.batching import BatchPlanner, NoiseEstimate, RoundPlan
+from fedbatch.local.batch_sizing import BatchPlanner, NoiseEstimate, RoundPlan
 from fedbatch.local.instruments import START_PROBES
 from fedbatch.local.noise import NoiseScaleEMA, across_client_estimates
 from fedbatch.local.probes import cosine_similarities

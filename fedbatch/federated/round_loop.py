@@ -21,7 +21,7 @@ from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.rows import empty_row, metric, reply_counts, train_values
 from fedbatch.federated.sampling import SampledNodesGrid
 from fedbatch.federated.strategies import ASYNC_PARAMETERS, build_strategy, check_strategy_params
-from fedbatch.federated.timing import RoundClock, VirtualTime, record_bytes
+from fedbatch.federated.virtual_time import RoundClock, VirtualTime, record_bytes
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 
 Configure = Callable[[int, ArrayRecord, ConfigRecord, Grid], Iterable[Message]]

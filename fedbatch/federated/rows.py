@@ -13,7 +13,7 @@ from typing import Any
 from flwr.app import Message, MetricRecord
 
 from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
-from fedbatch.federated.timing import ROW_KEYS as CLOCK_KEYS
+from fedbatch.federated.virtual_time import ROW_KEYS as CLOCK_KEYS
 
 ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",

@@ -23,19 +23,19 @@ from fedbatch.federated.run_config import config_from_run_config, output_dir
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor
 from fedbatch.metrics.progress import RichProgress
-from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryWriter
+from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryFile
 
 __all__ = ["app", "run_experiment", "run_rounds", "standard_callbacks"]
 
 
 def standard_callbacks(
     workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
-) -> tuple[list[Callback], SummaryWriter]:
+) -> tuple[list[Callback], SummaryFile]:
     """Evaluation → convergence → metrics.jsonl → summary.json (→ progress bar) (→ rows
     and summary as lines on stdout). No files when `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
-    summary = SummaryWriter(None if out_dir is None else out_dir / "summary.json", monitor)
+    summary = SummaryFile(None if out_dir is None else out_dir / "summary.json", monitor)
     callbacks: list[Callback] = [ServerEvaluation(workload), monitor]
     if PooledExactNoise.wanted(workload):
         callbacks.insert(1, PooledExactNoise(workload))

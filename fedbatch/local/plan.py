@@ -2,7 +2,7 @@
 
 The server sends the round's batch size, schedule progress and, for AdaScale, the noise
 estimate; the client
-turns them into its own values with `plan_round`, given the size of its data.
+turns them into its own values with `plan_client_round`, given the size of its data.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedbatch.config import RunConfig
-from fedbatch.local.batching import DeviceLimit, RoundPlan, choose_client_batch
+from fedbatch.local.batch_sizing import DeviceLimit, RoundPlan, choose_client_batch
 from fedbatch.local.optim import adascale_gain, lr_at, scaled_lr
 
 _EXPONENT = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
@@ -56,7 +56,7 @@ def steps_per_round(cfg: RunConfig, num_examples: int, effective_batch: int) -> 
     return cfg.client.epochs * math.ceil(num_examples / effective_batch)
 
 
-def plan_round(
+def plan_client_round(
     cfg: RunConfig,
     plan: RoundPlan,
     partition_id: int,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedbatch.local.batches import PlannedBatch, batch_schedule
+from fedbatch.local.minibatches import PlannedBatch, batch_schedule
 from fedbatch.local.tally import StepTally
 
 

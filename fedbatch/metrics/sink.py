@@ -39,7 +39,7 @@ class JsonlSink(Callback):
         self._file.close()
 
 
-class SummaryWriter(Callback):
+class SummaryFile(Callback):
     """Writes `summary.json` (unless `path` is None): final and best metrics, why and when
     the run stopped."""
 
@@ -92,7 +92,7 @@ class LineSink(Callback):
     the ServerApp's output streams back to the machine that submitted the run, which
     writes them into its own run directory (engine/deployment.py)."""
 
-    def __init__(self, summary: SummaryWriter) -> None:
+    def __init__(self, summary: SummaryFile) -> None:
         self.summary = summary
 
     def on_round_end(self, state: RoundState) -> None:

@@ -13,9 +13,9 @@ from fedbatch.config import ConfigError, build_config
 from fedbatch.engine import inprocess
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.strategies import check_strategy_params
-from fedbatch.federated.timing import RoundClock, record_bytes
+from fedbatch.federated.virtual_time import RoundClock, record_bytes
 from fedbatch.federated.workload import workload_for
-from fedbatch.local.batching import DeviceLimit, choose_client_batch
+from fedbatch.local.batch_sizing import DeviceLimit, choose_client_batch
 from tests.conftest import read_rows, tiny_config, without_measured
 
 # One device class, round numbers: t(B=16) = 0.01 + 32 / 1000 = 0.042 s per step.

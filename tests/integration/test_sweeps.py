@@ -10,8 +10,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedbatch.scaleout import parallel_jobs
 from fedbatch.simulate import CONF_DIR, check_sweep
+from fedbatch.sweep_plugins import parallel_jobs
 from tests.conftest import FAST, simulate
 
 

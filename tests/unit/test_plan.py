@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from fedbatch.config import build_config
-from fedbatch.local.batching import NoiseEstimate, RoundPlan
-from fedbatch.local.plan import plan_round
+from fedbatch.local.batch_sizing import NoiseEstimate, RoundPlan
+from fedbatch.local.plan import plan_client_round
 
 
 def _cfg(rounds: int = 3, **sections: Any):
@@ -19,7 +19,7 @@ def _cfg(rounds: int = 3, **sections: Any):
 
 def _plan(cfg, batch=None, gain=1.0, progress=0.0, n=100, mean=100.0, pid=0):
     batch = cfg.client.batch_size if batch is None else batch
-    return plan_round(cfg, RoundPlan(batch, gain, progress), pid, n, mean)
+    return plan_client_round(cfg, RoundPlan(batch, gain, progress), pid, n, mean)
 
 
 def _lrs(plan, steps: int) -> list[float]:
@@ -203,16 +203,16 @@ def test_adascale_gain_at_the_effective_batch_by_hand():
     noise = NoiseEstimate(grad_sq=0.5, trace=16.0)
     client = {"batch_size": 32, "accumulate": 4, "lr": 0.1}
     cfg = _cfg(client=client, batch={"adascale": True}, monitor={"noise_scale": 1})
-    plan = plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 1000, 1000.0)
+    plan = plan_client_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 1000, 1000.0)
     assert plan.effective_batch_size == 128
     assert plan.lr_gain == pytest.approx(1.6)
     assert plan.first_lr() == pytest.approx(0.16)
     # a client holding 96 samples steps with B = 96: r = (1 + 1)/(32/96 + 1) = 1.5
-    small = plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 96, 1000.0)
+    small = plan_client_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 96, 1000.0)
     assert small.effective_batch_size == 96
     assert small.lr_gain == pytest.approx(1.5)
     # a client with less than B₀: no larger batch, no gain
-    assert plan_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 20, 1000.0).lr_gain == 1.0
+    assert plan_client_round(cfg, RoundPlan(32, 1.0, 0.0, noise), 0, 20, 1000.0).lr_gain == 1.0
 
 
 # --- regularization ------------------------------------------------------------------------

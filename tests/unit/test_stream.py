@@ -12,7 +12,7 @@ import pytest
 from fedbatch.config.stream import StreamConfig
 from fedbatch.data.arrivals import BLOCK
 from fedbatch.data.stream import ClientStream
-from fedbatch.data.stream_rounds import StreamRound, StreamState, offer, plan_round
+from fedbatch.data.stream_rounds import StreamRound, StreamState, offer, plan_stream_round
 
 LABELS = np.arange(100) % 10
 
@@ -34,7 +34,7 @@ def _plan(
     max_steps: int | None = None,
     server_round: int = 1,
 ) -> StreamRound:
-    return plan_round(
+    return plan_stream_round(
         stream, state, t0, t1, batch, cfg=stream.cfg, epochs=epochs, max_steps=max_steps,
         seed=stream.seed, client=stream.client, server_round=server_round,
     )  # fmt: skip

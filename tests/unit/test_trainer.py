@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.config import NORMS, OPTIMIZERS, ClientConfig, ModelConfig
-from fedbatch.local.batches import batch_schedule, epoch_batches
+from fedbatch.local.minibatches import batch_schedule, epoch_batches
 from fedbatch.local.models import build_model
 from fedbatch.local.optim import build_optimizer
 from fedbatch.local.trainer import evaluate, train_local

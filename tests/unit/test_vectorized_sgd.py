@@ -8,7 +8,7 @@ from torch import nn
 
 from fedbatch.config import ClientConfig
 from fedbatch.engine.vectorized import ineligible
-from fedbatch.local.batches import batch_schedule
+from fedbatch.local.minibatches import batch_schedule
 from fedbatch.local.optim import build_optimizer
 from fedbatch.local.trainer import train_local
 from fedbatch.local.vectorized import ClientSteps, SGDRule, stack_params, train_clients

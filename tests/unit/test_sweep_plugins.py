@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedbatch import scaleout
+from fedbatch import sweep_plugins
 from fedbatch.config import ConfigError
-from fedbatch.scaleout import parallel_jobs, plugin_error
 from fedbatch.simulate import CONF_DIR, objective
+from fedbatch.sweep_plugins import parallel_jobs, plugin_error
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ def test_parallel_jobs_fill_the_cores_without_oversubscribing(threads, cores, jo
 
 
 def test_parallel_jobs_default_to_this_machines_cores():
-    assert parallel_jobs(1) == scaleout.available_cores() >= 1
+    assert parallel_jobs(1) == sweep_plugins.available_cores() >= 1
 
 
 @pytest.mark.parametrize("threads", [0, -1, "two", 1.5])
@@ -52,7 +52,7 @@ def test_an_unknown_launcher_is_one_line_listing_the_options():
 
 
 def test_a_missing_plugin_names_the_extra_to_install(monkeypatch):
-    monkeypatch.setattr(scaleout, "_installed", lambda module: "optuna" not in module)
+    monkeypatch.setattr(sweep_plugins, "_installed", lambda module: "optuna" not in module)
     assert plugin_error(["-m", "hydra/launcher=parallel"], CONF_DIR) is None
     assert plugin_error(["-m", "hydra/sweeper=lr_tuning"], CONF_DIR) == (
         "hydra/sweeper=lr_tuning needs hydra-optuna-sweeper: pip install 'fedbatch[sweep]'"

@@ -33,7 +33,7 @@ class RoundPlan:
     lr_gain: float  # a fixed gain on the LR (1), unless `gain_noise` sets AdaScale's
     progress: float  # schedule progress in rounds at the round's start (AdaScale: Σ r)
     # AdaScale: the within-client noise estimate from which each client computes its gain
-    # r at the effective batch it actually steps with (`plan.plan_round`)
+    # r at the effective batch it actually steps with (`plan.plan_client_round`)
     gain_noise: NoiseEstimate | None = None
 
 

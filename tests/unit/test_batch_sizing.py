@@ -9,7 +9,7 @@ import pytest
 
 from fedbatch.config import FULL_BATCH
 from fedbatch.config.training import batch_config
-from fedbatch.local.batching import (
+from fedbatch.local.batch_sizing import (
     BatchChoice,
     BatchPlanner,
     DeviceLimit,

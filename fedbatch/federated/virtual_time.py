@@ -18,7 +18,7 @@ from fedbatch.clock.devices import DeviceClass, assign_devices, spread_device
 from fedbatch.clock.network import transfer_seconds
 from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
 from fedbatch.config import FULL_BATCH, RunConfig
-from fedbatch.local.batching import DeviceLimit, device_batch_size
+from fedbatch.local.batch_sizing import DeviceLimit, device_batch_size
 
 ROW_KEYS = (
     "round_virtual_seconds", "clients_dropped", "clients_unavailable", "clients_crashed",
