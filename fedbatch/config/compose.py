@@ -28,9 +28,35 @@ class OverrideError(ValueError):
 
 
 def fedbatch_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
-    """`key=value` arguments that Hydra would apply to fedbatch's own config."""
+    """`key=value` arguments that Hydra would apply to fedbatch's own config. `+key` and
+    `++key` (add, force-add) name the same keys as `key`, so they are checked the same."""
     pairs = [arg.partition("=") for arg in argv]
-    return [(k, v) for k, sep, v in pairs if sep and not k.startswith(("hydra", "+", "~"))]
+    named = [(k.lstrip("+"), v) for k, sep, v in pairs if sep and not k.startswith("~")]
+    return [(k, v) for k, v in named if not k.startswith("hydra")]
+
+
+def _refuse_deletions(argv: Sequence[str]) -> None:
+    """`~key` would drop a key or section, which then falls back to defaults no YAML
+    shows: one line naming the plain form instead."""
+    for key in (arg.partition("=")[0] for arg in argv):
+        plain = key.lstrip("~")
+        if key.startswith("~") and not plain.startswith("hydra"):
+            instead = f"{plain}=<value>" if "." in plain else f"{plain}.<key>=<value>"
+            raise OverrideError(
+                f"{key} is not allowed: removing a fedbatch key or section would fall back "
+                f"to hidden defaults; set {instead} instead"
+            )
+
+
+def _refuse_additions(argv: Sequence[str]) -> None:
+    """Every fedbatch key is in the packaged YAML already, so `+key` (add) can only
+    collide with it (`++key` sets it like `key`): one line naming the plain form."""
+    for key, _, value in (arg.partition("=") for arg in argv):
+        plain = key.lstrip("+")
+        if key.startswith("+") and not key.startswith("++") and not plain.startswith("hydra"):
+            raise OverrideError(
+                f"{key} is not allowed: {plain} exists already; set it with {plain}={value}"
+            )
 
 
 def _selected_options(argv: Sequence[str], conf_dir: Path) -> dict[str, list[str]]:
@@ -54,8 +80,10 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """Reject unknown groups, options and keys with one line, before Hydra composes.
 
     A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
-    `partition=iid` is caught here rather than by Hydra's multi-line struct error.
+    `partition=iid` is caught here rather than by Hydra's multi-line struct error. `+key`,
+    `++key` and `~key` go through the same checks.
     """
+    _refuse_deletions(argv)
     chosen = _selected_options(argv, conf_dir)
     root = OmegaConf.load(conf_dir / f"{CONFIG_NAME}.yaml")
     sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
@@ -77,6 +105,7 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             where, keys = head, sections.get(head, set())
         if name not in keys:
             raise OverrideError(f"{key} is not a key of {where}: allowed {', '.join(sorted(keys))}")
+    _refuse_additions(argv)
 
 
 def split_overrides(text: str) -> list[str]:

@@ -16,6 +16,7 @@ from fedbatch.config import ConfigError, build_config
 from fedbatch.config.compose import (
     CONF_DIR,
     OverrideError,
+    check_overrides,
     compose_config,
     split_overrides,
 )
@@ -118,3 +119,29 @@ def test_a_whole_config_and_overrides_together_are_refused():
         config_from_run_config({CONFIG_KEY: whole, OVERRIDES_KEY: "rounds=3"})
     assert str(info.value).startswith("overrides='rounds=3' is invalid: fedbatch-config")
     assert json.loads(whole)["rounds"] == 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["++clock.crash=0.5"], "clock.crash is not a key of clock=off: allowed name"),
+        (["++client.batch_sise=3"], "client.batch_sise is not a key of client=default"),
+        (["+client.lr=0.2"], "+client.lr is not allowed: client.lr exists already; "
+                             "set it with client.lr=0.2"),
+        (["+bogus=1"], "bogus is not a known key"),
+        (["~client"], "~client is not allowed: removing a fedbatch key or section would fall "
+                      "back to hidden defaults; set client.<key>=<value> instead"),
+        (["~client.lr"], "set client.lr=<value> instead"),
+        (["clock=devices", "~clock.crash"], "~clock.crash is not allowed"),
+    ],
+)  # fmt: skip
+def test_add_force_add_and_delete_overrides_go_through_the_same_checks(argv, message):
+    with pytest.raises(OverrideError) as error:
+        check_overrides(argv)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_force_add_of_a_key_of_the_chosen_option_sets_it():
+    check_overrides(["++client.lr=0.05", "clock=devices", "++clock.crash=0.1", "+hydra.job.x=1"])
+    assert compose_config(["++client.lr=0.05"]).client.lr == 0.05
