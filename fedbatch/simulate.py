@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config import ConfigError, RunConfig, build_config
-from fedbatch.config.compose import CONF_DIR, OverrideError
+from fedbatch.config.compose import CONF_DIR, OverrideError, search_dirs
 from fedbatch.config.compose import check_overrides as check_config_overrides
-from fedbatch.config.compose import fedbatch_overrides as _overrides
 from fedbatch.sweep_plugins import plugin_error, register_resolvers
+
+if TYPE_CHECKING:
+    from fedbatch.federated.workload import Workload
 
 register_resolvers()  # before Hydra composes: conf/hydra/launcher/parallel.yaml uses one
 
@@ -41,23 +43,25 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     """In a multirun, validate every job's values before the first job starts."""
-    if not {"-m", "--multirun"} & set(argv) or any(
-        a.startswith(("--config", "hydra/sweeper")) for a in argv
-    ):
+    other_primary = ("--config-path", "--config-name", "-cp", "-cn", "hydra/sweeper")
+    if not {"-m", "--multirun"} & set(argv) or any(a.startswith(other_primary) for a in argv):
         return
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     from fedbatch.compat import sweep_jobs
 
-    own = [f"{k}={v}" for k, v in _overrides(argv)]
+    own = [a for a in argv if "=" in a and not a.lstrip("+").startswith(("-", "~", "hydra"))]
+    user_dirs = ",".join(f"file://{d}" for d in search_dirs(argv, conf_dir)[1:])
+    searchpath = [f"hydra.searchpath=[{user_dirs}]"] if user_dirs else []
     try:
         jobs = sweep_jobs(own)
     except HydraException as error:  # e.g. interval(), which only Optuna-like sweepers take
         fail(f"{error} (the default sweeper takes lists a,b,c and range())")
     with initialize_config_dir(str(conf_dir), version_base="1.3"):
         for number, job in enumerate(jobs):
-            raw = OmegaConf.to_container(compose("config", overrides=job), resolve=True)
+            composed = compose("config", overrides=[*job, *searchpath])
+            raw = OmegaConf.to_container(composed, resolve=True)
             try:
                 build_config(raw)  # type: ignore[arg-type]
             except ConfigError as error:
@@ -66,7 +70,7 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Everything that can be checked before training: values first, then the data."""
-    cfg = build_config(raw)  # cheap: no torch or Flower import before this passes
+    cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
 
@@ -87,7 +91,28 @@ def validate(raw: dict[str, Any]) -> RunConfig:
             f"none, group or layer here: a client holds only {smallest} "
             "sample and BatchNorm needs two (or use fewer clients)",
         )
+    if cfg.model.target or cfg.client.optimizer_target or cfg.strategy.target:
+        _build_own_classes(cfg, workload)
     return cfg
+
+
+def _build_own_classes(cfg: RunConfig, workload: Workload) -> None:
+    """Build each `_target_` once before any round, so that a constructor refusing its
+    arguments, or a model whose outputs are not logits, is one line here rather than a
+    failure in every client."""
+    from fedbatch.federated.server_app import quiet_flower_logs
+    from fedbatch.federated.strategies import build_strategy
+    from fedbatch.local.models import check_logits
+    from fedbatch.local.optim import build_optimizer
+
+    quiet_flower_logs()  # as in the run: Flower's FedAvg logs its settings when built
+    model = workload.initial_model()
+    if cfg.model.target is not None:
+        check_logits(cfg.model, model, workload.x_test[:2], workload.dataset.num_classes)
+    if cfg.client.optimizer_target is not None:
+        build_optimizer(model.parameters(), cfg.client)
+    if cfg.strategy.target is not None:
+        build_strategy(cfg)
 
 
 def _fmt(value: float | None) -> str:

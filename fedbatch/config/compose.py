@@ -5,11 +5,14 @@ bundle) finds them beside this code, whatever the working directory. The command
 (`python -m fedbatch.simulate`) composes them through `@hydra.main`; everything without a
 command line of its own composes here through Hydra's compose API: the ServerApp under
 `flwr run` (its `overrides` run-config key), `fedbatch.calibrate`. Both pass the same
-override checks first, so a misspelt key is one line wherever it is given.
+override checks first, so a misspelt key is one line wherever it is given. The checks
+read the user's own config directories too (`--config-dir`, `hydra.searchpath`), where
+a YAML with `_target_` names a class of theirs (README, "Extending fedbatch").
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config.run import RunConfig, build_config
+from fedbatch.registry import TARGET
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
@@ -31,8 +35,37 @@ def fedbatch_overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
     """`key=value` arguments that Hydra would apply to fedbatch's own config. `+key` and
     `++key` (add, force-add) name the same keys as `key`, so they are checked the same."""
     pairs = [arg.partition("=") for arg in argv]
-    named = [(k.lstrip("+"), v) for k, sep, v in pairs if sep and not k.startswith("~")]
+    named = [(k.lstrip("+"), v) for k, sep, v in pairs if sep and not k.startswith(("~", "-"))]
     return [(k, v) for k, v in named if not k.startswith("hydra")]
+
+
+def search_dirs(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> list[Path]:
+    """The config directories Hydra reads for `argv`, in its order: the packaged configs
+    (whose options win a name clash), `--config-dir`/`-cd`, then `hydra.searchpath`'s
+    `file://` and `pkg://` entries."""
+    dirs, extra = [conf_dir], []
+    for i, arg in enumerate(argv):
+        flag, sep, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            dirs.append(Path(value if sep else argv[i + 1] if i + 1 < len(argv) else "."))
+        elif flag == "hydra.searchpath":
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            extra += [str(v) for v in OverridesParser.create().parse_override(arg).value()]
+    for entry in extra:
+        scheme, _, where = entry.rpartition("://")
+        if scheme == "pkg":
+            spec = importlib.util.find_spec(where)
+            dirs += [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+        else:
+            dirs.append(Path(where))
+    return [d.resolve() for d in dirs]
+
+
+def _option_file(dirs: Sequence[Path], group: str, option: str) -> Path:
+    """The first `group/option.yaml` along the search path (Hydra's pick)."""
+    files = (d / group / f"{option}.yaml" for d in dirs)
+    return next((f for f in files if f.is_file()), dirs[0] / group / f"{option}.yaml")
 
 
 def _refuse_deletions(argv: Sequence[str]) -> None:
@@ -48,25 +81,27 @@ def _refuse_deletions(argv: Sequence[str]) -> None:
             )
 
 
-def _refuse_additions(argv: Sequence[str]) -> None:
+def _refuse_additions(argv: Sequence[str], arguments: set[str]) -> None:
     """Every fedbatch key is in the packaged YAML already, so `+key` (add) can only
-    collide with it (`++key` sets it like `key`): one line naming the plain form."""
+    collide with it (`++key` sets it like `key`): one line naming the plain form. Only a
+    `_target_` class's new `arguments` are added."""
     for key, _, value in (arg.partition("=") for arg in argv):
         plain = key.lstrip("+")
-        if key.startswith("+") and not key.startswith("++") and not plain.startswith("hydra"):
+        adds = key.startswith("+") and not key.startswith("++")
+        if adds and not plain.startswith("hydra") and plain not in arguments:
             raise OverrideError(
                 f"{key} is not allowed: {plain} exists already; set it with {plain}={value}"
             )
 
 
-def _selected_options(argv: Sequence[str], conf_dir: Path) -> dict[str, list[str]]:
+def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, list[str]]:
     """Each config group's chosen option(s): the defaults list, overridden by argv."""
-    defaults = OmegaConf.load(conf_dir / f"{CONFIG_NAME}.yaml").defaults
+    defaults = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
     chosen = {str(k): [str(v)] for entry in defaults if isinstance(entry, DictConfig)
               for k, v in entry.items()}  # fmt: skip
     for key, value in fedbatch_overrides(argv):
-        if (conf_dir / key).is_dir() and "(" not in value:
-            allowed = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        if any((d / key).is_dir() for d in dirs) and "(" not in value:
+            allowed = sorted({p.stem for d in dirs for p in (d / key).glob("*.yaml")})
             for option in value.split(","):
                 if option not in allowed:
                     raise OverrideError(
@@ -81,31 +116,60 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
 
     A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
     `partition=iid` is caught here rather than by Hydra's multi-line struct error. `+key`,
-    `++key` and `~key` go through the same checks.
+    `++key` and `~key` go through the same checks; an option with `_target_` also takes
+    new arguments for its class with `+key`/`++key`.
     """
     _refuse_deletions(argv)
-    chosen = _selected_options(argv, conf_dir)
-    root = OmegaConf.load(conf_dir / f"{CONFIG_NAME}.yaml")
+    dirs = search_dirs(argv, conf_dir)
+    chosen = _selected_options(argv, dirs)
+    root = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml")
     sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
     sections.pop("hydra", None)
     top_level = {str(k) for k in root if k not in ("defaults", "hydra")} | set(chosen)
-    for key, _ in fedbatch_overrides(argv):
+    arguments: set[str] = set()  # new arguments of a `_target_` class
+    for given, _, _ in (arg.partition("=") for arg in argv if "=" in arg):
+        key = given.lstrip("+")
         head, _, name = key.partition(".")
+        if given.startswith(("~", "-")) or key.startswith("hydra"):
+            continue
         if head not in top_level:
             raise OverrideError(
                 f"{head} is not a known key: allowed {', '.join(sorted(top_level))}"
             )
+        if name.endswith(f".{TARGET}") and head in chosen:
+            _check_nested_target(key, OmegaConf.load(_option_file(dirs, head, chosen[head][0])))
         if not name or "." in name:
             continue
         if head in chosen:
             where = f"{head}={','.join(chosen[head])}"
-            keys = {k for option in chosen[head]
-                    for k in OmegaConf.load(conf_dir / head / f"{option}.yaml")}  # fmt: skip
+            keys = {str(k) for option in chosen[head]
+                    for k in OmegaConf.load(_option_file(dirs, head, option))}  # fmt: skip
         else:
             where, keys = head, sections.get(head, set())
-        if name not in keys:
-            raise OverrideError(f"{key} is not a key of {where}: allowed {', '.join(sorted(keys))}")
-    _refuse_additions(argv)
+        if name in keys:
+            continue
+        if TARGET in keys and given.startswith("+"):
+            arguments.add(key)
+            continue
+        hint = ""
+        if TARGET in keys:
+            hint = f" (a new argument of its {TARGET} class: ++{key}=...)"
+        elif name == TARGET:
+            hint = f" (a class of your own: a {head}/<name>.yaml with {TARGET}, see README)"
+        allowed = ", ".join(sorted(keys))
+        raise OverrideError(f"{key} is not a key of {where}: allowed {allowed}{hint}")
+    _refuse_additions(argv, arguments)
+
+
+def _check_nested_target(key: str, option: DictConfig) -> None:
+    """`client.optimizer._target_=...` where the option holds a name there: one line
+    giving the mapping to write instead of Hydra's multi-line struct error."""
+    parent = key.removesuffix(f".{TARGET}")
+    if not isinstance(OmegaConf.select(option, parent.partition(".")[2]), DictConfig):
+        raise OverrideError(
+            f"{key} is not a key: {parent} holds a name; a class of your own is "
+            f"{parent}={{{TARGET}:module.Class}}"
+        )
 
 
 def split_overrides(text: str) -> list[str]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedbatch import registry
 from fedbatch.checks import (
     ConfigError,
     boolean,
@@ -16,15 +17,17 @@ from fedbatch.checks import (
     number,
     optional,
 )
+from fedbatch.config.targets import own_class
 
-DATASETS = ("synthetic", "mnist1d", "digits", "images")
+DATASETS = registry.DATASETS.names()
 IMAGE_DATASETS = ("images",)  # (C, H, W) samples; the others are flat feature vectors
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
-MODELS = ("logreg", "mlp", "cnn1d", "cnn")
+MODELS = registry.MODELS.names()
 NORMS = ("none", "batch", "group", "layer")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-STRATEGIES = ("fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedbuff")
-STRATEGIES += ("fedasync",)
+STRATEGIES = registry.STRATEGIES.names()
+# What fedbatch passes a `_target_` model's constructor itself (README, "Extending fedbatch").
+MODEL_INPUTS = {"input_shape": "the dataset", "num_classes": "the dataset"}
 ENGINES = ("inprocess", "ray", "deployment", "vectorized")
 
 
@@ -52,7 +55,10 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"
+    name: str = "mlp"  # a built-in's name; with `_target_`, its dotted path
+    target: str | None = None  # `_target_`: a torch.nn.Module subclass of the user's own
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # the `_target_`'s arguments
+    # The built-ins' options (a `_target_` model takes its own from `kwargs`):
     norm: str = "none"
     hidden: tuple[int, ...] = (64, 64)
     channels: tuple[int, ...] = (16, 32)
@@ -67,12 +73,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "fedavg"
+    name: str = "fedavg"  # a built-in's name; with `_target_`, its dotted path
     fraction_evaluate: float = 0.0
-    params: Mapping[str, float | None] = field(default_factory=dict)  # None: left unset
+    params: Mapping[str, Any] = field(default_factory=dict)  # None: left unset
+    target: str | None = None  # `_target_`: a Flower Strategy subclass of the user's own
 
     @property
-    def set_params(self) -> dict[str, float]:
+    def set_params(self) -> dict[str, Any]:
         """The parameters given a value; a null one keeps the strategy's default."""
         return {k: v for k, v in self.params.items() if v is not None}
 
@@ -151,8 +158,13 @@ def partition_config(raw: Mapping[str, Any]) -> PartitionConfig:
 
 
 def model_config(raw: Mapping[str, Any]) -> ModelConfig:
+    own = own_class(registry.MODELS, raw, passed=MODEL_INPUTS)
+    if own is not None:
+        return ModelConfig(name=own.path, target=own.path, kwargs=own.kwargs)
     d = ModelConfig()
     check_known("model", raw, set(asdict(d)))
+    if raw.get("kwargs"):
+        raise ConfigError("model.kwargs", raw["kwargs"], "none without model._target_")
     name = choice("model", raw.get("name", d.name), MODELS)
     norm = choice("model.norm", raw.get("norm", d.norm), NORMS)
     if name == "logreg" and norm != "none":
@@ -180,7 +192,6 @@ def model_config(raw: Mapping[str, Any]) -> ModelConfig:
 
 
 def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
-    name = choice("strategy", raw.get("name", "fedavg"), STRATEGIES)
     fraction = number(
         "strategy.fraction_evaluate",
         raw.get("fraction_evaluate", 0.0),
@@ -188,9 +199,16 @@ def strategy_config(raw: Mapping[str, Any]) -> StrategyConfig:
         1.0,
         open_low=False,
     )
+    own = own_class(
+        registry.STRATEGIES, raw, arguments="params", fedbatch_keys=("fraction_evaluate",)
+    )
+    if own is not None:  # its parameters: whatever its constructor takes (checked on build)
+        return StrategyConfig(own.path, fraction, own.kwargs, target=own.path)
+    name = choice("strategy", raw.get("name", "fedavg"), STRATEGIES)
     # Strategy parameters sit beside `name` in YAML, and under `params` in the JSON copy.
     params = dict(raw.get("params", {}))
-    params |= {k: v for k, v in raw.items() if k not in ("name", "fraction_evaluate", "params")}
+    own_keys = ("name", "fraction_evaluate", "params", "target")
+    params |= {k: v for k, v in raw.items() if k not in own_keys}
     for key, value in params.items():
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
             raise ConfigError(f"strategy.{key}", value, "a number or null")

@@ -6,9 +6,10 @@ Every batch-size lever of the literature is a key here (docs/science.md has the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedbatch import registry
 from fedbatch.checks import (
     ConfigError,
     SectionReader,
@@ -19,14 +20,21 @@ from fedbatch.checks import (
     number,
     optional,
 )
+from fedbatch.config.targets import own_class
 
 FULL_BATCH = "full"
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "lars")
+OPTIMIZERS = registry.OPTIMIZERS.names()
+# What fedbatch passes a `_target_` optimizer's constructor itself (README, "Extending fedbatch").
+OPTIMIZER_INPUTS = {
+    "params": "the model",
+    "lr": "client.lr (with its scaling and schedule)",
+    "weight_decay": "client.weight_decay",
+}
 LR_SCALING = ("none", "linear", "sqrt")
 LR_SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 REGULARIZATION = ("none", "linear", "sqrt")
-BATCH_SCHEDULES = ("constant", "step", "ramp", "adaptive")
+BATCH_SCHEDULES = registry.BATCH_SCHEDULES.names()
 RAMPS = ("linear", "geometric")
 ADAPTIVE_RULES = ("simple", "norm_test")
 NOISE_SOURCES = ("global", "local")  # B_simple of the pooled data, or within clients
@@ -40,7 +48,7 @@ class ClientConfig:
     batch_size: int | str = 32
     epochs: int = 2
     steps: int | None = None
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # a built-in's name; with `_target_`, its dotted path
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -59,6 +67,9 @@ class ClientConfig:
     regularization: str = "none"  # weight decay and dropout · (B / base_batch_size)^{0, 1, 1/2}
     prefetch: bool = False  # gather the next mini-batch on a background thread
     optimizer_state: str = "reset"  # keep: momentum/moments/step counts carry across rounds
+    # `client.optimizer: {_target_: ...}`: a torch.optim.Optimizer subclass and its arguments
+    optimizer_target: str | None = None
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,18 +133,36 @@ def _frequency(raw: Mapping[str, Any], key: str, default: int) -> int:
     return integer(f"monitor.{key}", raw.get(key, default), 0)
 
 
+def _optimizer(raw: Mapping[str, Any]) -> tuple[str, str | None, dict[str, Any]]:
+    """`client.optimizer`: a built-in's name, or `{_target_: module.Class, **kwargs}` (in
+    the JSON copy: its path, `optimizer_target` and `optimizer_kwargs`)."""
+    value = raw.get("optimizer", ClientConfig.optimizer)
+    if isinstance(value, Mapping):
+        section = value
+    elif raw.get("optimizer_target") is not None:
+        section = {"target": raw["optimizer_target"], "kwargs": raw.get("optimizer_kwargs")}
+    else:
+        return choice("client.optimizer", value, OPTIMIZERS), None, {}
+    own = own_class(registry.OPTIMIZERS, section, passed=OPTIMIZER_INPUTS)
+    if own is None:
+        allowed = "one of " + ", ".join(OPTIMIZERS) + ", or a mapping with _target_"
+        raise ConfigError("client.optimizer", dict(value), allowed)
+    return own.path, own.path, own.kwargs
+
+
 def client_config(raw: Mapping[str, Any]) -> ClientConfig:
     d = ClientConfig()
     check_known("client", raw, set(asdict(d)))
 
     r = SectionReader("client", raw, d)
     positive, non_negative, count, named = r.positive, r.non_negative, r.count, r.named
+    optimizer, optimizer_target, optimizer_kwargs = _optimizer(raw)
 
     return ClientConfig(
         batch_size=batch_size_value("client.batch_size", raw.get("batch_size", d.batch_size)),
         epochs=count("epochs", 1),
         steps=optional(lambda k, v: integer(k, v, 1), "client.steps", raw.get("steps")),
-        optimizer=named("optimizer", OPTIMIZERS),
+        optimizer=optimizer,
         lr=positive("lr"),
         momentum=non_negative("momentum", 1.0),
         weight_decay=non_negative("weight_decay"),
@@ -152,6 +181,8 @@ def client_config(raw: Mapping[str, Any]) -> ClientConfig:
         regularization=named("regularization", REGULARIZATION),
         prefetch=r.flag("prefetch"),
         optimizer_state=named("optimizer_state", OPTIMIZER_STATES),
+        optimizer_target=optimizer_target,
+        optimizer_kwargs=optimizer_kwargs,
     )
 
 

@@ -19,7 +19,9 @@ Test sets hold ceil(test_fraction · n) samples (digits, synthetic, images) or
 n - int(n · (1 - test_fraction)) (mnist1d, the generator's own rule).
 
 `load_dataset` is cached per process; the arrays it returns are read-only (index them to
-get a writable copy, or use `torch.tensor` rather than `torch.from_numpy`).
+get a writable copy, or use `torch.tensor` rather than `torch.from_numpy`). Each dataset
+is a function `(cfg, seed) -> (x_train, y_train, x_test, y_test, num_classes)` named in
+`fedbatch.registry.DATASETS`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from fedbatch.config import DATASETS, ConfigError, DataConfig
+from fedbatch.config import DataConfig
+from fedbatch.registry import DATASETS
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,15 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """The dataset `cfg` names, split with `seed` (same arguments, same arrays)."""
-    if cfg.name not in DATASETS:
-        raise ConfigError("data", cfg.name, "one of " + ", ".join(DATASETS))
+    DATASETS.resolve(cfg.name)  # an unknown name: ConfigError
     return _load_cached(_relevant(cfg), seed)
 
 
 def _relevant(cfg: DataConfig) -> DataConfig:
-    """Reset the fields a dataset ignores, so they do not split the cache."""
+    """Reset the fields a dataset ignores, so they do not split the cache (a dataset not
+    listed here keeps them all)."""
     default = DataConfig()
-    if cfg.name == "synthetic":
+    if cfg.name not in ("digits", "mnist1d", "images"):
         return cfg
     if cfg.name == "images":
         return replace(
@@ -76,8 +79,7 @@ def _relevant(cfg: DataConfig) -> DataConfig:
 
 @lru_cache(maxsize=8)
 def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
-    loaders = {"digits": _digits, "mnist1d": _mnist1d, "synthetic": _synthetic, "images": _images}
-    x_train, y_train, x_test, y_test, num_classes = loaders[cfg.name](cfg, seed)
+    x_train, y_train, x_test, y_test, num_classes = DATASETS.resolve(cfg.name)(cfg, seed)
     return Dataset(
         name=cfg.name,
         x_train=_frozen(x_train, np.float32),
@@ -107,7 +109,7 @@ def _seed32(seed: int) -> int:
     return seed % 2**32
 
 
-def _digits(cfg: DataConfig, seed: int) -> Arrays:
+def digits(cfg: DataConfig, seed: int) -> Arrays:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -129,7 +131,7 @@ def _global_rng_preserved() -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-def _mnist1d(cfg: DataConfig, seed: int) -> Arrays:
+def mnist1d(cfg: DataConfig, seed: int) -> Arrays:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
@@ -144,7 +146,7 @@ def _mnist1d(cfg: DataConfig, seed: int) -> Arrays:
     return (x_train - mean) / std, data["y"], (x_test - mean) / std, data["y_test"], 10
 
 
-def _synthetic(cfg: DataConfig, seed: int) -> Arrays:
+def synthetic(cfg: DataConfig, seed: int) -> Arrays:
     rng = np.random.default_rng(seed)
     d, c = cfg.num_features, cfg.num_classes
     std_x = np.arange(1, d + 1, dtype=np.float64) ** -0.6  # Σ_jj = j^-1.2
@@ -172,7 +174,7 @@ def _random_split(
     return x_all[train], y_all[train], x_all[test], y_all[test]
 
 
-def _images(cfg: DataConfig, seed: int) -> Arrays:
+def images(cfg: DataConfig, seed: int) -> Arrays:
     rng = np.random.default_rng(seed)
     coarse = cfg.signal * rng.standard_normal((cfg.num_classes, 3, 4, 4), dtype=np.float32)
     templates = np.kron(coarse, np.ones((8, 8), dtype=np.float32))  # smooth 3×32×32

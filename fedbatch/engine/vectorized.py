@@ -35,7 +35,8 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
     empty when they can. FedBN and ghost batches need BatchNorm, drift needs a stream,
     memory-split micro-batches and step limits need the clock: all ruled out below. A kept
     optimizer state lives in the ClientApp's context.state, so every round of such a run
-    goes through the ClientApp (batching some rounds would leave it stale)."""
+    goes through the ClientApp (batching some rounds would leave it stale). A `_target_`
+    model may hold BatchNorm or dropout its config does not show: ruled out too."""
     client, model = cfg.client, cfg.model
     checks = [
         (client.optimizer not in SGD_RULES, f"client.optimizer={client.optimizer}"),
@@ -43,6 +44,7 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (client.accumulate != 1, f"client.accumulate={client.accumulate}"),
         (client.optimizer_state == "keep", "client.optimizer_state=keep"),
         (model.norm == "batch", "model.norm=batch"),
+        (model.target is not None, f"model._target_={model.target}"),
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),
         (cfg.stream.streaming, f"stream={cfg.stream.name}"),

@@ -48,7 +48,10 @@ def _record(tensors: dict[str, torch.Tensor], like: ArrayRecord) -> ArrayRecord:
 
 class AsyncLoop(Federation):
     """The event loop's state beside the shared federation: the global model's version
-    and the clients in flight."""
+    and the clients in flight. Each strategy says how many arrivals make an update
+    (`per_update`) and what they make of the global model (`merge`)."""
+
+    per_update: int
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,8 +62,6 @@ class AsyncLoop(Federation):
         self.flight: list[_InFlight] = []
         self.dispatched = 0
         self.concurrency = int(self.params.get("concurrency", self.cfg.clients_per_round))
-        fedasync = self.cfg.strategy.name == "fedasync"
-        self.per_update = 1 if fedasync else int(self.params.get("buffer_size", 1))
 
     def idle(self) -> list[int]:
         busy = {f.client for f in self.flight}
@@ -94,23 +95,11 @@ class AsyncLoop(Federation):
         return staleness_weight(staleness, exponent, None if cutoff is None else float(cutoff))
 
     def apply(self, arrived: Sequence[_InFlight]) -> None:
-        """FedBuff: w += η_g · mean of s(τ)·Δ; FedAsync: w ← (1 − α s(τ)) w + α s(τ) w_k."""
-        current = _tensors(self.arrays)
-        if self.cfg.strategy.name == "fedasync":
-            (entry,) = arrived
-            alpha = float(self.params.get("mixing", 0.6)) * self.weight(
-                self.version - entry.version
-            )
-            client = _tensors(entry.reply.content["arrays"])
-            new = {k: (1 - alpha) * v + alpha * client[k] for k, v in current.items()}
-        else:
-            lr = float(self.params.get("server_learning_rate", 1.0))
-            new = dict(current)
-            for entry in arrived:
-                scale = lr * self.weight(self.version - entry.version) / len(arrived)
-                start, end = _tensors(entry.start), _tensors(entry.reply.content["arrays"])
-                new = {k: v + scale * (end[k] - start[k]) for k, v in new.items()}
-        self.arrays, self.version = _record(new, self.arrays), self.version + 1
+        self.arrays, self.version = _record(self.merge(arrived), self.arrays), self.version + 1
+
+    def merge(self, arrived: Sequence[_InFlight]) -> dict[str, torch.Tensor]:
+        """The new global weights from the current ones and the `arrived` updates."""
+        raise NotImplementedError
 
     def run(self) -> RunOutcome:
         """`cfg.rounds` aggregations; stops as `all_clients_failed` once every client has
@@ -161,3 +150,32 @@ class AsyncLoop(Federation):
         }
         state = self.notify(RoundState(server_round, self.arrays, row))
         return None if state.stop_reason is None else (server_round, state.stop_reason)
+
+
+class FedBuff(AsyncLoop):
+    """FedBuff: w += η_g · mean of s(τ)·Δ over every `buffer_size` arrivals."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.per_update = int(self.params.get("buffer_size", 1))
+
+    def merge(self, arrived: Sequence[_InFlight]) -> dict[str, torch.Tensor]:
+        lr = float(self.params.get("server_learning_rate", 1.0))
+        new = _tensors(self.arrays)
+        for entry in arrived:
+            scale = lr * self.weight(self.version - entry.version) / len(arrived)
+            start, end = _tensors(entry.start), _tensors(entry.reply.content["arrays"])
+            new = {k: v + scale * (end[k] - start[k]) for k, v in new.items()}
+        return new
+
+
+class FedAsync(AsyncLoop):
+    """FedAsync: each arrival mixed in at once, w ← (1 − α s(τ)) w + α s(τ) w_k."""
+
+    per_update = 1
+
+    def merge(self, arrived: Sequence[_InFlight]) -> dict[str, torch.Tensor]:
+        (entry,) = arrived
+        alpha = float(self.params.get("mixing", 0.6)) * self.weight(self.version - entry.version)
+        current, client = _tensors(self.arrays), _tensors(entry.reply.content["arrays"])
+        return {k: (1 - alpha) * v + alpha * client[k] for k, v in current.items()}

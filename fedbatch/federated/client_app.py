@@ -35,6 +35,7 @@ from fedbatch.local.models import norm_state_keys, set_dropout
 from fedbatch.local.optim import build_optimizer
 from fedbatch.local.plan import LocalPlan, plan_client_round
 from fedbatch.local.trainer import LocalResult, TrainOptions, evaluate, train_local
+from fedbatch.registry import TargetImportError
 from fedbatch.seeding import derive_seed
 
 app = ClientApp()
@@ -79,10 +80,14 @@ class Task:
 def setup_task(msg: Message, context: Context) -> Task:
     config = msg.content["config"]
     device = context.node_config.get("device")  # a SuperNode's own, from --node-config
-    workload = workload_for(str(config["run-config"]), None if device is None else str(device))
+    try:  # the run's config and model import its `_target_` classes, if any
+        workload = workload_for(str(config["run-config"]), None if device is None else str(device))
+        model = workload.model()
+    except TargetImportError as error:  # this node's failure, one line: say where it must be
+        where = " (on this node: every SuperNode must import it, installed or on PYTHONPATH)"
+        raise TargetImportError(error.key, error.path, error.problem + where) from None
     key = "partition-id"
     partition_id = int(config[key] if key in config else context.node_config[key])
-    model = workload.model()
     load_arrays(model, msg.content["arrays"])
     if workload.cfg.model.fedbn and LOCAL_NORMS in context.state:
         _load_local_norms(model, context.state[LOCAL_NORMS])

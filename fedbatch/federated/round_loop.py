@@ -20,7 +20,12 @@ from fedbatch.config import RunConfig
 from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.rows import empty_row, metric, reply_counts, train_values
 from fedbatch.federated.sampling import SampledNodesGrid
-from fedbatch.federated.strategies import ASYNC_PARAMETERS, build_strategy, check_strategy_params
+from fedbatch.federated.strategies import (
+    ASYNC_PARAMETERS,
+    build_strategy,
+    check_strategy_params,
+    strategy_class,
+)
 from fedbatch.federated.virtual_time import RoundClock, VirtualTime, record_bytes
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 
@@ -250,9 +255,7 @@ def run_rounds(
     """Run up to `cfg.rounds` rounds (or aggregations) of the configured strategy on
     `grid`, whose nodes are listed in partition order. `pooled_size`: the training data's
     size over all partitions (the global noise scale's population)."""
-    if cfg.strategy.name in ASYNC_PARAMETERS:
-        from fedbatch.federated.async_loop import AsyncLoop
-
+    if cfg.strategy.name in ASYNC_PARAMETERS:  # fedbatch's event loop (async_loop.py)
         check_strategy_params(cfg)
-        return AsyncLoop(grid, cfg, callbacks, initial_arrays, pooled_size).run()
+        return strategy_class(cfg)(grid, cfg, callbacks, initial_arrays, pooled_size).run()
     return RoundLoop(grid, cfg, callbacks, initial_arrays, pooled_size).run()

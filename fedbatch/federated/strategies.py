@@ -1,8 +1,15 @@
-"""Flower's own strategy classes, by name, with their parameters exposed to config."""
+"""Flower's own strategy classes, by name, with their parameters exposed to config, or a
+Flower Strategy of the user's own named by `_target_`.
+
+Every synchronous strategy is built here with what fedbatch's round loop needs (`_MANAGED`:
+it takes every node the loop offers, and combines client metrics correctly), plus the
+config's parameters; `fedbatch.registry.STRATEGIES` names the classes.
+"""
 
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from flwr.serverapp import strategy as flower
 
@@ -10,6 +17,7 @@ from fedbatch.checks import ConfigError, number
 from fedbatch.compat import FedAvgWithMeanHook
 from fedbatch.config import RunConfig
 from fedbatch.federated.records import aggregate_arrayrecords, aggregate_client_metrics
+from fedbatch.registry import STRATEGIES, TargetError, one_line
 
 
 class FedAvg(FedAvgWithMeanHook):
@@ -45,15 +53,6 @@ class FedAdagrad(flower.FedAdagrad, FedAvg):
     """Flower's FedAdagrad (a FedOpt) on fedbatch's FedAvg."""
 
 
-STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
-    "fedavg": FedAvg,
-    "fedavgm": FedAvgM,
-    "fedprox": FedProx,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedadagrad": FedAdagrad,
-}
-
 # Set by fedbatch from top-level keys, so they cannot be overridden per strategy.
 _MANAGED = {
     "fraction_train",
@@ -77,12 +76,29 @@ ASYNC_PARAMETERS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def tunable_parameters(name: str) -> list[str]:
-    """The constructor parameters of strategy `name` that config may set."""
+def strategy_class(cfg: RunConfig) -> type:
+    """The class `strategy` names: a built-in (a Flower strategy, or for the asynchronous
+    ones fedbatch's event loop) or its `_target_` (a Flower strategy)."""
+    if cfg.strategy.target is not None:
+        return STRATEGIES.target(cfg.strategy.target)
+    return STRATEGIES.resolve(cfg.strategy.name)
+
+
+def _takes_any_keyword(signature: inspect.Signature) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def tunable_parameters(cfg: RunConfig) -> list[str] | None:
+    """The constructor parameters of the configured strategy that config may set (None:
+    any, for a `_target_` taking **kwargs)."""
+    name = cfg.strategy.name
     if name in ASYNC_PARAMETERS:
         return list(ASYNC_PARAMETERS[name])
-    signature = inspect.signature(STRATEGY_CLASSES[name].__init__)
-    return [p for p in signature.parameters if p not in _MANAGED and p != "self"]
+    signature = inspect.signature(strategy_class(cfg))
+    if cfg.strategy.target is not None and _takes_any_keyword(signature):
+        return None
+    named = (p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD)
+    return [p.name for p in named if p.name not in _MANAGED and p.kind is not p.VAR_POSITIONAL]
 
 
 # Ranges of the strategies' parameters: (lowest, highest, lowest allowed itself).
@@ -105,13 +121,13 @@ _SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 def check_strategy_params(cfg: RunConfig) -> None:
     name = cfg.strategy.name
-    allowed = tunable_parameters(name)
+    allowed = tunable_parameters(cfg)
     for key, value in cfg.strategy.params.items():
-        if key not in allowed:
+        if allowed is not None and key not in allowed:
             raise ConfigError(
                 f"strategy.{key}", value, f"parameters of {name}: " + (", ".join(allowed) or "none")
             )
-        if key in _RANGES and value is not None:
+        if cfg.strategy.target is None and key in _RANGES and value is not None:
             low, high, inclusive = _RANGES[key]
             number(f"strategy.{key}", value, low, high, open_low=not inclusive)
     if name in ASYNC_PARAMETERS:
@@ -144,13 +160,15 @@ def _check_async(cfg: RunConfig) -> None:
         raise ConfigError("strategy.buffer_size", buffer_size, allowed)
 
 
-def build_strategy(cfg: RunConfig) -> FedAvg:
-    """The configured Flower strategy, sampling exactly `clients_per_round` clients."""
+def build_strategy(cfg: RunConfig) -> flower.Strategy:
+    """The configured Flower strategy, sampling exactly `clients_per_round` clients. A
+    `_target_` gets those of fedbatch's arguments its constructor names (all of them if it
+    takes **kwargs) and its config's parameters."""
     check_strategy_params(cfg)
     per_round = cfg.clients_per_round
     # The loop offers the strategy exactly the nodes it drew (see federated/sampling.py).
     evaluate_nodes = max(1, int(cfg.num_clients * cfg.strategy.fraction_evaluate))
-    return STRATEGY_CLASSES[cfg.strategy.name](
+    managed: dict[str, Any] = dict(
         fraction_train=1.0,  # every offered node (more than K when over-selecting)
         fraction_evaluate=cfg.strategy.fraction_evaluate,
         min_train_nodes=per_round,
@@ -158,5 +176,16 @@ def build_strategy(cfg: RunConfig) -> FedAvg:
         min_available_nodes=min(per_round, evaluate_nodes),
         train_metrics_aggr_fn=aggregate_client_metrics,
         evaluate_metrics_aggr_fn=aggregate_client_metrics,
-        **cfg.strategy.set_params,
     )
+    strategy = strategy_class(cfg)
+    if cfg.strategy.target is None:
+        return strategy(**managed, **cfg.strategy.set_params)
+    signature = inspect.signature(strategy)
+    if not _takes_any_keyword(signature):
+        managed = {k: v for k, v in managed.items() if k in signature.parameters}
+    try:
+        return strategy(**managed, **cfg.strategy.set_params)
+    except Exception as error:  # the user's constructor: one line, whatever it raised
+        given = ", ".join(f"{k}={v!r}" for k, v in cfg.strategy.set_params.items())
+        problem = "cannot be built" + (given and f" with {given}") + f": {one_line(error)}"
+        raise TargetError(STRATEGIES.target_key, cfg.strategy.target, problem) from None

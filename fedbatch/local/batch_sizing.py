@@ -1,7 +1,9 @@
 """Batch-size schedules: which B each round and each client trains with (pure, no Flower).
 
 The server asks a `BatchPlanner` for the round's plan and sends it to the clients in their
-ConfigRecords; each client then applies the per-client rule to its own data size.
+ConfigRecords; each client then applies the per-client rule to its own data size. Each
+schedule (`batch.name`) is a function `(cfg, ScheduleInput) -> B` named in
+`fedbatch.registry.BATCH_SCHEDULES`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from fedbatch.config import FULL_BATCH, BatchConfig
+from fedbatch.registry import BATCH_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -37,20 +40,46 @@ class RoundPlan:
     gain_noise: NoiseEstimate | None = None
 
 
+@dataclass(frozen=True)
+class ScheduleInput:
+    """What a batch schedule may look at to choose the round's B (before bounds)."""
+
+    base: int  # client.batch_size
+    server_round: int  # from 1
+    rounds: int
+    previous: int  # the last round's B (base before round 1)
+    noise: NoiseEstimate | None = None  # the latest estimate `batch.noise` names
+
+
+def constant_batch(cfg: BatchConfig, at: ScheduleInput) -> int:
+    return at.base
+
+
+def step_batch(cfg: BatchConfig, at: ScheduleInput) -> int:
+    """B × `factor` at each of the `milestones` rounds passed."""
+    passed = sum(1 for m in cfg.milestones if m <= at.server_round)
+    return round(at.base * cfg.factor**passed)
+
+
+def ramp_batch(cfg: BatchConfig, at: ScheduleInput) -> int:
+    """From B to `max` over `ramp_rounds` (default all rounds), linearly or geometrically."""
+    if not isinstance(cfg.max, int):
+        raise ValueError("a ramp needs an integer batch.max")
+    length = cfg.ramp_rounds or at.rounds
+    fraction = 1.0 if length <= 1 else min((at.server_round - 1) / (length - 1), 1.0)
+    if cfg.ramp == "geometric":
+        return round(at.base * (cfg.max / at.base) ** fraction)
+    return round(at.base + fraction * (cfg.max - at.base))
+
+
+def adaptive_batch(cfg: BatchConfig, at: ScheduleInput) -> int:
+    return adaptive_batch_size(cfg, at.previous, at.noise)
+
+
 def scheduled_batch_size(cfg: BatchConfig, base: int, server_round: int, rounds: int) -> int:
     """B of a deterministic schedule (constant, step, ramp) at `server_round` (from 1)."""
-    if cfg.name == "step":
-        passed = sum(1 for m in cfg.milestones if m <= server_round)
-        return round(base * cfg.factor**passed)
-    if cfg.name == "ramp":
-        if not isinstance(cfg.max, int):
-            raise ValueError("a ramp needs an integer batch.max")
-        length = cfg.ramp_rounds or rounds
-        fraction = 1.0 if length <= 1 else min((server_round - 1) / (length - 1), 1.0)
-        if cfg.ramp == "geometric":
-            return round(base * (cfg.max / base) ** fraction)
-        return round(base + fraction * (cfg.max - base))
-    return base
+    at = ScheduleInput(base, server_round, rounds, previous=base)
+    return BATCH_SCHEDULES.resolve(cfg.name)(cfg, at)
 
 
 def adaptive_batch_size(cfg: BatchConfig, previous: int, noise: NoiseEstimate | None) -> int:
@@ -82,6 +111,7 @@ class BatchPlanner:
         self.cfg, self.base, self.rounds = cfg, base, rounds
         self.progress = 0.0
         self.previous = base if isinstance(base, int) else None
+        self.schedule = BATCH_SCHEDULES.resolve(cfg.name)
 
     def plan(
         self,
@@ -94,12 +124,9 @@ class BatchPlanner:
         data), goes to the clients for AdaScale's gain."""
         if not isinstance(self.base, int):  # client.batch_size=full: nothing to schedule
             return RoundPlan(FULL_BATCH, 1.0, self.progress)
-        if self.cfg.name == "adaptive":
-            assert self.previous is not None
-            batch = adaptive_batch_size(self.cfg, self.previous, noise)
-        else:
-            batch = scheduled_batch_size(self.cfg, self.base, server_round, self.rounds)
-        batch = bounded(self.cfg, batch)
+        assert self.previous is not None
+        at = ScheduleInput(self.base, server_round, self.rounds, self.previous, noise)
+        batch = bounded(self.cfg, self.schedule(self.cfg, at))
         self.previous = batch
         return RoundPlan(batch, 1.0, self.progress, gain_noise if self.cfg.adascale else None)
 

@@ -1,7 +1,13 @@
-"""Models by name, with a choice of normalization layer (pure torch, no Flower)."""
+"""Models by name, with a choice of normalization layer, or the user's own (pure torch).
+
+Each built-in is a builder `(cfg, input_shape, num_classes) -> nn.Module` named in
+`fedbatch.registry.MODELS`; a `_target_` model is its class, called with `input_shape`,
+`num_classes` and the config's other keys.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -10,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fedbatch.config import ModelConfig
+from fedbatch.registry import MODELS, TargetError, one_line
 
 
 class _GhostBatchNorm:
@@ -112,9 +119,14 @@ def _divisor_at_most(channels: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
-def _mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
+def logreg(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression: one linear layer on the flattened input."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+
+
+def mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
-    width = in_features
+    width = math.prod(input_shape)
     for hidden in cfg.hidden:
         norm = _norm(cfg.norm, hidden, cfg.groups, ghost=cfg.ghost_batch)
         layers.append(_block(cfg, nn.Linear(width, hidden), norm, nn.ReLU()))
@@ -123,7 +135,9 @@ def _mlp(cfg: ModelConfig, in_features: int, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _cnn1d(cfg: ModelConfig, length: int, num_classes: int) -> nn.Module:
+def cnn1d(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A 1-D CNN over the flattened input: conv → norm → ReLU → max-pool per block."""
+    length = math.prod(input_shape)
     layers: list[nn.Module] = [nn.Unflatten(1, (1, length))]
     width = 1
     for channels in cfg.channels:
@@ -142,8 +156,10 @@ def _cnn1d(cfg: ModelConfig, length: int, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A 2-D CNN for (C, H, W) images: conv → norm → ReLU → 2×2 max-pool per block."""
+    if len(input_shape) != 3:
+        raise ValueError(f"model=cnn needs (C, H, W) images, got input shape {input_shape}")
     width, height, breadth = input_shape
     layers: list[nn.Module] = []
     for channels in cfg.channels:
@@ -163,20 +179,36 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the configured model for inputs of `input_shape` (without the batch axis)."""
-    features = 1
-    for size in input_shape:
-        features *= size
-    if cfg.name == "logreg":
-        return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
-    if cfg.name == "mlp":
-        return _mlp(cfg, features, num_classes)
-    if cfg.name == "cnn1d":
-        return _cnn1d(cfg, features, num_classes)
-    if cfg.name == "cnn":
-        if len(input_shape) != 3:
-            raise ValueError(f"model=cnn needs (C, H, W) images, got input shape {input_shape}")
-        return _cnn(cfg, input_shape, num_classes)
-    raise ValueError(f"unknown model {cfg.name!r}")
+    if cfg.target is None:
+        return MODELS.resolve(cfg.name)(cfg, input_shape, num_classes)
+    model_class = MODELS.target(cfg.target)
+    try:
+        return model_class(input_shape=input_shape, num_classes=num_classes, **cfg.kwargs)
+    except Exception as error:  # the user's constructor: one line, whatever it raised
+        given = ", ".join(f"{k}={v!r}" for k, v in cfg.kwargs.items())
+        called = f"input_shape={input_shape}, num_classes={num_classes}" + (given and ", " + given)
+        problem = f"cannot be built with {called}: {one_line(error)}"
+        raise TargetError(MODELS.target_key, cfg.target, problem) from None
+
+
+@torch.no_grad()
+def check_logits(cfg: ModelConfig, model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """One line unless the `_target_` model maps the batch `x` to (len(x), num_classes)
+    logits, its contract: checked on a couple of samples before any work."""
+    assert cfg.target is not None
+    training = model.training
+    model.eval()
+    try:
+        shape = tuple(model(x).shape)
+    except Exception as error:
+        problem = f"fails on inputs of shape {tuple(x.shape)}: {one_line(error)}"
+        raise TargetError(MODELS.target_key, cfg.target, problem) from None
+    finally:
+        model.train(training)
+    if shape != (len(x), num_classes):
+        allowed = f"({len(x)}, {num_classes}), logits for num_classes={num_classes}"
+        problem = f"returns shape {shape} for inputs of shape {tuple(x.shape)}: allowed {allowed}"
+        raise TargetError(MODELS.target_key, cfg.target, problem)
 
 
 def memory_format(cfg: ModelConfig, device: torch.device) -> torch.memory_format:

@@ -1,4 +1,9 @@
-"""Client optimizers and learning-rate rules by name (pure torch, no Flower)."""
+"""Client optimizers and learning-rate rules by name (pure torch, no Flower).
+
+Each built-in optimizer is a builder `(params, cfg, lr) -> Optimizer` named in
+`fedbatch.registry.OPTIMIZERS`; a `_target_` optimizer is its class, called with the
+parameters, `lr` (and `weight_decay` when client.weight_decay > 0) and the config's keys.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from fedbatch.config import ClientConfig
+from fedbatch.registry import OPTIMIZERS, TargetError, one_line
+
+Params = Iterable[torch.nn.Parameter]
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -119,36 +127,63 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def sgd(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def momentum(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def nesterov(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        params, lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+    )
+
+
+def adam(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def adamw(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def rmsprop(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def adagrad(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lars(params: Params, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
+    return LARS(
+        params,
+        lr=lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        trust_coefficient=cfg.trust_coefficient,
+    )
+
+
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: ClientConfig, lr: float | None = None
+    params: Params, cfg: ClientConfig, lr: float | None = None
 ) -> torch.optim.Optimizer:
-    """The optimizer named by `client.optimizer`, at learning rate `lr` (default client.lr)."""
+    """The optimizer `client.optimizer` names, at learning rate `lr` (default client.lr)."""
     lr = cfg.lr if lr is None else lr
-    wd = cfg.weight_decay
-    name = cfg.optimizer
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, nesterov=name == "nesterov", weight_decay=wd
-        )
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    if name == "lars":
-        return LARS(
-            params,
-            lr=lr,
-            momentum=cfg.momentum,
-            weight_decay=wd,
-            trust_coefficient=cfg.trust_coefficient,
-        )
-    raise ValueError(f"unknown optimizer {name!r}")
+    if cfg.optimizer_target is None:
+        return OPTIMIZERS.resolve(cfg.optimizer)(params, cfg, lr)
+    optimizer_class = OPTIMIZERS.target(cfg.optimizer_target)
+    # Only when set, so that an optimizer without weight decay works with the default 0.
+    decay = {"weight_decay": cfg.weight_decay} if cfg.weight_decay > 0 else {}
+    kwargs = {"lr": lr, **decay, **cfg.optimizer_kwargs}
+    try:
+        return optimizer_class(params, **kwargs)
+    except Exception as error:  # the user's constructor: one line, whatever it raised
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        problem = f"cannot be built with {given}: {one_line(error)}"
+        raise TargetError(OPTIMIZERS.target_key, cfg.optimizer_target, problem) from None
 
 
 # --- learning rates ------------------------------------------------------------------------

@@ -15,8 +15,13 @@ from flwr.serverapp.strategy import fedavg as flower_fedavg
 from flwr.serverapp.strategy import strategy_utils
 
 from fedbatch.federated import records, strategies
+from fedbatch.registry import STRATEGIES
 from tests.flower_messages import Nodes, global_arrays, same_arrays, train_replies
 
+# The synchronous built-ins: Flower's classes (the others are fedbatch's event loop).
+CLASSES = {
+    n: STRATEGIES.resolve(n) for n in STRATEGIES.names() if n not in strategies.ASYNC_PARAMETERS
+}
 FLOWERS_MEAN = strategy_utils.aggregate_arrayrecords.__code__
 OUR_MEAN = records.aggregate_arrayrecords.__code__
 
@@ -49,8 +54,8 @@ def functions_called() -> Iterator[set[CodeType]]:
 
 
 def test_every_strategy_has_its_own_fast_class():
-    assert set(SETTINGS) == set(strategies.STRATEGY_CLASSES)
-    for cls in strategies.STRATEGY_CLASSES.values():
+    assert set(SETTINGS) == set(CLASSES)
+    for cls in CLASSES.values():
         flowers = getattr(flower, cls.__name__)
         assert issubclass(cls, flowers) and cls is not flowers
         assert issubclass(cls, strategies.FedAvg)
@@ -73,7 +78,7 @@ def test_flowers_own_fedavg_keeps_flowers_mean():
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_each_strategy_uses_the_fast_mean(name):
-    ours = strategies.STRATEGY_CLASSES[name](**SETTINGS[name])
+    ours = CLASSES[name](**SETTINGS[name])
     ours.configure_train(1, global_arrays(), ConfigRecord(), Nodes(3))
     with functions_called() as called:
         arrays, _ = ours.aggregate_train(1, train_replies(0, (3, 4, 5)))
@@ -83,7 +88,7 @@ def test_each_strategy_uses_the_fast_mean(name):
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_each_strategy_aggregates_byte_identically_to_flowers(name):
-    cls = strategies.STRATEGY_CLASSES[name]
+    cls = CLASSES[name]
     kwargs = {"min_train_nodes": 3, "min_available_nodes": 3, **SETTINGS[name]}
     ours, flowers = cls(**kwargs), getattr(flower, cls.__name__)(**kwargs)
     arrays = their_arrays = global_arrays()
@@ -107,7 +112,7 @@ def test_each_strategy_aggregates_byte_identically_to_flowers(name):
 
 @pytest.mark.parametrize("name", ["fedavg", "fedavgm"])
 def test_flowers_dp_wrapper_takes_fedbatchs_strategies(name):
-    cls = strategies.STRATEGY_CLASSES[name]
+    cls = CLASSES[name]
     kwargs = {"min_train_nodes": 3, "min_available_nodes": 3, **SETTINGS[name]}
 
     def wrapped(strategy):
