@@ -205,25 +205,3 @@ def choose_client_batch(
 
 def _changed(old: int, new: int, reason: str, because: str) -> tuple[int, str]:
     return (new, because) if new != old else (old, reason)
-
-
-def client_batch_size(
-    cfg: BatchConfig,
-    round_batch: int | str,
-    base: int | str,
-    partition_id: int,
-    num_examples: int,
-    mean_examples: float,
-    limit_to_data: bool = True,
-) -> int:
-    """`choose_client_batch`'s B, without a device."""
-    choice = choose_client_batch(
-        cfg,
-        round_batch,
-        base,
-        partition_id,
-        num_examples,
-        mean_examples,
-        limit_to_data=limit_to_data,
-    )
-    return choice.size

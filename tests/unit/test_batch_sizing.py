@@ -16,7 +16,6 @@ from fedbatch.local.batch_sizing import (
     NoiseEstimate,
     adaptive_batch_size,
     choose_client_batch,
-    client_batch_size,
     scheduled_batch_size,
 )
 
@@ -192,7 +191,11 @@ def test_without_adascale_the_noise_stays_on_the_server():
     assert plan.gain_noise is None and plan.lr_gain == 1.0 and plan.progress == 0.0
 
 
-# --- per client ----------------------------------------------------------------------------
+# --- per client ------------------------------------------------------------------------------
+
+
+def client_batch_size(*args: object) -> int:
+    return choose_client_batch(*args).size  # type: ignore[arg-type]
 
 
 def test_per_client_list_is_cycled_and_scaled_by_the_schedule():
