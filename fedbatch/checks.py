@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -14,18 +14,9 @@ class ConfigError(ValueError):
         self.key = key
 
 
-T = TypeVar("T")
-
-
 def choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ConfigError(key, value, "one of " + ", ".join(allowed))
-    return value
-
-
-def boolean(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "true or false")
     return value
 
 
@@ -51,16 +42,6 @@ def number(
     return float(value)  # type: ignore[arg-type]
 
 
-def optional(check: Callable[[str, object], T], key: str, value: object) -> T | None:
-    return None if value is None else check(key, value)
-
-
-def integers(key: str, value: object) -> tuple[int, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(key, value, "a non-empty list of integers >= 1")
-    return tuple(integer(f"{key}[{i}]", v, 1) for i, v in enumerate(value))
-
-
 def on_off(value: object) -> object:
     """YAML reads a bare `on`/`off` as a boolean."""
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
@@ -71,38 +52,3 @@ def section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(key, value, "a config group")
     return value
-
-
-def check_known(section: str, raw: Mapping[str, Any], known: set[str]) -> None:
-    for key in raw:
-        if key not in known:
-            allowed = "keys " + ", ".join(sorted(known))
-            raise ConfigError(f"{section}.{key}" if section else key, raw[key], allowed)
-
-
-class SectionReader:
-    """Reads one config section's keys, each defaulting to the section dataclass's value."""
-
-    def __init__(self, name: str, raw: Mapping[str, Any], defaults: object) -> None:
-        self.name, self.raw, self.defaults = name, raw, defaults
-
-    def value(self, key: str) -> object:
-        return self.raw.get(key, getattr(self.defaults, key))
-
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}"
-
-    def positive(self, key: str) -> float:
-        return number(self.key(key), self.value(key), 0.0, open_low=True)
-
-    def non_negative(self, key: str, high: float | None = None) -> float:
-        return number(self.key(key), self.value(key), 0.0, high, open_low=False)
-
-    def count(self, key: str, minimum: int) -> int:
-        return integer(self.key(key), self.value(key), minimum)
-
-    def named(self, key: str, allowed: tuple[str, ...]) -> str:
-        return choice(self.key(key), self.value(key), allowed)
-
-    def flag(self, key: str) -> bool:
-        return boolean(self.key(key), self.value(key))

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config import ConfigError, RunConfig, build_config
-from fedbatch.config.compose import CONF_DIR, OverrideError, search_dirs
+from fedbatch.config.compose import CONF_DIR, OverrideError, register_schema, search_dirs
 from fedbatch.config.compose import check_overrides as check_config_overrides
 from fedbatch.sweep_plugins import plugin_error, register_resolvers
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from fedbatch.federated.workload import Workload
 
 register_resolvers()  # before Hydra composes: conf/hydra/launcher/parallel.yaml uses one
+register_schema()  # conf/config.yaml starts from the schema's defaults
 
 
 def fail(message: str) -> None:

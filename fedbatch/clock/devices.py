@@ -13,29 +13,30 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+from pydantic.dataclasses import dataclass
 
+from fedbatch.config.schema import SECTION, Float, Int, Str, key
 from fedbatch.seeding import derive_seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class DeviceClass:
-    name: str
-    share: float = 1.0  # fraction of clients of this class (normalised over classes)
-    step_overhead: float = 0.002  # t0: seconds per step whatever B (launch, optimizer)
-    throughput: float = 20000.0  # samples per second once the device is saturated
-    saturation: int = 64  # B from which throughput is reached; below, a step costs t(saturation)
-    memory_base: float = 50.0  # MB: model, gradients, optimizer state, runtime
-    memory_per_sample: float = 0.05  # MB of activations per sample in the batch
-    memory_cap: float = 4096.0  # MB available for training
-    power: float = 10.0  # watts while computing
-    bandwidth_down: float = 50.0  # Mbit/s
-    bandwidth_up: float = 10.0  # Mbit/s
-    latency: float = 0.05  # seconds per transfer
-    scaling: float = 0.0  # α: below saturation a step costs S·(B/S)^α samples' worth
+    name: Str = key("device", doc="the class's name (unnamed in a list: device<i>)")
+    share: Float = key(1.0, gt=0, doc="fraction of clients of this class (normalised)")
+    step_overhead: Float = key(0.002, ge=0, doc="t0: seconds per step whatever B")
+    throughput: Float = key(20000.0, gt=0, doc="samples per second once saturated")
+    saturation: Int = key(64, ge=1, doc="B from which throughput is reached")
+    memory_base: Float = key(50.0, ge=0, doc="MB: model, gradients, optimizer state, runtime")
+    memory_per_sample: Float = key(0.05, ge=0, doc="MB of activations per sample in the batch")
+    memory_cap: Float = key(4096.0, gt=0, doc="MB available for training")
+    power: Float = key(10.0, ge=0, doc="watts while computing")
+    bandwidth_down: Float = key(50.0, gt=0, doc="Mbit/s")
+    bandwidth_up: Float = key(10.0, gt=0, doc="Mbit/s")
+    latency: Float = key(0.05, ge=0, doc="seconds per transfer")
+    scaling: Float = key(0.0, ge=0, doc="α: below saturation a step costs S·(B/S)^α samples")
 
     def step_seconds(self, batch_size: int) -> float:
         """t(B) = step_overhead + x(B) / throughput (see the module docstring)."""
@@ -92,9 +93,9 @@ def _counts(shares: Sequence[float], total: int) -> list[int]:
 def assign_devices(classes: Sequence[DeviceClass], num_clients: int, seed: int) -> list[int]:
     """The class index of each client: exact counts by share (largest remainder), then a
     shuffle seeded by derive_seed(seed, "devices")."""
-    shares = [c.share for c in classes]
-    if not classes or min(shares) < 0 or sum(shares) <= 0:
-        raise ValueError(f"device shares={shares!r} are invalid: allowed >= 0 with a sum > 0")
+    shares = [c.share for c in classes]  # each > 0 (the schema's range)
+    if not classes:
+        raise ValueError("device classes=[] is invalid: allowed at least one class")
     if num_clients < 0:
         raise ValueError(f"num_clients={num_clients!r} is invalid: allowed >= 0")
     counts = _counts(shares, num_clients)

@@ -1,4 +1,8 @@
-"""The run configuration: validated, frozen dataclasses built once from Hydra's config."""
+"""The run configuration: validated, frozen dataclasses built once from Hydra's config.
+
+The schema (each key's type, range, default and meaning) is the sections' fields;
+`python -m fedbatch.config` lists them.
+"""
 
 from fedbatch.checks import ConfigError
 from fedbatch.config.clock import ClockConfig

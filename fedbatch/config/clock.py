@@ -2,63 +2,76 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fedbatch.checks import ConfigError, SectionReader, check_known, choice, number, optional
+from pydantic.dataclasses import dataclass
+
+from fedbatch.checks import ConfigError
 from fedbatch.clock.devices import DeviceClass
+from fedbatch.config.schema import SECTION, Float, Str, key
 
 CLOCKS = ("off", "devices", "real")
 POLICIES = ("wait_all", "deadline_drop", "deadline_partial")
 ON_OOM = ("fail", "accumulate")
 BATCH_POLICIES = ("same", "memory", "throughput", "equal_time")
+TIMED = ("devices", "real")
+MODELLED = ("devices",)  # the keys of the device model, which a measured clock lacks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class ClockConfig:
-    name: str = "off"  # off: untimed; devices: device and network model; real: measured
-    devices: tuple[DeviceClass, ...] = field(default_factory=lambda: (DeviceClass("laptop"),))
-    policy: str = "wait_all"
-    deadline: float | None = None  # virtual seconds a round waits (deadline policies)
-    over_selection: float = 0.0  # select ⌈K(1 + o)⌉ clients, aggregate the first K to finish
-    on_oom: str = "fail"  # a B that does not fit a device: the client fails, or accumulates
-    profile: str | None = None  # a `python -m fedbatch.calibrate` device.json: its one device
-    batch_policy: str = "same"  # B per device: same, capped by memory, ∝ throughput; or
-    # equal_time: every client computes for `deadline` seconds (its step count fills it)
-    spread: float = 0.0  # σ: each client's throughput and bandwidth × a log-normal factor
-    dropout: float = 0.0  # probability that a selected client is unavailable in a round
-    crash: float = 0.0  # probability that a client crashes mid-round (its work is lost)
-    night: float = 0.0  # diurnal trace: fraction of each day a client is offline
-    day_seconds: float = 3600.0  # virtual seconds per day of the diurnal trace
+    name: Literal[CLOCKS] = key(
+        "off", doc="off: untimed; devices: device and network model; real: measured"
+    )
+    devices: tuple[DeviceClass, ...] = key(
+        (DeviceClass("laptop"),),
+        only=MODELLED,
+        min_length=1,
+        doc="device classes with shares of the clients (units: s, samples/s, MB, W, Mbit/s)",
+        allowed="a non-empty list of device classes",
+    )
+    policy: Literal[POLICIES] = key(
+        "wait_all",
+        only=TIMED,
+        doc="wait_all, deadline_drop (stragglers dropped) or "
+        "deadline_partial (as many steps as fit)",
+    )
+    deadline: Float | None = key(None, gt=0, only=TIMED, doc="virtual seconds a round waits")
+    over_selection: Float = key(
+        0.0, ge=0, only=TIMED, doc="select ⌈K(1 + o)⌉ clients, aggregate the first K to finish"
+    )
+    on_oom: Literal[ON_OOM] = key(
+        "fail", only=MODELLED, doc="a B over a device's memory: fail, or accumulate micro-batches"
+    )
+    profile: Str | None = key(
+        None, only=MODELLED, doc="a `python -m fedbatch.calibrate` device.json: its one device"
+    )
+    batch_policy: Literal[BATCH_POLICIES] = key(
+        "same",
+        only=MODELLED,
+        doc="B per device: same, memory (capped), throughput (∝), or "
+        "equal_time (every client computes for `deadline` seconds)",
+    )
+    spread: Float = key(
+        0.0, ge=0, only=MODELLED, doc="σ: each client's throughput and bandwidth × log-normal"
+    )
+    dropout: Float = key(
+        0.0, ge=0, le=1, only=MODELLED, doc="chance that a selected client is unavailable"
+    )
+    crash: Float = key(
+        0.0, ge=0, le=1, only=MODELLED, doc="chance that a client crashes mid-round (work lost)"
+    )
+    night: Float = key(
+        0.0, ge=0, le=1, only=MODELLED, doc="diurnal trace: fraction of each day a client is off"
+    )
+    day_seconds: Float = key(3600.0, gt=0, only=MODELLED, doc="virtual seconds per day")
 
     @property
     def on(self) -> bool:
         return self.name != "off"
-
-
-def _device(index: int, raw: object) -> DeviceClass:
-    where = f"clock.devices[{index}]"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(where, raw, "a mapping of device parameters")
-    defaults = DeviceClass(str(raw.get("name", f"device{index}")))
-    check_known(where, raw, set(asdict(defaults)))
-    r = SectionReader(where, raw, defaults)
-    values: dict[str, Any] = {"name": defaults.name}
-    for key in ("share", "throughput", "memory_cap", "bandwidth_down", "bandwidth_up"):
-        values[key] = r.positive(key)
-    for key in ("step_overhead", "memory_base", "memory_per_sample", "power", "latency"):
-        values[key] = r.non_negative(key)
-    values["saturation"] = r.count("saturation", 1)
-    values["scaling"] = r.non_negative("scaling", 1.0)
-    device = dataclasses.replace(defaults, **values)
-    if device.memory_cap < device.memory_base:
-        allowed = f"at least memory_base={device.memory_base:g} MB (the model must fit)"
-        raise ConfigError(f"{where}.memory_cap", device.memory_cap, allowed)
-    return device
 
 
 def _profile_device(path: str) -> dict[str, Any]:
@@ -71,40 +84,28 @@ def _profile_device(path: str) -> dict[str, Any]:
     return dict(device)
 
 
-def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
-    d = ClockConfig()
-    check_known("clock", raw, set(asdict(d)))
-    name = raw.get("name", d.name)
-    name = "off" if name is False else name  # YAML reads a bare `off` as false
-    devices = raw.get("devices", [asdict(x) for x in d.devices])
-    profile = raw.get("profile")
-    if profile is not None:
-        devices = [_profile_device(str(profile))]
-    if not isinstance(devices, list | tuple) or not devices:
-        raise ConfigError("clock.devices", devices, "a non-empty list of device classes")
-    cfg = ClockConfig(
-        name=choice("clock", name, CLOCKS),
-        devices=tuple(_device(i, x) for i, x in enumerate(devices)),
-        policy=choice("clock.policy", raw.get("policy", d.policy), POLICIES),
-        deadline=optional(
-            lambda k, v: number(k, v, 0.0, open_low=True), "clock.deadline", raw.get("deadline")
-        ),
-        over_selection=number(
-            "clock.over_selection", raw.get("over_selection", 0.0), 0.0, open_low=False
-        ),
-        on_oom=choice("clock.on_oom", raw.get("on_oom", d.on_oom), ON_OOM),
-        profile=None,  # read here: the devices travel in the config, not the file
-        batch_policy=choice(
-            "clock.batch_policy", raw.get("batch_policy", d.batch_policy), BATCH_POLICIES
-        ),
-        spread=number("clock.spread", raw.get("spread", 0.0), 0.0, open_low=False),
-        dropout=number("clock.dropout", raw.get("dropout", 0.0), 0.0, 1.0, open_low=False),
-        crash=number("clock.crash", raw.get("crash", 0.0), 0.0, 1.0, open_low=False),
-        night=number("clock.night", raw.get("night", 0.0), 0.0, 1.0, open_low=False),
-        day_seconds=number(
-            "clock.day_seconds", raw.get("day_seconds", d.day_seconds), 0.0, open_low=True
-        ),
-    )
+def prepare_clock(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML's bare `off` (false), a calibrated profile in place of the devices, and each
+    unnamed device's name."""
+    prepared = dict(raw)
+    if prepared.get("name") is False:
+        prepared["name"] = "off"
+    if raw.get("profile") is not None:  # read here: the devices travel in the config
+        prepared["devices"], prepared["profile"] = [_profile_device(str(raw["profile"]))], None
+    devices = prepared.get("devices")
+    if isinstance(devices, list | tuple):
+        prepared["devices"] = [
+            {"name": f"device{i}"} | dict(d) if isinstance(d, Mapping) else d
+            for i, d in enumerate(devices)
+        ]
+    return prepared
+
+
+def check_clock(cfg: ClockConfig) -> None:
+    for i, device in enumerate(cfg.devices):
+        if device.memory_cap < device.memory_base:
+            allowed = f"at least memory_base={device.memory_base:g} MB (the model must fit)"
+            raise ConfigError(f"clock.devices[{i}].memory_cap", device.memory_cap, allowed)
     if cfg.policy != "wait_all" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, f"> 0 virtual seconds with policy={cfg.policy}")
     if cfg.name == "real" and (cfg.policy == "deadline_partial" or cfg.batch_policy != "same"):
@@ -115,4 +116,3 @@ def clock_config(raw: Mapping[str, Any]) -> ClockConfig:
         )
     if cfg.batch_policy == "equal_time" and cfg.deadline is None:
         raise ConfigError("clock.deadline", None, "the time budget, with batch_policy=equal_time")
-    return cfg

@@ -21,10 +21,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config.run import RunConfig, build_config
+from fedbatch.config.schema import applies, defaults, extra, fields
+from fedbatch.config.sections import ModelConfig
 from fedbatch.registry import TARGET
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
+
+
+def register_schema() -> None:
+    """Every key's default, from the schema, as the Hydra configs `schema/run` (the run's
+    keys and every section but the model) and `schema/model` (which each built-in
+    model's YAML starts from: a `_target_` model's arguments are its own). The YAML
+    files then hold only what differs, yet every key can be set on the command line."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    run = defaults(RunConfig)
+    run.pop("model")
+    store.store(group="schema", name="run", node=run)
+    store.store(group="schema", name="model", node=defaults(ModelConfig))
 
 
 class OverrideError(ValueError):
@@ -96,8 +112,8 @@ def _refuse_additions(argv: Sequence[str], arguments: set[str]) -> None:
 
 def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, list[str]]:
     """Each config group's chosen option(s): the defaults list, overridden by argv."""
-    defaults = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
-    chosen = {str(k): [str(v)] for entry in defaults if isinstance(entry, DictConfig)
+    entries = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
+    chosen = {str(k): [str(v)] for entry in entries if isinstance(entry, DictConfig)
               for k, v in entry.items()}  # fmt: skip
     for key, value in fedbatch_overrides(argv):
         if any((d / key).is_dir() for d in dirs) and "(" not in value:
@@ -111,21 +127,35 @@ def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, li
     return chosen
 
 
+def _group_keys(group: str, options: Sequence[str], dirs: Sequence[Path]) -> set[str]:
+    """The keys of a config group with these options chosen: the schema's keys that apply
+    to each option's `name` (none for a `_target_` class), and the option file's own (a
+    strategy's parameters, a `_target_` class's arguments)."""
+    section = fields(RunConfig)[group].annotation
+    keys: set[str] = set()
+    for option in options:
+        loaded = OmegaConf.load(_option_file(dirs, group, option))
+        keys |= {str(k) for k in loaded if k != "defaults"}
+        if TARGET not in loaded:
+            name = loaded.get("name")
+            keys |= {k for k, info in fields(section).items()
+                     if not extra(info, "internal") and applies(info, name)}  # fmt: skip
+    return keys
+
+
 def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """Reject unknown groups, options and keys with one line, before Hydra composes.
 
-    A group's keys are those of the option(s) selected, so `partition.alpha=0.1` with
-    `partition=iid` is caught here rather than by Hydra's multi-line struct error. `+key`,
+    A group's keys are the schema's keys for the option(s) selected, so
+    `partition.alpha=0.1` with `partition=iid` is caught here rather than ignored. `+key`,
     `++key` and `~key` go through the same checks; an option with `_target_` also takes
     new arguments for its class with `+key`/`++key`.
     """
     _refuse_deletions(argv)
     dirs = search_dirs(argv, conf_dir)
     chosen = _selected_options(argv, dirs)
-    root = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml")
-    sections = {str(k): set(v.keys()) for k, v in root.items() if isinstance(v, DictConfig)}
-    sections.pop("hydra", None)
-    top_level = {str(k) for k in root if k not in ("defaults", "hydra")} | set(chosen)
+    run_keys = fields(RunConfig)
+    top_level = set(run_keys) | set(chosen)
     arguments: set[str] = set()  # new arguments of a `_target_` class
     for given, _, _ in (arg.partition("=") for arg in argv if "=" in arg):
         key = given.lstrip("+")
@@ -141,11 +171,9 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         if not name or "." in name:
             continue
         if head in chosen:
-            where = f"{head}={','.join(chosen[head])}"
-            keys = {str(k) for option in chosen[head]
-                    for k in OmegaConf.load(_option_file(dirs, head, option))}  # fmt: skip
+            where, keys = f"{head}={','.join(chosen[head])}", _group_keys(head, chosen[head], dirs)
         else:
-            where, keys = head, sections.get(head, set())
+            where, keys = head, set(fields(run_keys[head].annotation))
         if name in keys:
             continue
         if TARGET in keys and given.startswith("+"):
@@ -216,6 +244,7 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict[str
 
     check_overrides(overrides, conf_dir)
     register_resolvers()
+    register_schema()
     try:
         with initialize_config_dir(str(conf_dir), version_base="1.3"):
             composed = compose(CONFIG_NAME, overrides=list(overrides))

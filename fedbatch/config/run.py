@@ -8,13 +8,16 @@ and rejects bad input with a `ConfigError` naming the key, the value and what is
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
-from fedbatch.checks import ConfigError, check_known, choice, integer, on_off, section
-from fedbatch.config.clock import ClockConfig, clock_config
+from pydantic.dataclasses import dataclass
+
+from fedbatch.checks import ConfigError, on_off, section
+from fedbatch.config.clock import ClockConfig, check_clock, prepare_clock
+from fedbatch.config.schema import SECTION, Int, key, validate
 from fedbatch.config.sections import (
     DATASETS,
     IMAGE_DATASETS,
@@ -26,67 +29,56 @@ from fedbatch.config.sections import (
     PartitionConfig,
     StopConfig,
     StrategyConfig,
-    data_config,
-    engine_config,
-    eval_config,
-    model_config,
-    partition_config,
-    stop_config,
-    strategy_config,
+    check_model,
+    prepare_model,
+    prepare_strategy,
 )
-from fedbatch.config.stream import StreamConfig, stream_config
+from fedbatch.config.stream import StreamConfig, check_stream
 from fedbatch.config.training import (
     FULL_BATCH,
     BatchConfig,
     ClientConfig,
     MonitorConfig,
-    batch_config,
-    client_config,
-    monitor_config,
+    check_batch,
+    prepare_client,
 )
 
 DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("auto", "on", "off")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SECTION)
 class RunConfig:
-    seed: int = 0
-    rounds: int = 30
-    num_clients: int = 10
-    clients_per_round: int = 5
-    device: str = "auto"
-    progress: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    clock: ClockConfig = field(default_factory=ClockConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    stop: StopConfig = field(default_factory=StopConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: Int = key(0, ge=0, doc="seeds data, partitions, sampling and initial weights")
+    rounds: Int = key(30, ge=1, doc="federated rounds (an upper bound; `stop` may end earlier)")
+    num_clients: Int = key(10, ge=1, doc="registered clients, one data partition each")
+    clients_per_round: Int = key(5, ge=1, doc="clients sampled each round (<= num_clients)")
+    device: Literal[DEVICES] = key("auto", doc="where clients train: auto picks cuda if present")
+    progress: Literal[PROGRESS] = key("auto", doc="rich progress bar (auto: on a terminal)")
+    data: DataConfig = key(factory=DataConfig, doc="the dataset")
+    partition: PartitionConfig = key(factory=PartitionConfig, doc="the split over clients")
+    model: ModelConfig = key(factory=ModelConfig, doc="the model")
+    client: ClientConfig = key(factory=ClientConfig, doc="local mini-batch training")
+    batch: BatchConfig = key(factory=BatchConfig, doc="B over rounds and across clients")
+    monitor: MonitorConfig = key(factory=MonitorConfig, doc="probes, each every k rounds")
+    stream: StreamConfig = key(factory=StreamConfig, doc="samples arriving over time")
+    clock: ClockConfig = key(factory=ClockConfig, doc="the virtual clock")
+    strategy: StrategyConfig = key(factory=StrategyConfig, doc="the server's aggregation")
+    engine: EngineConfig = key(factory=EngineConfig, doc="what runs the clients")
+    stop: StopConfig = key(factory=StopConfig, doc="convergence on the central test set")
+    eval: EvalConfig = key(factory=EvalConfig, doc="the server's evaluation")
 
     def to_json(self) -> str:
         """The form that travels to clients inside Flower messages."""
         return json.dumps(asdict(self), sort_keys=True)
 
 
-BUILDERS = {
-    "data": data_config,
-    "partition": partition_config,
-    "model": model_config,
-    "client": client_config,
-    "batch": batch_config,
-    "monitor": monitor_config,
-    "stream": stream_config,
-    "clock": clock_config,
-    "strategy": strategy_config,
-    "engine": engine_config,
-    "stop": stop_config,
-    "eval": eval_config,
+# The YAML forms that are not plain keys, turned into the sections' fields.
+PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
+    "model": prepare_model,
+    "strategy": prepare_strategy,
+    "client": prepare_client,
+    "clock": prepare_clock,
 }
 
 
@@ -159,26 +151,19 @@ def _check_noise_sources(cfg: RunConfig) -> None:
 
 def build_config(raw: Mapping[str, Any]) -> RunConfig:
     """Validate a plain mapping into a RunConfig, or raise ConfigError."""
-    top = {k: v for k, v in raw.items() if k not in BUILDERS and k != "hydra"}
-    check_known(
-        "", top, {"seed", "rounds", "num_clients", "clients_per_round", "device", "progress"}
-    )
-    num_clients = integer("num_clients", raw.get("num_clients", 10), 1)
-    rounds = integer("rounds", raw.get("rounds", 30), 1)
-    sections = {name: build(section(raw, name)) for name, build in BUILDERS.items()}
-    stream: StreamConfig = sections["stream"]
-    sections["stream"] = stream_config(section(raw, "stream"), rounds * stream.round_seconds)
-    cfg = RunConfig(
-        seed=integer("seed", raw.get("seed", 0), 0),
-        rounds=rounds,
-        num_clients=num_clients,
-        clients_per_round=integer(
-            "clients_per_round", raw.get("clients_per_round", 5), 1, num_clients
-        ),
-        device=choice("device", raw.get("device", "auto"), DEVICES),
-        progress=choice("progress", on_off(raw.get("progress", "auto")), ("auto", "on", "off")),
-        **sections,
-    )
+    prepared = {k: v for k, v in raw.items() if k != "hydra"}
+    if "progress" in prepared:
+        prepared["progress"] = on_off(prepared["progress"])
+    for name, prepare in PREPARE.items():
+        prepared[name] = prepare(section(raw, name))
+    cfg: RunConfig = validate(RunConfig, prepared)
+    if cfg.clients_per_round > cfg.num_clients:
+        allowed = f"an integer >= 1 and <= {cfg.num_clients}"
+        raise ConfigError("clients_per_round", cfg.clients_per_round, allowed)
+    check_model(cfg.model)
+    check_batch(cfg.batch)
+    check_clock(cfg.clock)
+    check_stream(cfg.stream, cfg.rounds * cfg.stream.round_seconds)
     _check_combinations(cfg)
     return cfg
 

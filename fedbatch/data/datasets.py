@@ -36,6 +36,7 @@ from functools import lru_cache
 import numpy as np
 
 from fedbatch.config import DataConfig
+from fedbatch.config.schema import ignored
 from fedbatch.registry import DATASETS
 
 
@@ -59,22 +60,9 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
 
 
 def _relevant(cfg: DataConfig) -> DataConfig:
-    """Reset the fields a dataset ignores, so they do not split the cache (a dataset not
-    listed here keeps them all)."""
-    default = DataConfig()
-    if cfg.name not in ("digits", "mnist1d", "images"):
-        return cfg
-    if cfg.name == "images":
-        return replace(
-            default,
-            name=cfg.name,
-            test_fraction=cfg.test_fraction,
-            num_samples=cfg.num_samples,
-            num_classes=cfg.num_classes,
-            signal=cfg.signal,
-        )
-    num_samples = cfg.num_samples if cfg.name == "mnist1d" else default.num_samples
-    return replace(default, name=cfg.name, test_fraction=cfg.test_fraction, num_samples=num_samples)
+    """Reset the keys the dataset ignores (the schema's `only`), so they do not split the
+    cache."""
+    return replace(cfg, **ignored(cfg))
 
 
 @lru_cache(maxsize=8)

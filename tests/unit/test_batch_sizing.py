@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from fedbatch.config import FULL_BATCH
-from fedbatch.config.training import batch_config
+from fedbatch.config.schema import validate
+from fedbatch.config.training import BatchConfig, check_batch
 from fedbatch.local.batch_sizing import (
     BatchChoice,
     BatchPlanner,
@@ -21,7 +22,9 @@ from fedbatch.local.batch_sizing import (
 
 
 def _batch(**raw: Any):
-    return batch_config(raw)
+    batch = validate(BatchConfig, raw, "batch")
+    check_batch(batch)
+    return batch
 
 
 def _sizes(planner: BatchPlanner, rounds: int, noise: NoiseEstimate | None = None) -> list:

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from fedbatch.clock.devices import DeviceClass, assign_devices, fit_device, relative_errors
 from fedbatch.clock.network import transfer_seconds
@@ -189,8 +190,10 @@ def test_assign_devices_counts_by_largest_remainder():
     assert counts(0) == [0, 0, 0]
     thirds = [DeviceClass(n, share=1.0) for n in "abc"]  # unnormalised; ties → lower index
     assert np.bincount(assign_devices(thirds, 4, seed=0)).tolist() == [2, 1, 1]
-    with pytest.raises(ValueError, match="shares"):
-        assign_devices([DeviceClass("a", share=0.0)], 3, seed=0)
+    with pytest.raises(ValueError, match="at least one class"):
+        assign_devices([], 3, seed=0)
+    with pytest.raises(ValidationError, match="share"):
+        DeviceClass("a", share=0.0)
 
 
 def test_assign_devices_is_a_seeded_shuffle():

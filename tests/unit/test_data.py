@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flwr_datasets.partitioner import IidPartitioner
 
-from fedbatch.config import ConfigError, DataConfig, PartitionConfig
+from fedbatch.config import DATASETS, ConfigError, DataConfig, PartitionConfig
+from fedbatch.config.schema import validate
 from fedbatch.data import datasets as fb_datasets
 from fedbatch.data import partition as fb_partition
 from fedbatch.data.datasets import load_dataset
@@ -154,8 +155,8 @@ def test_image_signal_scales_the_templates_only() -> None:
 
 def test_unknown_dataset_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
-        load_dataset(DataConfig(name="cifar10"), 0)
-    assert info.value.key == "data"
+        validate(DataConfig, {"name": "cifar10"}, "data")
+    assert str(info.value) == "data='cifar10' is invalid: allowed one of " + ", ".join(DATASETS)
 
 
 # --- partitions -------------------------------------------------------------------------
