@@ -20,7 +20,9 @@ run: $(BIN)/.installed  ## the default experiment (extra Hydra overrides: make r
 test: $(BIN)/.installed  ## lint, format check and the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
+	# Two pytest-xdist workers (one on a one-core machine): much of the end-to-end tests'
+	# time is waiting on subprocesses and timeouts, which the other worker fills.
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 2; code=$$?; [ $$code -eq 5 ] && echo "no tests collected" && code=0; exit $$code
 
 bench: $(BIN)/.installed  ## performance benchmark against a plain loop, Ray, vanilla Flower, pfl-research
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,bench]"
