@@ -141,3 +141,19 @@ def test_the_reference_lists_every_key_with_default_range_and_meaning():
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "section='clients' is invalid" in bad.stderr
+
+
+def test_pydantic_dataclasses_expose_their_fields_as_the_schema_reads_them():
+    """Guard: `schema.fields` reads pydantic's documented `__pydantic_fields__`; each entry
+    must keep the default, the description, the range and our extra keys."""
+    from annotated_types import Gt
+
+    from fedbatch.config import ClientConfig
+
+    lr = fields(ClientConfig)["lr"]
+    assert (lr.default, lr.description) == (
+        0.1,
+        "learning rate (at base_batch_size, before warmup)",
+    )
+    assert any(isinstance(c, Gt) and c.gt == 0 for c in lr.metadata)
+    assert extra(fields(ClientConfig)["optimizer_target"], "internal") is True
