@@ -61,6 +61,10 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         fail(f"{error} (the default sweeper takes lists a,b,c and range())")
     with initialize_config_dir(str(conf_dir), version_base="1.3"):
         for number, job in enumerate(jobs):
+            try:  # each job's options: `partition=iid,dirichlet partition.alpha=0.1`
+                check_config_overrides([*job, *searchpath], conf_dir)
+            except OverrideError as error:
+                fail(f"job {number} ({' '.join(job)}): {error}")
             composed = compose("config", overrides=[*job, *searchpath])
             raw = OmegaConf.to_container(composed, resolve=True)
             try:
@@ -76,7 +80,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     from fedbatch.federated.workload import workload_for
 
     check_strategy_params(cfg)
-    if cfg.device == "cuda":
+    if cfg.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():

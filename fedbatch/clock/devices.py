@@ -36,7 +36,7 @@ class DeviceClass:
     bandwidth_down: Float = key(50.0, gt=0, doc="Mbit/s")
     bandwidth_up: Float = key(10.0, gt=0, doc="Mbit/s")
     latency: Float = key(0.05, ge=0, doc="seconds per transfer")
-    scaling: Float = key(0.0, ge=0, doc="α: below saturation a step costs S·(B/S)^α samples")
+    scaling: Float = key(0.0, ge=0, le=1, doc="α: below saturation a step costs S·(B/S)^α samples")
 
     def step_seconds(self, batch_size: int) -> float:
         """t(B) = step_overhead + x(B) / throughput (see the module docstring)."""

@@ -6,6 +6,7 @@ means. The YAML files hold only what differs from these defaults.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from typing import get_args, get_origin
@@ -21,6 +22,11 @@ def _applies_to(info: object) -> str:
     return "not " + ", ".join(not_for) if not_for else ""
 
 
+def _yaml(value: object) -> str:
+    """A default as it is written in YAML or on the command line."""
+    return json.dumps(value) if value is None or isinstance(value, bool | list) else str(value)
+
+
 def _lines(section: type, prefix: str) -> Iterator[tuple[str, ...]]:
     for name, info in fields(section).items():
         if extra(info, "internal"):
@@ -34,7 +40,7 @@ def _lines(section: type, prefix: str) -> Iterator[tuple[str, ...]]:
         value = default(info)
         if is_section(element):  # a list of sections (the clock's devices): their keys below
             value = f"[{len(value)} {element.__name__}]"
-        yield shown, str(value), allowed(info), _applies_to(info), info.description or ""
+        yield shown, _yaml(value), allowed(info), _applies_to(info), info.description or ""
         if is_section(element):
             yield from _lines(element, f"{key}[]")
 

@@ -30,7 +30,7 @@ class ClockConfig:
         (DeviceClass("laptop"),),
         only=MODELLED,
         min_length=1,
-        doc="device classes with shares of the clients (units: s, samples/s, MB, W, Mbit/s)",
+        doc="device classes with shares of the clients (clock=devices: phone, laptop, server)",
         allowed="a non-empty list of device classes",
     )
     policy: Literal[POLICIES] = key(

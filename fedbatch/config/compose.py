@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config.run import RunConfig, build_config
-from fedbatch.config.schema import applies, defaults, extra, fields
+from fedbatch.config.schema import applies, defaults, extra, fields, is_section
 from fedbatch.config.sections import ModelConfig
 from fedbatch.registry import TARGET
 
@@ -87,24 +87,27 @@ def _option_file(dirs: Sequence[Path], group: str, option: str) -> Path:
 def _refuse_deletions(argv: Sequence[str]) -> None:
     """`~key` would drop a key or section, which then falls back to defaults no YAML
     shows: one line naming the plain form instead."""
+    sections = {name for name, info in fields(RunConfig).items() if is_section(info.annotation)}
     for key in (arg.partition("=")[0] for arg in argv):
         plain = key.lstrip("~")
         if key.startswith("~") and not plain.startswith("hydra"):
-            instead = f"{plain}=<value>" if "." in plain else f"{plain}.<key>=<value>"
+            instead = f"{plain}.<key>=<value>" if plain in sections else f"{plain}=<value>"
             raise OverrideError(
-                f"{key} is not allowed: removing a fedbatch key or section would fall back "
-                f"to hidden defaults; set {instead} instead"
+                f"{key} is not allowed: every fedbatch key has a value (its default is in "
+                f"python -m fedbatch.config); set {instead} instead"
             )
 
 
 def _refuse_additions(argv: Sequence[str], arguments: set[str]) -> None:
-    """Every fedbatch key is in the packaged YAML already, so `+key` (add) can only
-    collide with it (`++key` sets it like `key`): one line naming the plain form. Only a
-    `_target_` class's new `arguments` are added."""
+    """Every fedbatch key is in the composed config already (the schema's defaults), so
+    `+key` (add) can only collide with it (`++key` sets it like `key`): one line naming the
+    plain form. Only a `_target_` class's new `arguments` are added, and keys of a list's
+    elements, which Hydra does not merge with the schema (`+clock.devices.0.scaling=0.5`)."""
     for key, _, value in (arg.partition("=") for arg in argv):
         plain = key.lstrip("+")
         adds = key.startswith("+") and not key.startswith("++")
-        if adds and not plain.startswith("hydra") and plain not in arguments:
+        in_list = any(part.isdigit() for part in plain.split("."))  # a YAML list's element
+        if adds and not plain.startswith("hydra") and plain not in arguments and not in_list:
             raise OverrideError(
                 f"{key} is not allowed: {plain} exists already; set it with {plain}={value}"
             )
@@ -168,12 +171,14 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             )
         if name.endswith(f".{TARGET}") and head in chosen:
             _check_nested_target(key, OmegaConf.load(_option_file(dirs, head, chosen[head][0])))
-        if not name or "." in name:
+        name = name.partition(".")[0]  # `clock.devices.0.throughput`: is `devices` a key here?
+        if not name:
             continue
         if head in chosen:
             where, keys = f"{head}={','.join(chosen[head])}", _group_keys(head, chosen[head], dirs)
         else:
-            where, keys = head, set(fields(run_keys[head].annotation))
+            section = run_keys[head].annotation
+            where, keys = head, set(fields(section)) if is_section(section) else set()
         if name in keys:
             continue
         if TARGET in keys and given.startswith("+"):

@@ -11,8 +11,9 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, Strict
 from pydantic.dataclasses import dataclass
 
 from fedbatch.checks import ConfigError, on_off, section
@@ -43,7 +44,8 @@ from fedbatch.config.training import (
     prepare_client,
 )
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:<index>, one GPU of several
+Device = Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
 PROGRESS = ("auto", "on", "off")
 
 
@@ -53,7 +55,11 @@ class RunConfig:
     rounds: Int = key(30, ge=1, doc="federated rounds (an upper bound; `stop` may end earlier)")
     num_clients: Int = key(10, ge=1, doc="registered clients, one data partition each")
     clients_per_round: Int = key(5, ge=1, doc="clients sampled each round (<= num_clients)")
-    device: Literal[DEVICES] = key("auto", doc="where clients train: auto picks cuda if present")
+    device: Device = key(
+        "auto",
+        doc="where clients train: auto picks cuda if present",
+        allowed="one of " + ", ".join(DEVICES) + ", or cuda:<index>",
+    )
     progress: Literal[PROGRESS] = key("auto", doc="rich progress bar (auto: on a terminal)")
     data: DataConfig = key(factory=DataConfig, doc="the dataset")
     partition: PartitionConfig = key(factory=PartitionConfig, doc="the split over clients")

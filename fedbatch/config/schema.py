@@ -102,8 +102,8 @@ def describe(annotation: Any, constraints: list[Any] = ()) -> str:  # type: igno
     if annotation is float:
         return "a number" + _bounds(constraints, float)
     if get_origin(annotation) is tuple:
-        element = describe(get_args(annotation)[0])
-        return "a list, each " + element
+        non_empty = any(getattr(c, "min_length", 0) for c in constraints)
+        return f"a {'non-empty ' * non_empty}list, each " + describe(get_args(annotation)[0])
     if annotation is str:
         return "a string"
     return "a " + getattr(annotation, "__name__", str(annotation))

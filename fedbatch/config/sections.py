@@ -150,7 +150,9 @@ class EngineConfig:
 class StopConfig:
     target_accuracy: Float | None = key(None, gt=0, le=1, doc="stop once test accuracy >= this")
     target_loss: Float | None = key(None, ge=0, doc="stop once test loss <= this")
-    patience: Int | None = key(None, ge=1, doc="stop after this many rounds without improvement")
+    patience: Int | None = key(
+        None, ge=1, doc="stop after this many evaluations without improvement"
+    )
     min_delta: Float = key(0.0, ge=0, doc="smallest change that counts as an improvement")
 
 

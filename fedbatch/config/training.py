@@ -7,8 +7,9 @@ declared once with its type, range, default and meaning (`fedbatch.config.schema
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from fedbatch import registry
@@ -108,7 +109,7 @@ class BatchConfig:
         "global", only=("adaptive",), doc="follow the pooled data's B_simple, or the clients'"
     )
     adascale: Bool = key(False, doc="AdaScale: LR and schedule progress × the gain r")
-    per_client: Literal[PER_CLIENT_RULES] | tuple[Count, ...] = key(
+    per_client: Literal[PER_CLIENT_RULES] | Annotated[tuple[Count, ...], Field(min_length=1)] = key(
         "same",
         doc="same, equal_steps (B ∝ client data), or a list of B cycled over clients",
         allowed="one of " + ", ".join(PER_CLIENT_RULES) + ", or a list of batch sizes",

@@ -105,11 +105,15 @@ def _noise_line(series: Series, clients: Sequence[int | None], measured: int) ->
     if series.noise is None:
         return "Global B_simple: not measured in the best-LR runs (`noise_scale_global`)."
     line = (
-        f"Global B_simple measured (`noise_scale_global`, median over the {measured} "
-        f"best-LR points that measured it): {fmt(series.noise)}."
+        f"Global B_simple measured (median over the {measured} best-LR points that measured "
+        f"it; each run's exact per-example value `noise_scale_exact_global`, its median over "
+        f"the rounds, where measured, else its estimate `noise_scale_global`): "
+        f"{fmt(series.noise)}."
     )
     known = {k for k in clients if k is not None}
-    if series.clients is not None:
+    if series.clients == 1:
+        line += " One client per round: B is the whole step's batch."
+    elif series.clients is not None:
         line += (
             f" B is per client, and a FedAvg step averages the updates of K = "
             f"{series.clients} clients (`clients_per_round`), about K·B examples (exactly "

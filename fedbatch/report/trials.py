@@ -97,12 +97,24 @@ def _fixed_batch(run: RunRecord) -> bool:
 
 
 def global_noise_scale(run: RunRecord) -> float | None:
-    """summary.json's final global B_simple, else the last one a metrics row carries."""
-    value = _number(run.summary.get("noise_scale_global"))
-    if value is not None:
-        return value
-    rows = [_number(row.get("noise_scale_global")) for row in run.rows]
-    return next((v for v in reversed(rows) if v is not None), None)
+    """The pooled data's B_simple: the exact per-example value where the run measured it
+    (`noise_scale_exact_global`, the median over its rounds: B_simple moves as training
+    goes), else the estimator's (`noise_scale_global`: summary.json's final running value,
+    else the last a row carries). With one client, whose data is the pooled data (a
+    centralized run: no other client to compare with), its own `noise_scale_local`."""
+    exact = [v for v in (_number(row.get("noise_scale_exact_global")) for row in run.rows) if v]
+    if exact:
+        return statistics.median(exact)
+    keys = ["noise_scale_global"]
+    if _number(_setting(run, "num_clients")) == 1:
+        keys.append("noise_scale_local")
+    for key in keys:
+        rows = [_number(row.get(key)) for row in reversed(run.rows)]
+        last_row = next((v for v in rows if v is not None), None)
+        value = _number(run.summary.get(key))
+        if value is not None or last_row is not None:
+            return value if value is not None else last_row
+    return None
 
 
 def cap_reason(run: RunRecord) -> str:

@@ -129,9 +129,14 @@ def test_a_whole_config_and_overrides_together_are_refused():
         (["+client.lr=0.2"], "+client.lr is not allowed: client.lr exists already; "
                              "set it with client.lr=0.2"),
         (["+bogus=1"], "bogus is not a known key"),
-        (["~client"], "~client is not allowed: removing a fedbatch key or section would fall "
-                      "back to hidden defaults; set client.<key>=<value> instead"),
+        (["~client"], "~client is not allowed: every fedbatch key has a value (its default "
+                      "is in python -m fedbatch.config); set client.<key>=<value> instead"),
         (["~client.lr"], "set client.lr=<value> instead"),
+        (["~rounds"], "set rounds=<value> instead"),
+        (["rounds.x=1"], "rounds.x is not a key of rounds: allowed "),
+        (["clock.devices.0.throughput=5"], "clock.devices.0.throughput is not a key of "
+                                           "clock=off: allowed name"),
+        (["model=logreg", "model.hidden.0=8"], "model.hidden.0 is not a key of model=logreg"),
         (["clock=devices", "~clock.crash"], "~clock.crash is not allowed"),
     ],
 )  # fmt: skip
@@ -145,3 +150,10 @@ def test_add_force_add_and_delete_overrides_go_through_the_same_checks(argv, mes
 def test_force_add_of_a_key_of_the_chosen_option_sets_it():
     check_overrides(["++client.lr=0.05", "clock=devices", "++clock.crash=0.1", "+hydra.job.x=1"])
     assert compose_config(["++client.lr=0.05"]).client.lr == 0.05
+
+
+def test_a_key_a_list_element_leaves_out_is_added_with_plus():
+    """Hydra does not merge list elements with the schema: a device's `scaling`, which
+    clock=devices' YAML leaves at its default, is added with `+`."""
+    cfg = compose_config(["clock=devices", "+clock.devices.0.scaling=0.5"])
+    assert [d.scaling for d in cfg.clock.devices] == [0.5, 0.0, 0.0]

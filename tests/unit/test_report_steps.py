@@ -95,7 +95,8 @@ def test_report_fits_steps_to_target_and_draws_it(tmp_path: Path) -> None:
     assert "n = 4 batch sizes whose best LR lies inside its grid" in summary
     assert "On all n = 5 points, flagged ones included: S_min = 100, E_min = 2000," in summary
     assert "Never reached the target: B = 128." in summary
-    assert "median over the 5 best-LR points that measured it): 30." in summary
+    assert "median over the 5 best-LR points that measured it; " in summary
+    assert "else its estimate `noise_scale_global`): 30." in summary
     assert "compare B_crit with B_simple/K = 6, the per-client share" in summary  # 30 / 5
     # per-B table: B = 8 -> 100 + 2000/8 = 350 steps, 2800 examples; B = 64 at the top LR
     assert "| 8 | 0.1 | 0.05, 0.1, 0.2 | 1 | 350 | 2800 | 10 | inside grid | 30 |" in summary
@@ -153,3 +154,23 @@ def test_effective_batch_size_is_measured_then_configured(tmp_path: Path) -> Non
     write_job(tmp_path / "3", config_for(256, 0.1, accumulate=1), [], None, capped)
     runs = collect_runs(tmp_path)
     assert [effective_batch_size(run) for run in runs] == [64.0, 145.0, 16.0, 144.0]
+
+
+def test_one_clients_own_noise_scale_is_the_pooled_datas(tmp_path: Path) -> None:
+    """A centralized run (one client) has no across-client probe: its local B_simple,
+    measured on all the training data, is the global one; with more clients it is not.
+    An exact per-example value, where measured, is preferred to either estimate."""
+    from fedbatch.report.trials import global_noise_scale
+
+    rows = [{"round": 1, "noise_scale_local": 40.0}, {"round": 2, "noise_scale_local": 50.0}]
+    for clients, expected in ((1, 50.0), (10, None)):
+        job = tmp_path / str(clients)
+        config = config_for(8, 0.1) | {"num_clients": clients}
+        write_job(job, config, [], {"noise_scale_global": None}, rows)
+        (run,) = collect_runs(job)
+        assert global_noise_scale(run) == expected
+    # The exact per-example value wins over any estimate: its median over the rounds.
+    exact = [{"round": r, "noise_scale_exact_global": v} for r, v in enumerate((9, 30, 92), 1)]
+    write_job(tmp_path / "exact", config_for(8, 0.1), [], {"noise_scale_global": 70.0}, exact)
+    (run,) = collect_runs(tmp_path / "exact")
+    assert global_noise_scale(run) == 30

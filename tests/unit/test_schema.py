@@ -95,12 +95,25 @@ def test_a_key_no_yaml_names_can_still_be_set():
         ({"eval": {"evry": 2}}, "eval.evry=2 is invalid: allowed keys batch_size, every, "
          "follow_drift, initial, train_samples"),
         ({"eval": 3}, "eval=3 is invalid: allowed a config group (a mapping of keys)"),
+        ({"batch": {"per_client": []}}, "batch.per_client=[] is invalid: allowed one of same, "
+         "equal_steps, or a list of batch sizes"),
+        ({"model": {"name": "mlp", "hidden": []}}, "model.hidden=[] is invalid: "
+         "allowed a non-empty list, each an integer >= 1"),
+        ({"clock": {"name": "devices", "devices": [{"scaling": 3}]}},
+         "clock.devices[0].scaling=3 is invalid: allowed a number >= 0.0 and <= 1.0"),
+        ({"device": "gpu"}, "device='gpu' is invalid: allowed one of auto, cpu, cuda, "
+         "or cuda:<index>"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(raw, message):
     with pytest.raises(ConfigError) as info:
         build_config(raw)
     assert str(info.value) == message
+
+
+def test_a_node_may_name_one_gpu_of_several():
+    """A SuperNode's own device (`--node-config device=cuda:1`) replaces the run's."""
+    assert dataclasses.replace(RunConfig(), device="cuda:1").device == "cuda:1"
 
 
 def test_sections_are_frozen_dataclasses_that_validate_on_replace():
