@@ -124,3 +124,36 @@ def _round_metric_plot(key: str) -> PlotFunction:
 
 for _key, (_stem, *_) in ROUND_METRICS.items():
     register_plot(f"{_stem}_vs_round")(_round_metric_plot(_key))
+
+
+def accuracy_by_steps(run: RunRecord) -> tuple[list[float], list[float]]:
+    """(cumulative local steps per client, test accuracy) at each evaluated round: the
+    steps are the rounds' `steps_per_client` (the sampled clients' mean) summed so far."""
+    total, steps, accuracy = 0.0, [], []
+    for row in run.rows:
+        total += plots.number(row.get("steps_per_client")) or 0.0
+        value = plots.number(row.get("test_accuracy"))
+        if value is not None:
+            steps.append(total)
+            accuracy.append(value)
+    return (steps, accuracy) if total > 0 else ([], [])
+
+
+@register_plot("accuracy_vs_steps")
+def plot_accuracy_vs_steps(runs: list[RunRecord], out_dir: Path) -> Path | None:
+    """Test accuracy against the local steps taken: at equal epochs a larger B takes fewer
+    steps, so runs that match per epoch part here (Smith et al. 2018)."""
+    title = "Test accuracy per local SGD steps"
+    figure, axes = plots.new_axes(runs, title, "local steps per client (cumulative)", "accuracy")
+    drawn: list[float] = []
+    colors = plots.line_colors(len(runs))
+    for run, label, color in zip(runs, plots.line_labels(runs), colors, strict=True):
+        xs, ys = accuracy_by_steps(run)
+        if xs:
+            axes.plot(xs, ys, label=label, color=color, marker=plots.marker_for(xs), markersize=3)
+            drawn += [x for x in xs if x > 0]
+    if not drawn:
+        return None
+    if max(drawn) / min(drawn) > 100:
+        axes.set_xscale("symlog", linthresh=min(drawn))
+    return plots.save_figure(figure, axes, out_dir / "accuracy_vs_steps.png")

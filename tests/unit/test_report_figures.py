@@ -195,3 +195,18 @@ def test_out_leaves_the_source_tree_byte_for_byte_untouched(tmp_path: Path) -> N
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2"]
     assert (out / "sweep.csv").read_text().count("\n") == 4  # header + 3 jobs
     assert (out / "summary.md").is_file()
+
+
+def test_accuracy_is_drawn_against_the_cumulative_local_steps(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    """Two runs with the same accuracy per round, one taking 5× fewer steps per round:
+    against steps, the second's line ends at a fifth of the first's (hand-summed)."""
+    for name, steps in (("small_b", 90.0), ("large_b", 18.0)):
+        run = [row | ({"steps_per_client": steps} if row["round"] else {}) for row in rows(3)]
+        write_run(tmp_path / "sweep" / name, run, [f"client.batch_size={name}"])
+    main([str(tmp_path / "sweep")])
+    _, axes = drawn["accuracy_vs_steps.png"]
+    lines = {tuple(line.get_xdata()): list(line.get_ydata()) for line in axes.get_lines()}
+    assert lines[(0.0, 90.0, 180.0, 270.0)] == lines[(0.0, 18.0, 36.0, 54.0)]
+    assert lines[(0.0, 18.0, 36.0, 54.0)] == pytest.approx([0.1, 0.3, 0.5, 0.7])
