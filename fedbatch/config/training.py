@@ -65,7 +65,12 @@ class ClientConfig:
     min_lr: Float = key(0.0, ge=0, doc="cosine schedule's final LR")
     warmup_steps: Int = key(0, ge=0, doc="linear warmup over this many local steps ...")
     warmup_epochs: Int = key(0, ge=0, doc="... or local epochs")
-    warmup_start: Float = key(0.0, ge=0, le=1, doc="warmup starts at this fraction of the LR")
+    warmup_start: Annotated[Float, Field(ge=0, le=1)] | Literal["base"] = key(
+        0.0,
+        doc="warmup starts at this fraction of the LR, or at `base`: client.lr before "
+        "lr_scaling (Goyal et al.'s gradual warmup from the small-batch LR)",
+        allowed="a number >= 0.0 and <= 1.0, or 'base'",
+    )
     accumulate: Int = key(1, ge=1, doc="micro-batches of B per optimizer step (effective k·B)")
     precision: Literal[PRECISIONS] = key(
         "fp32", doc="bf16: autocast on CPU or CUDA; fp16: CUDA with GradScaler"

@@ -99,6 +99,10 @@ def plan_client_round(
         gain = adascale_gain(noise.trace, noise.grad_sq, base, max(effective, base))
     scheduled = client.lr_schedule != "constant" or warmup > 0 or gain != 1.0
     step_lr = None
+    # `base`: from the unscaled LR (Goyal et al.), a fraction lr/scaled of the target.
+    warmup_start = (
+        min(1.0, client.lr / lr) if client.warmup_start == "base" else client.warmup_start
+    )
     if scheduled:
         start = plan.progress * per_round
         total = cfg.rounds * per_round
@@ -111,7 +115,7 @@ def plan_client_round(
                 total_steps=total,
                 schedule=client.lr_schedule,
                 warmup_steps=warmup,
-                warmup_start=client.warmup_start,
+                warmup_start=warmup_start,
                 milestones=milestones,
                 gamma=client.lr_gamma,
                 min_lr=client.min_lr,

@@ -90,6 +90,17 @@ def test_warmup_steps_ramps_from_warmup_start():
     assert plan.first_lr() == pytest.approx(0.02)
 
 
+def test_warmup_from_base_starts_at_the_unscaled_lr():
+    """Goyal et al.: B = 8 × 32 with linear scaling targets 8 · 0.1 = 0.8, reached from the
+    small-batch 0.1 over 10 steps: 0.1 + 0.07·s (hand-computed)."""
+    client = {"batch_size": 256, "base_batch_size": 32, "lr": 0.1, "lr_scaling": "linear"}
+    client |= {"epochs": 5, "warmup_steps": 10, "warmup_start": "base"}
+    plan = _plan(_cfg(client=client), n=2560)
+    lrs = _lrs(plan, 12)
+    assert lrs[:10] == pytest.approx([0.1 + 0.07 * s for s in range(10)])
+    assert lrs[10:] == pytest.approx([0.8, 0.8])
+
+
 def test_warmup_epochs_counts_steps_of_the_effective_batch():
     client = {"batch_size": 16, "accumulate": 2, "epochs": 3, "lr": 0.1, "warmup_epochs": 2}
     plan = _plan(_cfg(client=client), n=100)
