@@ -210,3 +210,25 @@ def test_accuracy_is_drawn_against_the_cumulative_local_steps(
     lines = {tuple(line.get_xdata()): list(line.get_ydata()) for line in axes.get_lines()}
     assert lines[(0.0, 90.0, 180.0, 270.0)] == lines[(0.0, 18.0, 36.0, 54.0)]
     assert lines[(0.0, 18.0, 36.0, 54.0)] == pytest.approx([0.1, 0.3, 0.5, 0.7])
+
+
+def test_final_accuracy_is_drawn_against_the_lr_a_line_per_batch_size(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    """Two B × two LRs × two seeds: each point is the mean of its two seeds (hand-computed)."""
+    final = {("8", "0.1"): (0.9, 0.8), ("8", "1.0"): (0.5, 0.7), ("64", "0.1"): (0.6, 0.6)}
+    final |= {("64", "1.0"): (0.85, 0.95)}
+    for (batch, lr), accuracies in final.items():
+        for seed, accuracy in enumerate(accuracies):
+            run = rows(1)
+            run[-1]["test_accuracy"] = accuracy
+            overrides = [f"client.batch_size={batch}", f"client.lr={lr}", f"seed={seed}"]
+            write_run(tmp_path / "sweep" / f"{batch}_{lr}_{seed}", run, overrides)
+    main([str(tmp_path / "sweep")])
+    _, axes = drawn["accuracy_vs_lr.png"]
+    means = {text: None for text in legend_texts(axes)}
+    assert set(means) == {"client.batch_size=8", "client.batch_size=64"}
+    data = [container.lines[0] for container in axes.containers]  # each errorbar's line
+    lines = [[round(float(y), 9) for y in line.get_ydata()] for line in data]
+    assert sorted(lines) == [[0.6, 0.9], [0.85, 0.6]]
+    assert axes.get_xscale() == "log"
