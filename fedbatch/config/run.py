@@ -129,6 +129,11 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError(
             "eval.follow_drift", True, "false unless stream.drift=covariate or concept"
         )
+    if cfg.stop.target_train_loss is not None and (
+        cfg.eval.train_samples == 0 or cfg.engine.name == "deployment"
+    ):
+        allowed = "null unless eval.train_samples >= 1 (not measured in a deployment)"
+        raise ConfigError("stop.target_train_loss", cfg.stop.target_train_loss, allowed)
     if cfg.monitor.noise_exact and cfg.model.norm == "batch":
         raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
 

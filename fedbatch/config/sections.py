@@ -150,6 +150,9 @@ class EngineConfig:
 class StopConfig:
     target_accuracy: Float | None = key(None, gt=0, le=1, doc="stop once test accuracy >= this")
     target_loss: Float | None = key(None, ge=0, doc="stop once test loss <= this")
+    target_train_loss: Float | None = key(
+        None, ge=0, doc="stop once the global model's train loss (global_train_loss) <= this"
+    )
     patience: Int | None = key(
         None, ge=1, doc="stop after this many evaluations without improvement"
     )

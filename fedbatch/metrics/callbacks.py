@@ -38,7 +38,8 @@ class Callback:
 
 @dataclass
 class ConvergenceMonitor(Callback):
-    """Stops the run at a target test accuracy or loss, after `patience` evaluations
+    """Stops the run at a target test accuracy or loss (or the global model's train loss,
+    to compare runs at matched training loss), after `patience` evaluations
     without improvement, or when the test loss is no longer finite (diverged).
 
     Improvement means beating the last improving value by more than `min_delta`: test
@@ -89,13 +90,16 @@ class ConvergenceMonitor(Callback):
         if state.round == 0:
             return
         target_acc, target_loss = self.stop.target_accuracy, self.stop.target_loss
+        target_train, train_loss = self.stop.target_train_loss, state.row.get("global_train_loss")
         if target_acc is not None and accuracy >= target_acc:
             state.stop_reason = "target_accuracy"
         elif target_loss is not None and loss <= target_loss:
             state.stop_reason = "target_loss"
+        elif target_train is not None and train_loss is not None and train_loss <= target_train:
+            state.stop_reason = "target_train_loss"  # matched training loss (Keskar et al.)
         elif self.stop.patience is not None and self._since_improvement >= self.stop.patience:
             state.stop_reason = "patience"
-        if state.stop_reason in ("target_accuracy", "target_loss"):
+        if state.stop_reason in ("target_accuracy", "target_loss", "target_train_loss"):
             self.rounds_to_target = state.round
             self.virtual_seconds_to_target = state.row.get("virtual_seconds")
             self.steps_to_target, self.examples_to_target = self._steps, self._examples

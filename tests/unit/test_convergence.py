@@ -56,3 +56,19 @@ def test_loss_is_the_criterion_when_only_a_loss_target_is_set():
 def test_non_finite_loss_stops_as_diverged():
     monitor = ConvergenceMonitor(StopConfig())
     assert _feed(monitor, [0.1, 0.3, 0.1], [2.0, 1.5, math.nan]) == (2, "diverged")
+
+
+def test_target_train_loss_stops_at_the_global_models_train_loss():
+    """Matched training loss: the run stops where `global_train_loss` first reaches the
+    target, and records the steps summed so far (hand-summed: 3 rounds of 10)."""
+    monitor = ConvergenceMonitor(StopConfig(target_train_loss=0.4))
+    stopped = None
+    for round_, train in enumerate([None, 0.9, 0.5, 0.35, 0.2]):
+        row = {"test_accuracy": 0.5, "test_loss": 1.0, "global_train_loss": train}
+        state = RoundState(round_, None, row | ({"steps_per_client": 10.0} if round_ else {}))
+        monitor.on_round_end(state)
+        if state.stop_reason:
+            stopped = (round_, state.stop_reason)
+            break
+    assert stopped == (3, "target_train_loss")
+    assert (monitor.rounds_to_target, monitor.steps_to_target) == (3, 30.0)
