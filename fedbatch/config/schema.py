@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
@@ -79,7 +79,7 @@ def _bounds(constraints: list[Any], number: type) -> str:
     return " " + " and ".join(words) if words else ""
 
 
-def describe(annotation: Any, constraints: list[Any] = ()) -> str:  # type: ignore[assignment]
+def describe(annotation: Any, constraints: Sequence[Any] = ()) -> str:
     """`annotation` (with its constraints) as the words after "allowed"."""
     constraints = list(constraints)
     if get_origin(annotation) is Annotated:
@@ -150,10 +150,6 @@ def validate(section: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
             where = f"{parent}.{loc[-1]}" if parent else str(loc[-1])
             raise ConfigError(where, value, "keys " + ", ".join(known)) from None
         key, info, reached = _where(section, loc, prefix)
-        if first["type"] in ("value_error", "assertion_error") and "ctx" in first:
-            cause = first["ctx"].get("error")
-            if isinstance(cause, ConfigError):
-                raise cause from None
         if info is None or (is_section(reached) and not isinstance(value, Mapping)):
             raise ConfigError(key or prefix, value, "a config group (a mapping of keys)") from None
         text = allowed(info) if reached is info.annotation else describe(reached)

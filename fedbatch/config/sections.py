@@ -212,7 +212,7 @@ def prepare_strategy(raw: Mapping[str, Any]) -> dict[str, Any]:
     params = dict(raw.get("params", {}))
     own_keys = ("name", "fraction_evaluate", "params", "target")
     params |= {k: v for k, v in raw.items() if k not in own_keys}
-    for name_, value in params.items():
+    for parameter, value in params.items():
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise ConfigError(f"strategy.{name_}", value, "a number or null")
+            raise ConfigError(f"strategy.{parameter}", value, "a number or null")
     return {"name": name, "fraction_evaluate": fraction, "params": params}
