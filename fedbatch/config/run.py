@@ -134,6 +134,9 @@ def _check_combinations(cfg: RunConfig) -> None:
     ):
         allowed = "null unless eval.train_samples >= 1 (not measured in a deployment)"
         raise ConfigError("stop.target_train_loss", cfg.stop.target_train_loss, allowed)
+    if cfg.monitor.final and (cfg.eval.train_samples < 2 or cfg.engine.name == "deployment"):
+        allowed = "false unless eval.train_samples >= 2 (not measured in a deployment)"
+        raise ConfigError("monitor.final", True, allowed)
     if cfg.monitor.noise_exact and cfg.model.norm == "batch":
         raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
 

@@ -137,10 +137,21 @@ class MonitorConfig:
     noise_exact: Int = key(0, ge=0, doc="exact per-example tr(Σ) and |G|² (torch.func)")
     sharpness: Int = key(0, ge=0, doc="ε-sharpness (Keskar et al. 2017)")
     sharpness_epsilon: Float = key(1e-3, gt=0, doc="its ε")
+    sharpness_steps: Int = key(
+        5, ge=1, doc="its projected-ascent steps (a lower bound; more steps, a tighter one)"
+    )
     hessian: Int = key(0, ge=0, doc="top Hessian eigenvalue by power iteration")
+    hessian_iterations: Int = key(
+        20, ge=1, doc="its most Hessian-vector products (a small eigengap needs more)"
+    )
     updates: Int = key(0, ge=0, doc="weight norm, update norms and cosine of client updates")
     timing: Bool = key(False, doc="data-loading versus compute seconds per step")
     probe_samples: Int = key(512, ge=2, doc="at most this many client samples for the probes")
+    final: Bool = key(
+        False,
+        doc="after the last round: ε-sharpness and top Hessian eigenvalue of the final "
+        "global model on the pooled training sample (eval.train_samples)",
+    )
 
 
 # --- the YAML forms that are not plain keys, and checks across keys -------------------

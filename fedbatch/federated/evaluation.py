@@ -14,6 +14,7 @@ from fedbatch.data.stream import ClientStream
 from fedbatch.federated.records import load_arrays
 from fedbatch.federated.workload import Workload
 from fedbatch.local.noise import exact_noise
+from fedbatch.local.sharpness import epsilon_sharpness, hessian_top_eigenvalue
 from fedbatch.local.trainer import evaluate
 from fedbatch.metrics.callbacks import Callback, RoundState
 from fedbatch.seeding import derive_seed
@@ -122,6 +123,58 @@ class PooledExactNoise(Callback):
             grad_sq, trace = exact_noise(self.model, F.cross_entropy, x, y)
             state.row["noise_scale_exact_global"] = trace / grad_sq if grad_sq > 0 else None
         self.start = state.arrays
+
+
+class FinalModelProbe(Callback):
+    """`final_sharpness` and `final_hessian_top`: the curvature of the *final* global model
+    (Keskar et al. 2017 compare minima, not the path to them), in the last round's row.
+
+    Probes the model the run ends with, after the last round or the round a stop
+    (`stop.*`) ends the run at, on the first `monitor.probe_samples` of the pooled
+    training sample (`eval.train_samples`). ε-sharpness takes `monitor.sharpness_steps`
+    of projected ascent, so it is a lower bound of the maximum over the box. Simulation
+    engines only: a deployment's server holds no client data. Must follow the
+    convergence monitor, whose stop it reads.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self.model = workload.initial_model()
+        sample = _train_sample(workload)
+        if sample is None:
+            raise ValueError("the final probe needs eval.train_samples (simulation only)")
+        limit = workload.cfg.monitor.probe_samples
+        self.x, self.y = sample[0][:limit], sample[1][:limit]
+
+    @staticmethod
+    def wanted(workload: Workload) -> bool:
+        return workload.cfg.monitor.final
+
+    def on_round_end(self, state: RoundState) -> None:
+        cfg = self.workload.cfg
+        if state.round == 0 or (state.round < cfg.rounds and state.stop_reason is None):
+            return
+        load_arrays(self.model, state.arrays)
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "final-probe"))
+        monitor = cfg.monitor
+        sharpness = epsilon_sharpness(
+            self.model,
+            F.cross_entropy,
+            self.x,
+            self.y,
+            epsilon=monitor.sharpness_epsilon,
+            steps=monitor.sharpness_steps,
+        )
+        top = hessian_top_eigenvalue(
+            self.model,
+            F.cross_entropy,
+            self.x,
+            self.y,
+            iterations=monitor.hessian_iterations,
+            generator=generator,
+        )
+        state.row["final_sharpness"] = sharpness
+        state.row["final_hessian_top"] = top
 
 
 def _train_sample(workload: Workload) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -21,6 +21,7 @@ ROW_KEYS = (
     "clients_sampled", "clients_replied", "clients_failed", "examples", "examples_seen",
     "steps", "grad_norm_mean", "grad_norm_max", "generalization_gap", "client_error",
     "seconds", "elapsed_seconds", "virtual_seconds", "noise_scale_exact_global",
+    "final_sharpness", "final_hessian_top",
     *INSTRUMENT_KEYS, *CLOCK_KEYS,
 )  # fmt: skip
 

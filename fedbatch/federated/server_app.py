@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig
-from fedbatch.federated.evaluation import PooledExactNoise, ServerEvaluation
+from fedbatch.federated.evaluation import FinalModelProbe, PooledExactNoise, ServerEvaluation
 from fedbatch.federated.nodes import PartitionedGrid, partition_order
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.round_loop import run_rounds
@@ -31,14 +31,16 @@ __all__ = ["app", "run_experiment", "run_rounds", "standard_callbacks"]
 def standard_callbacks(
     workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
 ) -> tuple[list[Callback], SummaryFile]:
-    """Evaluation → convergence → metrics.jsonl → summary.json (→ progress bar) (→ rows
-    and summary as lines on stdout). No files when `out_dir` is None."""
+    """Evaluation → convergence (→ final probe) → metrics.jsonl → summary.json (→ progress
+    bar) (→ rows and summary as lines on stdout). No files when `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryFile(None if out_dir is None else out_dir / "summary.json", monitor)
     callbacks: list[Callback] = [ServerEvaluation(workload), monitor]
     if PooledExactNoise.wanted(workload):
         callbacks.insert(1, PooledExactNoise(workload))
+    if FinalModelProbe.wanted(workload):  # after the monitor: it probes where a stop ends
+        callbacks.append(FinalModelProbe(workload))
     if out_dir is not None:
         callbacks.append(JsonlSink(out_dir / "metrics.jsonl"))
     callbacks.append(summary)

@@ -65,11 +65,21 @@ def measure_at_weights(
         xs, ys = x[index], y[index]
         if "sharpness" in probes:
             out["sharpness"] = epsilon_sharpness(
-                model, F.cross_entropy, xs, ys, epsilon=monitor.sharpness_epsilon
+                model,
+                F.cross_entropy,
+                xs,
+                ys,
+                epsilon=monitor.sharpness_epsilon,
+                steps=monitor.sharpness_steps,
             )
         if "hessian" in probes:
             out["hessian_top"] = hessian_top_eigenvalue(
-                model, F.cross_entropy, xs, ys, generator=generator
+                model,
+                F.cross_entropy,
+                xs,
+                ys,
+                iterations=monitor.hessian_iterations,
+                generator=generator,
             )
     return {k: (v if math.isfinite(v) else NAN) for k, v in out.items()}
 

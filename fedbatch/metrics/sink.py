@@ -23,6 +23,9 @@ def row_json(row: dict[str, Any]) -> str:
     return json.dumps({k: _clean(v) for k, v in row.items()})
 
 
+FINAL_PROBES = ("final_sharpness", "final_hessian_top")
+
+
 class JsonlSink(Callback):
     """Appends each round's row to `metrics.jsonl` and flushes, so a crash loses no row."""
 
@@ -60,6 +63,8 @@ class SummaryFile(Callback):
             "test_accuracy": _clean(last.get("test_accuracy")),
             "test_loss": _clean(last.get("test_loss")),
             "train_loss": _clean(last.get("train_loss")),
+            "global_train_loss": _clean(last.get("global_train_loss")),
+            "generalization_gap": _clean(last.get("generalization_gap")),
             "best_test_accuracy": _clean(monitor.best_accuracy),
             "best_round": monitor.best_round,
             "best_test_loss": _clean(monitor.best_loss),
@@ -75,6 +80,9 @@ class SummaryFile(Callback):
             "client_error": self.first_error,
             "seconds": outcome.seconds,
         }
+        for key in FINAL_PROBES:  # only when the run probed its final model
+            if last.get(key) is not None:
+                self.summary[key] = _clean(last[key])
         if self.path is not None:
             write_summary(self.path, self.summary)
 

@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -20,6 +21,7 @@ from fedbatch.federated.server_app import run_rounds, standard_callbacks
 from fedbatch.federated.workload import build_workload
 from fedbatch.local.noise import exact_noise
 from fedbatch.metrics.callbacks import Callback, RoundState
+from fedbatch.seeding import derive_seed
 from tests.conftest import read_rows, tiny_config
 
 
@@ -149,3 +151,69 @@ def test_work_a_deadline_dropped_does_not_count_toward_the_target(tmp_path):
     for row in read_rows(tmp_path)[1:]:
         assert row["clients_replied"] == 3 and row["clients_dropped"] == 3
         assert row["steps_per_client"] is None and row["examples_per_client"] is None
+
+
+def _loss_of_flat_weights(model, x, y):
+    """The loss as a function of every trainable weight in one flat vector."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for p in model.parameters() if p.requires_grad]
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(flat, [s.numel() for s in shapes])
+        params = {n: v.reshape(s) for n, v, s in zip(names, pieces, shapes, strict=True)}
+        return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+    return loss, flat
+
+
+def test_final_probe_measures_the_model_a_stop_ends_with(tmp_path):
+    """logreg stopped at a train-loss target: only the stopping round's row carries the
+    final probe, on that round's global weights and the pooled training sample. The top
+    Hessian eigenvalue matches the exact Hessian's (all weights, eigvalsh); ε-sharpness
+    lies between the loss gain at the box corner along the gradient's signs (a point of
+    the box) and a second-order bound over the whole box."""
+    cfg = tiny_config(
+        rounds=30,
+        num_clients=2,
+        clients_per_round=2,
+        device="cpu",
+        model={"name": "logreg"},
+        client={"batch_size": 32, "lr": 0.05},
+        monitor={
+            "final": True,
+            "probe_samples": 300,
+            "sharpness_epsilon": 1e-2,
+            "hessian_iterations": 300,
+        },
+        eval={"train_samples": 300},
+        stop={"target_train_loss": 1.0},
+    )
+    workload, weights = _final_weights(cfg, tmp_path)
+    rows = read_rows(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_because"] == "target_train_loss"
+    stopped = summary["rounds_completed"]
+    assert 1 <= stopped < 30 and len(rows) == stopped + 1
+    assert [r["final_hessian_top"] is not None for r in rows] == [False] * stopped + [True]
+
+    model = workload.initial_model()
+    load_arrays(model, weights[-1])
+    pooled = torch.from_numpy(np.sort(np.concatenate(workload.partitions)))
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-sample"))
+    index = pooled[torch.randperm(len(pooled), generator=generator)[:300]]
+    loss, flat = _loss_of_flat_weights(model, workload.x_train[index], workload.y_train[index])
+    hessian = torch.autograd.functional.hessian(loss, flat.double().float())
+    top = float(torch.linalg.eigvalsh(hessian.double())[-1])
+    assert rows[-1]["final_hessian_top"] == pytest.approx(top, rel=1e-3)
+    assert summary["final_hessian_top"] == rows[-1]["final_hessian_top"]
+
+    base = float(loss(flat))
+    gradient = torch.func.grad(loss)(flat)
+    radius = 1e-2 * (flat.abs() + 1.0)
+    corner = float(loss(flat + radius * gradient.sign())) - base
+    # f(w+z) - f(w) <= |g|·r + ½ λ_max |r|² with λ_max ≤ 2·top on this small box (convex)
+    bound = float((gradient.abs() * radius).sum()) + top * float(radius.pow(2).sum())
+    sharpness = rows[-1]["final_sharpness"]
+    assert 100 * corner / (1 + base) * 0.99 <= sharpness <= 100 * bound / (1 + base)
+    assert summary["final_sharpness"] == sharpness

@@ -232,3 +232,34 @@ def test_final_accuracy_is_drawn_against_the_lr_a_line_per_batch_size(
     lines = [[round(float(y), 9) for y in line.get_ydata()] for line in data]
     assert sorted(lines) == [[0.6, 0.9], [0.85, 0.6]]
     assert axes.get_xscale() == "log"
+
+
+def test_final_probes_are_drawn_against_the_measured_batch_size(
+    tmp_path: Path, drawn: dict[str, tuple[Figure, Axes]]
+) -> None:
+    """Two B × two seeds that probed their final model: each panel's point is the mean of
+    its two seeds (hand-computed), at the B the clients measured, not the configured one."""
+    finals = {
+        ("8", 0): (0.30, 1.0, 5.0, 0.02),
+        ("8", 1): (0.32, 3.0, 7.0, 0.04),
+        ("512", 0): (0.31, 9.0, 40.0, 0.10),
+        ("512", 1): (0.29, 11.0, 60.0, 0.20),
+    }
+    keys = ("global_train_loss", "final_sharpness", "final_hessian_top", "generalization_gap")
+    for (batch, seed), values in finals.items():
+        run_dir = write_run(
+            tmp_path / "sweep" / f"{batch}_{seed}",
+            [row | {"effective_batch_size": min(int(batch), 144)} for row in rows(2)],
+            [f"client.batch_size={batch}", f"seed={seed}"],
+        )
+        (run_dir / "summary.json").write_text(json.dumps(dict(zip(keys, values, strict=True))))
+    main([str(tmp_path / "sweep")])
+    figure, legend_axes = drawn["sharpness_vs_batch.png"]
+    panels = figure.axes
+    assert legend_outside(figure, legend_axes)
+    means = []
+    for axes in panels:
+        (container,) = axes.containers
+        assert list(container.lines[0].get_xdata()) == [8.0, 144.0]
+        means.append([round(float(y), 9) for y in container.lines[0].get_ydata()])
+    assert means == [[0.31, 0.30], [2.0, 10.0], [6.0, 50.0], [0.03, 0.15]]

@@ -106,6 +106,9 @@ def test_a_key_no_yaml_names_can_still_be_set():
         ({"stop": {"target_train_loss": 0.1}, "eval": {"train_samples": 0}},
          "stop.target_train_loss=0.1 is invalid: allowed null unless eval.train_samples >= 1 "
          "(not measured in a deployment)"),
+        ({"monitor": {"final": True}, "engine": {"name": "deployment"}},
+         "monitor.final=True is invalid: allowed false unless eval.train_samples >= 2 "
+         "(not measured in a deployment)"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(raw, message):
