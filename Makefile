@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test bench format clean
+.PHONY: run test bench seed-table format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(BIN)/.installed  ## lint, format check and the whole test suite
 bench: $(BIN)/.installed  ## performance benchmark against a plain loop, Ray, vanilla Flower, pfl-research
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev,bench]"
 	$(BIN)/python -m fedbatch.bench --case small --case pfl --case scale $(ARGS)
+
+seed-table: $(BIN)/.installed  ## the seed's batch-size table, measured on this machine (~20 min)
+	sweep=multirun/seed_table/$$(date +%Y-%m-%d_%H-%M-%S) && \
+	$(BIN)/python -m fedbatch.simulate --config-dir simulations/seed_table --config-name study \
+		-m hydra/launcher=parallel hydra.sweep.dir=$$sweep && \
+	$(BIN)/python -m fedbatch.report.seed_table $$sweep --out simulations/seed_table
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

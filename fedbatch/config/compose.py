@@ -98,26 +98,32 @@ def _refuse_deletions(argv: Sequence[str]) -> None:
             )
 
 
-def _refuse_additions(argv: Sequence[str], arguments: set[str]) -> None:
+def _refuse_additions(argv: Sequence[str], addable: set[str]) -> None:
     """Every fedbatch key is in the composed config already (the schema's defaults), so
     `+key` (add) can only collide with it (`++key` sets it like `key`): one line naming the
-    plain form. Only a `_target_` class's new `arguments` are added, and keys of a list's
+    plain form. Only the `addable` (a `_target_` class's new arguments, a study's own
+    config group) are added, and keys of a list's
     elements, which Hydra does not merge with the schema (`+clock.devices.0.scaling=0.5`)."""
     for key, _, value in (arg.partition("=") for arg in argv):
         plain = key.lstrip("+")
         adds = key.startswith("+") and not key.startswith("++")
         in_list = any(part.isdigit() for part in plain.split("."))  # a YAML list's element
-        if adds and not plain.startswith("hydra") and plain not in arguments and not in_list:
+        if adds and not plain.startswith("hydra") and plain not in addable and not in_list:
             raise OverrideError(
                 f"{key} is not allowed: {plain} exists already; set it with {plain}={value}"
             )
 
 
+def _default_choices(dirs: Sequence[Path]) -> dict[str, list[str]]:
+    """The config groups fedbatch's config.yaml selects, each with its default option."""
+    entries = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
+    return {str(k): [str(v)] for entry in entries if isinstance(entry, DictConfig)
+            for k, v in entry.items()}  # fmt: skip
+
+
 def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, list[str]]:
     """Each config group's chosen option(s): the defaults list, overridden by argv."""
-    entries = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
-    chosen = {str(k): [str(v)] for entry in entries if isinstance(entry, DictConfig)
-              for k, v in entry.items()}  # fmt: skip
+    chosen = _default_choices(dirs)
     for key, value in fedbatch_overrides(argv):
         if any((d / key).is_dir() for d in dirs) and "(" not in value:
             allowed = sorted({p.stem for d in dirs for p in (d / key).glob("*.yaml")})
@@ -191,7 +197,9 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             hint = f" (a class of your own: a {head}/<name>.yaml with {TARGET}, see README)"
         allowed = ", ".join(sorted(keys))
         raise OverrideError(f"{key} is not a key of {where}: allowed {allowed}{hint}")
-    _refuse_additions(argv, arguments)
+    # A group only a study's --config-dir has (`+row=small`) is not in the defaults list:
+    # Hydra's `+` adds it.
+    _refuse_additions(argv, arguments | (set(chosen) - set(_default_choices(dirs))))
 
 
 def _check_nested_target(key: str, option: DictConfig) -> None:

@@ -157,3 +157,15 @@ def test_a_key_a_list_element_leaves_out_is_added_with_plus():
     clock=devices' YAML leaves at its default, is added with `+`."""
     cfg = compose_config(["clock=devices", "+clock.devices.0.scaling=0.5"])
     assert [d.scaling for d in cfg.clock.devices] == [0.5, 0.0, 0.0]
+
+
+def test_a_studys_own_config_group_is_added_with_plus(tmp_path):
+    """A group only a study's --config-dir has (`row/`) is not in fedbatch's defaults list:
+    Hydra adds it with `+row=...`; a fedbatch group still takes the plain form."""
+    (tmp_path / "row").mkdir()
+    (tmp_path / "row" / "small.yaml").write_text("# @package _global_\nrounds: 2\n")
+    check_overrides(["--config-dir", str(tmp_path), "+row=small"])
+    with pytest.raises(OverrideError, match="set it with batch=ramp"):
+        check_overrides(["--config-dir", str(tmp_path), "+batch=ramp"])
+    with pytest.raises(OverrideError, match=r"row='big' is invalid: allowed one of small"):
+        check_overrides(["--config-dir", str(tmp_path), "+row=big"])
