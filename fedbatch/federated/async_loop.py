@@ -79,7 +79,7 @@ class AsyncLoop(Federation):
         content = RecordDict({"arrays": self.arrays, "config": ConfigRecord(values)})
         node = self.nodes.all_node_ids[client]
         msg = self.grid.create_message(content, MessageType.TRAIN, node, str(self.dispatched))
-        (reply,) = self.send(self.address([msg]))
+        (reply,) = self.send(self.address([msg]), self.arrays)
         now = self.time.seconds
         if reply.has_error():
             finish, energy = now, 0.0

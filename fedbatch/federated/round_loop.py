@@ -9,6 +9,7 @@ virtual time and the callbacks. Every engine runs this same loop; only the Grid 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from fedbatch.federated.strategies import (
     check_strategy_params,
     strategy_class,
 )
+from fedbatch.federated.validation import screen
 from fedbatch.federated.virtual_time import RoundClock, VirtualTime, record_bytes
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 
@@ -42,11 +44,13 @@ class Federation:
         cfg: RunConfig,
         callbacks: Sequence[Callback],
         initial_arrays: ArrayRecord,
-        pooled_size: int | None,
+        partition_sizes: Sequence[int] | None,
     ) -> None:
         self.grid, self.cfg, self.callbacks = grid, cfg, callbacks
         self.nodes = SampledNodesGrid(grid)
         self.partition_of = {node: i for i, node in enumerate(self.nodes.all_node_ids)}
+        self.partition_sizes = partition_sizes
+        pooled_size = None if partition_sizes is None else sum(partition_sizes)
         self.instruments = RoundInstruments(cfg, pooled_size)
         self.clock = RoundClock(cfg) if cfg.clock.on else None
         self.time = VirtualTime(cfg)
@@ -98,10 +102,28 @@ class Federation:
             self.grid.create_message(content, MessageType.QUERY, node, str(server_round))
             for node in offered
         ]
-        return self.send(self.address(messages))
+        return self.send(self.address(messages), self.arrays, partial=True)
 
-    def send(self, messages: list[Message]) -> list[Message]:
-        return list(self.grid.send_and_receive(messages)) if messages else []
+    def send(
+        self, messages: list[Message], model: ArrayRecord | None, *, partial: bool = False
+    ) -> list[Message]:
+        """Send, wait for the replies, and screen each (`validation.screen`): arrays like
+        `model`'s (None: replies carry none; `partial`: some of its keys), a `num-examples`
+        the client's partition can hold. An unusable reply comes back as an error reply."""
+        if not messages:
+            return []
+        return screen(self.grid.send_and_receive(messages), model, self.most_examples, partial)
+
+    def most_examples(self, reply: Message) -> int:
+        """The most samples the replying client can hold: its partition's size, or a
+        stream's window or reservoir (a stream that keeps all it is sent has no bound
+        here: it may outgrow the partition by cycling through it)."""
+        stream = self.cfg.stream
+        if stream.name != "static":
+            return stream.capacity if stream.buffer != "all" else sys.maxsize
+        if self.partition_sizes is None:
+            return sys.maxsize
+        return self.partition_sizes[self.partition_of[reply.metadata.src_node_id]]
 
     # --- rows and callbacks ----------------------------------------------------------------
 
@@ -220,7 +242,7 @@ class RoundLoop(Federation):
             ]
             self.unavailable = len(messages) - len(answering)
             messages = answering
-        return messages, self.send(messages)
+        return messages, self.send(messages, self.arrays if phase == "train" else None)
 
     def settle(
         self, server_round: int, replies: list[Message]
@@ -250,12 +272,13 @@ def run_rounds(
     callbacks: Sequence[Callback],
     *,
     initial_arrays: ArrayRecord,
-    pooled_size: int | None = None,
+    partition_sizes: Sequence[int] | None = None,
 ) -> RunOutcome:
     """Run up to `cfg.rounds` rounds (or aggregations) of the configured strategy on
-    `grid`, whose nodes are listed in partition order. `pooled_size`: the training data's
-    size over all partitions (the global noise scale's population)."""
+    `grid`, whose nodes are listed in partition order. `partition_sizes`: each partition's
+    training samples (what a client can report as `num-examples`; their sum is the global
+    noise scale's population), None when unknown."""
     if cfg.strategy.name in ASYNC_PARAMETERS:  # fedbatch's event loop (async_loop.py)
         check_strategy_params(cfg)
-        return strategy_class(cfg)(grid, cfg, callbacks, initial_arrays, pooled_size).run()
-    return RoundLoop(grid, cfg, callbacks, initial_arrays, pooled_size).run()
+        return strategy_class(cfg)(grid, cfg, callbacks, initial_arrays, partition_sizes).run()
+    return RoundLoop(grid, cfg, callbacks, initial_arrays, partition_sizes).run()

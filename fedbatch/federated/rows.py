@@ -13,12 +13,14 @@ from typing import Any
 from flwr.app import Message, MetricRecord
 
 from fedbatch.federated.monitoring import ROW_KEYS as INSTRUMENT_KEYS
+from fedbatch.federated.validation import is_rejection
 from fedbatch.federated.virtual_time import ROW_KEYS as CLOCK_KEYS
 
 ROW_KEYS = (
     "round", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
     "global_train_loss", "global_train_accuracy", "client_eval_loss", "client_eval_accuracy",
-    "clients_sampled", "clients_replied", "clients_failed", "examples", "examples_seen",
+    "clients_sampled", "clients_replied", "clients_failed", "clients_rejected", "examples",
+    "examples_seen",
     "steps", "grad_norm_mean", "grad_norm_max", "generalization_gap", "client_error",
     "seconds", "elapsed_seconds", "virtual_seconds", "noise_scale_exact_global",
     "final_sharpness", "final_hessian_top",
@@ -39,13 +41,15 @@ def metric(metrics: MetricRecord | None, key: str) -> Any:
 
 
 def reply_counts(sampled: int, replies: Sequence[Message]) -> dict[str, Any]:
-    """Who was asked, who answered, and the first failure's reason."""
+    """Who was asked, who answered usably, whose reply the server rejected (counted as
+    failed too), and the first failure's reason."""
     errors = [r.error.reason for r in replies if r.has_error()]
     replied = len(replies) - len(errors)
     return {
         "clients_sampled": sampled,
         "clients_replied": replied,
         "clients_failed": sampled - replied,
+        "clients_rejected": sum(is_rejection(r) for r in replies),
         "client_error": errors[0] if errors else None,
     }
 

@@ -71,7 +71,7 @@ def run_experiment(
         cfg,
         callbacks,
         initial_arrays=model_to_arrays(workload.initial_model()),
-        pooled_size=sum(len(p) for p in workload.partitions),
+        partition_sizes=[len(p) for p in workload.partitions],
     )
     return summary.summary
 

@@ -42,7 +42,7 @@ def _final_weights(cfg, tmp_path) -> tuple[Any, list[dict[str, Any]]]:
         cfg,
         [*callbacks, Keep()],
         initial_arrays=model_to_arrays(workload.initial_model()),
-        pooled_size=sum(len(p) for p in workload.partitions),
+        partition_sizes=[len(p) for p in workload.partitions],
     )
     return workload, seen
 
