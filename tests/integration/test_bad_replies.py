@@ -12,10 +12,8 @@ import pytest
 from flwr.app import Array, Message, MetricRecord, RecordDict
 
 from fedbatch.engine.inprocess import InProcessGrid
-from fedbatch.federated.nodes import GridView, PartitionedGrid, partition_order
-from fedbatch.federated.records import model_to_arrays
-from fedbatch.federated.server_app import run_rounds, standard_callbacks
-from fedbatch.federated.workload import build_workload
+from fedbatch.federated.nodes import GridView
+from fedbatch.federated.server_app import run_experiment
 from tests.conftest import read_rows, tiny_config
 
 
@@ -75,16 +73,8 @@ class OneBadClient(GridView):
 )
 def test_one_bad_client_is_rejected_and_the_run_trains_on(tmp_path, corrupt, reason):
     cfg = tiny_config(rounds=4, num_clients=4, clients_per_round=4, device="cpu")
-    workload = build_workload(cfg)
-    callbacks, _ = standard_callbacks(workload, tmp_path, progress=False)
-    grid = OneBadClient(InProcessGrid(cfg.num_clients), corrupt)
-    ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
-    run_rounds(
-        ordered,
-        cfg,
-        callbacks,
-        initial_arrays=model_to_arrays(workload.initial_model()),
-        partition_sizes=[len(p) for p in workload.partitions],
+    run_experiment(
+        OneBadClient(InProcessGrid(cfg.num_clients), corrupt), cfg, tmp_path, progress=False
     )
     rows = read_rows(tmp_path)[1:]
     assert [(r["clients_replied"], r["clients_rejected"], r["clients_failed"]) for r in rows] == [
