@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedbatch.config import ConfigError, RunConfig, build_config
 from fedbatch.config.compose import CONF_DIR, OverrideError, register_schema, search_dirs
 from fedbatch.config.compose import check_overrides as check_config_overrides
+from fedbatch.metrics.endings import failure
 from fedbatch.sweep_plugins import plugin_error, register_resolvers
 
 if TYPE_CHECKING:
@@ -167,6 +169,12 @@ def main(dcfg: DictConfig) -> float:
     )
     if summary.get("client_error"):
         print(f"fedbatch: a client failed: {summary['client_error']}", file=sys.stderr)
+    ended = failure(summary)
+    if ended is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
+        # A sweep's job ends normally (sweep.csv gives its status): one diverging LR of a
+        # grid must not stop the others.
+        print(f"fedbatch: error: {ended.message}", file=sys.stderr)
+        sys.exit(ended.exit_code)
     return objective(summary)
 
 

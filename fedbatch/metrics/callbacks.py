@@ -58,6 +58,7 @@ class ConvergenceMonitor(Callback):
     virtual_seconds_to_target: float | None = None  # when a virtual clock or stream runs
     steps_to_target: float | None = None
     examples_to_target: float | None = None
+    rounds_trained: int = 0  # rounds in which at least one client's update was aggregated
     _steps: float = field(default=0.0, repr=False)
     _examples: float = field(default=0.0, repr=False)
     _baseline: float = field(default=math.nan, repr=False)
@@ -72,6 +73,7 @@ class ConvergenceMonitor(Callback):
         return False
 
     def on_round_end(self, state: RoundState) -> None:
+        self.rounds_trained += bool(state.row.get("steps_per_client"))
         self._steps += state.row.get("steps_per_client") or 0.0
         self._examples += state.row.get("examples_per_client") or 0.0
         accuracy = state.row.get("test_accuracy")

@@ -69,6 +69,7 @@ class SummaryFile(Callback):
             "best_round": monitor.best_round,
             "best_test_loss": _clean(monitor.best_loss),
             "rounds_completed": outcome.rounds_completed,
+            "rounds_trained": monitor.rounds_trained,
             "rounds_to_target": monitor.rounds_to_target,
             "steps_to_target": monitor.steps_to_target,
             "examples_to_target": monitor.examples_to_target,

@@ -23,6 +23,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from fedbatch.metrics.endings import failure
+
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -33,9 +35,11 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CONFIG_FILES = (Path("config.yaml"), Path(".hydra") / "config.yaml")
 SWEEP_CSV = "sweep.csv"
 
-STATUS_OK = "ok"  # summary.json exists: the run finished
+STATUS_OK = "ok"  # summary.json exists and the run did what was asked (endings.py)
 STATUS_INCOMPLETE = "incomplete"  # some rounds were logged, but no summary.json
 STATUS_FAILED = "failed"  # not a single round was logged
+# Finished runs (summary.json written), whether or not they did what was asked.
+FINISHED = (STATUS_OK, "diverged", "no_training")
 
 # Summary fields in the order they appear in tables; unknown fields follow in first-seen order.
 SUMMARY_FIELDS = (
@@ -148,9 +152,11 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else None
 
 
-def run_status(has_summary: bool, has_rows: bool) -> str:
-    if has_summary:
-        return STATUS_OK
+def run_status(summary: dict[str, Any] | None, has_rows: bool) -> str:
+    """ok, or how the finished run failed (`endings.failure`), or incomplete / failed."""
+    if summary is not None:
+        ended = failure(summary)
+        return STATUS_OK if ended is None else ended.status
     return STATUS_INCOMPLETE if has_rows else STATUS_FAILED
 
 
@@ -158,7 +164,7 @@ def load_run(run_dir: Path) -> RunRecord:
     overrides = read_overrides(run_dir)
     summary = read_summary(run_dir)
     rows = read_rows(run_dir)
-    status = run_status(has_summary=summary is not None, has_rows=bool(rows))
+    status = run_status(summary, has_rows=bool(rows))
     return RunRecord(
         path=run_dir,
         name=run_dir.name,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedbatch.metrics.sweep import STATUS_OK, RunRecord, collect_runs, config_value
+from fedbatch.metrics.sweep import FINISHED, RunRecord, collect_runs, config_value
 from fedbatch.report.seed_table_output import write_figure, write_markdown
 
 
@@ -89,7 +89,7 @@ def _number(value: Any) -> float | None:
 def measure_run(run: RunRecord, target: float) -> RunMeasures | None:
     """A finished run's measurements from its rows and summary (None: unfinished)."""
     best = _number(run.summary.get("best_test_accuracy"))
-    if run.status != STATUS_OK or best is None:
+    if run.status not in FINISHED or best is None:
         return None
     seconds = samples = 0.0
     to_target, noise, batches = None, [], []

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedbatch.metrics.sweep import STATUS_OK, RunRecord, config_value
+from fedbatch.metrics.sweep import FINISHED, RunRecord, config_value
 from fedbatch.report.scaling import Trial
 
 # Overrides that place a run within its experiment rather than make another experiment.
@@ -140,7 +140,7 @@ def trial_of(run: RunRecord) -> Trial | None:
     batch = effective_batch_size(run)
     if batch is None or batch <= 0:
         return None
-    finished = run.status == STATUS_OK
+    finished = run.status in FINISHED
     seed = _number(_setting(run, "seed"))
     return Trial(
         batch_size=batch,
@@ -167,7 +167,7 @@ def groups_from_runs(runs: Sequence[RunRecord]) -> tuple[list[TrialGroup], list[
         if trial is None:
             unknown.append(run.name)
             continue
-        if run.status != STATUS_OK:
+        if run.status not in FINISHED:
             unfinished.append(run.name)
         key = group_key(run)
         group = groups.setdefault(key, TrialGroup(key))

@@ -126,3 +126,33 @@ def test_multirun_writes_job_dirs_sweep_csv_and_report(tmp_path):
     assert report.returncode == 0, report.stderr
     assert (sweep_dir / "report" / "accuracy_vs_round.png").stat().st_size > 1000
     assert "client.batch_size=full" in (sweep_dir / "report" / "summary.md").read_text()
+
+
+def test_a_run_that_trained_nothing_exits_4_with_one_line(tmp_path):
+    """At LR 1e20 every client's weights overflow: each reply is rejected, no update is
+    aggregated, and the run says so, keeping what it wrote."""
+    result = simulate(*FAST, "client.lr=1e20", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 4
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "fedbatch: error: no client's update was aggregated: rejected by the server: "
+        "array 1.0.weight is not finite"
+    )
+    assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_because"] == "all_clients_failed"
+    assert summary["rounds_trained"] == 0
+
+
+def test_a_sweep_with_a_job_that_trained_nothing_completes_and_marks_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = simulate(
+        "-m", *FAST, "client.lr=0.1,1e20", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    with (sweep_dir / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["client.lr"], r["status"]) for r in rows] == [
+        ("0.1", "ok"),
+        ("1e+20", "no_training"),
+    ]
