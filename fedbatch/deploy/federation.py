@@ -205,9 +205,14 @@ class LocalFederation:
         self.processes.clear()
         # Flower starts its ServerApp/ClientApp processes in sessions of their own; they
         # exit when they notice their parent is gone, but only after retrying a while.
-        for pid in federation_processes(self.home):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # A killed process stays readable in /proc until the kernel has torn it down, and
+        # one may start another meanwhile: kill until none is left.
+        deadline = time.monotonic() + STOP_SECONDS
+        while (stragglers := federation_processes(self.home)) and time.monotonic() < deadline:
+            for pid in stragglers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
 
 
 def federation_processes(home: Path) -> list[int]:
