@@ -7,12 +7,14 @@ run directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +23,17 @@ from fedbatch.config import ConfigError, RunConfig, build_config
 from fedbatch.config.compose import CONF_DIR, OverrideError, register_schema, search_dirs
 from fedbatch.config.compose import check_overrides as check_config_overrides
 from fedbatch.metrics.endings import failure
+from fedbatch.metrics.interrupts import Interrupted, interruptible
+from fedbatch.run_dir import (
+    CHECKPOINT,
+    CONFIG,
+    SUMMARY,
+    already_holds,
+    discard_rejected,
+    held_run,
+    run_dir_problem,
+    why_no_checkpoint,
+)
 from fedbatch.sweep_plugins import plugin_error, register_resolvers
 
 if TYPE_CHECKING:
@@ -146,21 +159,52 @@ def objective(summary: dict[str, Any]) -> float:
 def main(dcfg: DictConfig) -> float:
     raw = OmegaConf.to_container(dcfg, resolve=True)
     assert isinstance(raw, dict)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    held = held_run(out_dir)
+    if held is not None:  # e.g. two runs started within the same second
+        fail(already_holds("hydra.run.dir", out_dir, held))
     try:
         cfg = validate(raw)
     except ConfigError as error:
+        if multirun:  # the sweep goes on; sweep.csv lists this job as failed
+            return job_failed(str(error))
+        discard_rejected(out_dir)
         fail(str(error))
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
+    (out_dir / CONFIG).write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
+    return execute(cfg, out_dir, multirun=multirun)
 
+
+def job_failed(message: str) -> float:
+    """A multirun job that cannot run: said in one line, on the console and in its
+    simulate.log; the other jobs still run."""
+    logging.getLogger("fedbatch").error(message)
+    return 0.0
+
+
+def execute(
+    cfg: RunConfig, out_dir: Path, *, multirun: bool, resume: dict[str, Any] | None = None
+) -> float:
+    """Run (or, from the checkpoint `resume`, continue) the experiment into `out_dir`;
+    say how it ended in one line, and exit non-zero when it did not do what was asked
+    (outside a multirun, whose sweep.csv says so instead)."""
     from fedbatch.engine import EngineError, run_engine
+    from fedbatch.metrics.callbacks import ResumeError
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB, on import
 
     try:
-        summary = run_engine(cfg, out_dir, progress=_progress_wanted(cfg.progress))
-    except EngineError as error:
+        with interruptible(deferred=cfg.engine.name == "ray"):  # its loop: not in main
+            summary = run_engine(
+                cfg, out_dir, progress=_progress_wanted(cfg.progress), resume=resume
+            )
+    except (EngineError, ResumeError) as error:
+        if multirun:
+            return job_failed(str(error))
         fail(str(error))
+    except Interrupted as interruption:
+        print(f"fedbatch: error: {interrupted_line(interruption, out_dir)}", file=sys.stderr)
+        sys.exit(interruption.exit_code)
     accuracy = summary.get("test_accuracy")
     print(
         f"fedbatch: stopped after {summary['rounds_completed']} rounds "
@@ -170,7 +214,7 @@ def main(dcfg: DictConfig) -> float:
     if summary.get("client_error"):
         print(f"fedbatch: a client failed: {summary['client_error']}", file=sys.stderr)
     ended = failure(summary)
-    if ended is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
+    if ended is not None and not multirun:
         # A sweep's job ends normally (sweep.csv gives its status): one diverging LR of a
         # grid must not stop the others.
         print(f"fedbatch: error: {ended.message}", file=sys.stderr)
@@ -178,8 +222,60 @@ def main(dcfg: DictConfig) -> float:
     return objective(summary)
 
 
+def interrupted_line(interruption: Interrupted, out_dir: Path) -> str:
+    """What an interrupted run says: where it stopped and how to go on."""
+    summary = out_dir / SUMMARY
+    rounds = json.loads(summary.read_text())["rounds_completed"] if summary.exists() else 0
+    line = f"interrupted ({interruption}) after {rounds} rounds"
+    if (out_dir / CHECKPOINT).exists():
+        line += f"; continue with: python -m fedbatch.simulate resume={out_dir}"
+    return line
+
+
+def resume_run(argv: list[str]) -> None:
+    """`resume=<run dir>`: continue an interrupted run in its own directory, with the
+    config it started with, from its checkpoint."""
+    from fedbatch.federated.checkpoint import CheckpointError, load_checkpoint
+    from fedbatch.federated.saving import client_state_keepers
+
+    if len(argv) != 1:
+        fail("resume=<run dir> takes no other argument: a run continues as it began")
+    run_dir = Path(argv[0].partition("=")[2])
+    config = run_dir / CONFIG
+    if not config.is_file():
+        fail(f"resume={run_dir} holds no config.yaml: not a fedbatch run directory")
+    checkpoint = run_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        fail(f"resume={run_dir} holds no {CHECKPOINT}: {why_no_checkpoint(run_dir)}")
+    try:
+        cfg = validate(yaml.safe_load(config.read_text(encoding="utf-8")))
+    except ConfigError as error:
+        fail(f"resume={run_dir}: config.yaml: {error}")
+    keepers = client_state_keepers(cfg)
+    if cfg.engine.name == "deployment" or (cfg.engine.name == "ray" and keepers):
+        why = "its server" if cfg.engine.name == "deployment" else "the server"
+        held = "" if cfg.engine.name == "deployment" else f" ({keepers[0]})"
+        fail(
+            f"resume={run_dir}: engine={cfg.engine.name} cannot be resumed{held}: "
+            f"{why} cannot read its clients' node state; inprocess and vectorized can"
+        )
+    try:
+        state = load_checkpoint(checkpoint)
+    except CheckpointError as error:
+        fail(str(error))
+    if state["config"] != cfg.to_json():
+        fail(f"resume={run_dir}: config.yaml is not the config its {CHECKPOINT} was written with")
+    execute(cfg, run_dir, multirun=False, resume=state)
+
+
 def cli() -> None:
+    if any(arg.startswith("resume=") for arg in sys.argv[1:]):
+        resume_run(sys.argv[1:])
+        return
     problem = plugin_error(sys.argv[1:], CONF_DIR)
+    if problem:
+        fail(problem)
+    problem = run_dir_problem(sys.argv[1:])
     if problem:
         fail(problem)
     check_overrides(sys.argv[1:])

@@ -28,6 +28,7 @@ from fedbatch.config.sections import (
     EvalConfig,
     ModelConfig,
     PartitionConfig,
+    SaveConfig,
     StopConfig,
     StrategyConfig,
     check_model,
@@ -73,6 +74,7 @@ class RunConfig:
     engine: EngineConfig = key(factory=EngineConfig, doc="what runs the clients")
     stop: StopConfig = key(factory=StopConfig, doc="convergence on the central test set")
     eval: EvalConfig = key(factory=EvalConfig, doc="the server's evaluation")
+    save: SaveConfig = key(factory=SaveConfig, doc="checkpoints and the final model")
 
     def to_json(self) -> str:
         """The form that travels to clients inside Flower messages."""

@@ -170,6 +170,16 @@ class EvalConfig:
     )
 
 
+@dataclass(frozen=True, config=SECTION)
+class SaveConfig:
+    every: Int = key(
+        10,
+        ge=0,
+        doc="write checkpoint.pt every k rounds (0: only when interrupted); resume=<run dir>",
+    )
+    model: Bool = key(True, doc="write the final global model, model.safetensors")
+
+
 # --- the YAML forms that are not plain keys -------------------------------------------
 
 

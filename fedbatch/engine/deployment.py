@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,14 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
         run_dir.close()
 
 
-def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+def run(
+    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Submit the run and wait for it. No progress bar: the server runs elsewhere, and
-    each round prints one line as its row comes back."""
+    each round prints one line as its row comes back. No resume: the server's state lives
+    on the SuperLink's machine."""
+    if resume is not None:
+        raise DeploymentError("resume= is not available on engine=deployment")
     app = app_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = RunDirectory(out_dir, cfg.rounds)

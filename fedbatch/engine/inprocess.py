@@ -8,7 +8,7 @@ ClientApp pass through unchanged, so the result equals the Ray engine's for the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ class InProcessGrid(Grid):
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
         set_sender_identity(RUN_ID)  # the strategies' messages come from the SuperLink
+
+    def client_states(self) -> dict[int, RecordDict]:
+        """Each node's `context.state` that holds anything, copied shallowly: a client
+        replaces the records in it, never changes one in place."""
+        return {node: RecordDict(dict(c.state)) for node, c in self.contexts.items() if c.state}
+
+    def load_client_states(self, states: Mapping[int, RecordDict]) -> None:
+        for node, context in self.contexts.items():
+            context.state = RecordDict(dict(states.get(node, {})))
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -95,5 +104,8 @@ class InProcessGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
 
-def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
-    return run_experiment(InProcessGrid(cfg.num_clients), cfg, out_dir, progress=progress)
+def run(
+    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    grid = InProcessGrid(cfg.num_clients)
+    return run_experiment(grid, cfg, out_dir, progress=progress, resume=resume)

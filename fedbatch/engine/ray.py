@@ -8,6 +8,8 @@ to an existing Ray cluster instead of starting a local one.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,22 @@ from flwr.simulation import run_simulation
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as client_app
 from fedbatch.federated.server_app import quiet_flower_logs, run_experiment
+from fedbatch.metrics.interrupts import Interrupted, reclaim_signals
 
 
-def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
+def run(
+    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     summary: dict[str, Any] = {}
+    interrupted: list[Interrupted] = []
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        summary.update(run_experiment(grid, cfg, out_dir, progress=progress))
+        try:
+            summary.update(run_experiment(grid, cfg, out_dir, progress=progress, resume=resume))
+        except Interrupted as interruption:  # saved: Flower's thread ends normally
+            interrupted.append(interruption)
 
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
     if cfg.engine.address:
@@ -35,6 +44,7 @@ def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
     # Keep Ray's current behaviour (no GPU env override) without its FutureWarning.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     quiet_flower_logs()
+    _start_ray(init_args)
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -47,4 +57,19 @@ def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
             "init_args": init_args,
         },
     )
+    if interrupted:
+        raise interrupted[0]
     return summary
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here rather than in Flower's backend (which uses a running Ray as it is),
+    as Flower would, so that fedbatch's Ctrl-C and SIGTERM handlers, which `ray.init`
+    replaces with ones that end the process unsaved, can be put back."""
+    import ray
+
+    # Ray's workers get this process's import path, as Flower's backend gives them.
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    ray.init(runtime_env=runtime_env, include_dashboard=False, **init_args)
+    reclaim_signals()

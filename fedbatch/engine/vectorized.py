@@ -150,5 +150,7 @@ class VectorizedGrid(InProcessGrid):
         return replies
 
 
-def run(cfg: RunConfig, out_dir: Path, *, progress: bool) -> dict[str, Any]:
-    return run_experiment(VectorizedGrid(cfg), cfg, out_dir, progress=progress)
+def run(
+    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    return run_experiment(VectorizedGrid(cfg), cfg, out_dir, progress=progress, resume=resume)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,18 +101,36 @@ class AsyncLoop(Federation):
         """The new global weights from the current ones and the `arrived` updates."""
         raise NotImplementedError
 
-    def run(self) -> RunOutcome:
-        """`cfg.rounds` aggregations; stops as `all_clients_failed` once every client has
-        failed in a row."""
-        self.start()
+    def set_out(self) -> None:
+        """The first `concurrency` clients start on the initial model."""
         self.plan(1)
         for _ in range(self.concurrency):
             self.dispatch()
-        for server_round in range(1, self.cfg.rounds + 1):
+
+    def run(self, resume: Mapping[str, Any] | None = None) -> RunOutcome:
+        """`cfg.rounds` aggregations; stops as `all_clients_failed` once every client has
+        failed in a row."""
+        for server_round in range(self.begin(resume), self.cfg.rounds + 1):
             outcome = self.aggregate(server_round)
             if outcome is not None:
                 return self.finish(*outcome)
+            self.completed(server_round)
         return self.finish(self.cfg.rounds, "rounds")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Beside the federation's: the global version, the dispatch count and the clients
+        in flight, each with the model it started from and the reply it will deliver."""
+        flight = [vars(entry).copy() for entry in self.flight]  # heap order kept
+        return super().state_dict() | {
+            "version": self.version,
+            "dispatched": self.dispatched,
+            "flight": flight,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.version, self.dispatched = state["version"], state["dispatched"]
+        self.flight = [_InFlight(**entry) for entry in state["flight"]]
 
     def aggregate(self, server_round: int) -> tuple[int, str] | None:
         """Wait for the next `per_update` arrivals, apply them, write the row; (rounds

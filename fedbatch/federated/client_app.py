@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +60,18 @@ class Task:
     def generator(self, purpose: str) -> torch.Generator:
         seed = derive_seed(self.workload.cfg.seed, purpose, self.partition_id, self.server_round)
         return torch.Generator().manual_seed(seed)
+
+    @contextmanager
+    def own_randomness(self) -> Iterator[None]:
+        """Draws from torch's global generator (dropout masks) seeded for this client
+        and round, then restored: the same numbers whichever process runs the client,
+        in whatever order, and after a resume."""
+        devices = [self.x.device] if self.x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(
+                derive_seed(self.workload.cfg.seed, "dropout", self.partition_id, self.server_round)
+            )
+            yield
 
     def plan(self) -> LocalPlan:
         config, cfg = self.config, self.workload.cfg
@@ -228,9 +242,10 @@ def train(msg: Message, context: Context) -> Message:
         batches=batches,
         transform=task.workload.drift().apply if drifted else None,
     )
-    result = train_local(
-        model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
-    )
+    with task.own_randomness():
+        result = train_local(
+            model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
+        )
     if cfg.model.fedbn:
         _save_local_norms(model, context)
     if keep_state:

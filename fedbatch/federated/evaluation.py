@@ -124,6 +124,12 @@ class PooledExactNoise(Callback):
             state.row["noise_scale_exact_global"] = trace / grad_sq if grad_sq > 0 else None
         self.start = state.arrays
 
+    def state_dict(self) -> dict[str, object]:
+        return {"start": self.start}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.start = state["start"]
+
 
 class FinalModelProbe(Callback):
     """`final_sharpness` and `final_hessian_top`: the curvature of the *final* global model

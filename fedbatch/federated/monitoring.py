@@ -83,6 +83,17 @@ class RoundInstruments:
         self.pooled_size = pooled_size
         self.plan = RoundPlan(cfg.client.batch_size, 1.0, 0.0)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What carries over rounds: the schedule's progress and last B, the noise averages."""
+        planner = {"progress": self.planner.progress, "previous": self.planner.previous}
+        noise = {"local": vars(self.local_noise).copy(), "global": vars(self.global_noise).copy()}
+        return {"planner": planner, "noise": noise}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self.planner).update(state["planner"])
+        vars(self.local_noise).update(state["noise"]["local"])
+        vars(self.global_noise).update(state["noise"]["global"])
+
     def round_config(self, server_round: int) -> dict[str, Any]:
         """What every client is told this round, beside the run config."""
         monitor = self.cfg.monitor

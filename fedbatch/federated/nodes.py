@@ -72,9 +72,13 @@ class PartitionedGrid(GridView):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
         timeout = timeout or self.timeout
-        if timeout is None:
-            return list(self.inner.send_and_receive(messages))
         sent = list(messages)
+        if timeout is None:
+            # In the order sent, whatever the order of arrival (Ray's actors finish in any):
+            # aggregation sums in one order, so every engine gives the same numbers.
+            order = [message.metadata.dst_node_id for message in sent]
+            replies = list(self.inner.send_and_receive(sent))
+            return sorted(replies, key=lambda reply: order.index(reply.metadata.src_node_id))
         for message in sent:  # expired, a late message is not started and a late reply dropped
             message.metadata.ttl = timeout
         ids = list(self.inner.push_messages(sent))

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedbatch.config import RunConfig
+from fedbatch.federated.checkpoint import load_strategy_state, strategy_state
 from fedbatch.federated.monitoring import RoundInstruments
 from fedbatch.federated.rows import empty_row, metric, reply_counts, train_values
 from fedbatch.federated.sampling import SampledNodesGrid
+from fedbatch.federated.saving import Checkpointer
 from fedbatch.federated.strategies import (
     ASYNC_PARAMETERS,
     build_strategy,
@@ -30,6 +32,8 @@ from fedbatch.federated.strategies import (
 from fedbatch.federated.validation import screen
 from fedbatch.federated.virtual_time import RoundClock, VirtualTime, record_bytes
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+from fedbatch.metrics.endings import INTERRUPTED
+from fedbatch.metrics.interrupts import Interrupted, stop_requested, uninterrupted
 
 Configure = Callable[[int, ArrayRecord, ConfigRecord, Grid], Iterable[Message]]
 
@@ -45,8 +49,10 @@ class Federation:
         callbacks: Sequence[Callback],
         initial_arrays: ArrayRecord,
         partition_sizes: Sequence[int] | None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.grid, self.cfg, self.callbacks = grid, cfg, callbacks
+        self.checkpointer = checkpointer or Checkpointer(None, 0, None)
         self.nodes = SampledNodesGrid(grid)
         self.partition_of = {node: i for i, node in enumerate(self.nodes.all_node_ids)}
         self.partition_sizes = partition_sizes
@@ -160,15 +166,62 @@ class Federation:
             callback.on_round_end(state)
         return state
 
-    def start(self) -> None:
-        """Round 0: the initial model, before any training."""
+    def begin(self, resume: Mapping[str, Any] | None) -> int:
+        """The first round to play: 1 after round 0 (the initial model, before any
+        training), or, resuming, the one after the checkpoint's."""
+        if resume is not None:
+            completed, state = self.checkpointer.restore(resume)
+            self.load_state_dict(state)
+            return completed + 1
         self.notify(RoundState(0, self.arrays, empty_row(0) | {"virtual_seconds": self.time.now}))
+        self.set_out()
+        self.completed(0)
+        return 1
+
+    def set_out(self) -> None:
+        """After round 0, what the loop does before its first round (nothing here)."""
+
+    def completed(self, server_round: int) -> None:
+        """The round is over: its state is what a resumed run starts from (and, when a
+        signal asked a loop off the main thread to stop, where it stops)."""
+        self.checkpointer.capture(server_round, self.state_dict())
+        stop_requested()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server's state after a round (the clients' and the random streams' are
+        the checkpointer's)."""
+        return {
+            "arrays": self.arrays,
+            "config": dict(self.config),
+            "elapsed_seconds": time.perf_counter() - self.started,
+            "virtual_time": self.time.state_dict(),
+            "instruments": self.instruments.state_dict(),
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.arrays, self.config = state["arrays"], dict(state["config"])
+        self.started = time.perf_counter() - state["elapsed_seconds"]
+        self.time.load_state_dict(state["virtual_time"])
+        self.instruments.load_state_dict(state["instruments"])
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
 
     def finish(self, completed: int, stopped_because: str) -> RunOutcome:
-        outcome = RunOutcome(completed, stopped_because, time.perf_counter() - self.started)
+        seconds = time.perf_counter() - self.started
+        outcome = RunOutcome(completed, stopped_because, seconds, self.arrays)
         for callback in self.callbacks:
             callback.on_run_end(outcome)
         return outcome
+
+    def interrupted(self) -> RunOutcome:
+        """Ctrl-C or SIGTERM: save the last completed round's state and end the run there
+        (a second signal meanwhile does not cut this short)."""
+        with uninterrupted():
+            if self.checkpointer.latest is not None:  # back to where the round began
+                self.load_state_dict(self.checkpointer.latest["server"])
+                self.checkpointer.write()
+            return self.finish(self.checkpointer.round, INTERRUPTED)
 
 
 class RoundLoop(Federation):
@@ -182,13 +235,20 @@ class RoundLoop(Federation):
             1, int(self.cfg.num_clients * self.cfg.strategy.fraction_evaluate)
         )
 
-    def run(self) -> RunOutcome:
-        self.start()
-        for server_round in range(1, self.cfg.rounds + 1):
+    def run(self, resume: Mapping[str, Any] | None = None) -> RunOutcome:
+        for server_round in range(self.begin(resume), self.cfg.rounds + 1):
             state = self.play(server_round)
+            self.completed(server_round)
             if state.stop_reason is not None:
                 return self.finish(server_round, state.stop_reason)
         return self.finish(self.cfg.rounds, "rounds")
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {"strategy": strategy_state(self.strategy)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        load_strategy_state(self.strategy, state["strategy"])
 
     def play(self, server_round: int) -> RoundState:
         started = time.perf_counter()
@@ -273,12 +333,25 @@ def run_rounds(
     *,
     initial_arrays: ArrayRecord,
     partition_sizes: Sequence[int] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> RunOutcome:
     """Run up to `cfg.rounds` rounds (or aggregations) of the configured strategy on
     `grid`, whose nodes are listed in partition order. `partition_sizes`: each partition's
     training samples (what a client can report as `num-examples`; their sum is the global
-    noise scale's population), None when unknown."""
+    noise scale's population), None when unknown. `checkpointer` keeps the state after
+    each round (and writes it, `save.every`); `resume` is a checkpoint to continue from.
+    Interrupted (Ctrl-C, SIGTERM), the run saves its state, ends, and re-raises."""
     if cfg.strategy.name in ASYNC_PARAMETERS:  # fedbatch's event loop (async_loop.py)
         check_strategy_params(cfg)
-        return strategy_class(cfg)(grid, cfg, callbacks, initial_arrays, partition_sizes).run()
-    return RoundLoop(grid, cfg, callbacks, initial_arrays, partition_sizes).run()
+        loop_class = strategy_class(cfg)
+    else:
+        loop_class = RoundLoop
+    loop = loop_class(grid, cfg, callbacks, initial_arrays, partition_sizes, checkpointer)
+    try:
+        outcome = loop.run(resume)
+    except (Interrupted, KeyboardInterrupt):
+        loop.interrupted()
+        raise
+    loop.checkpointer.discard()  # the run ended: nothing left to resume
+    return outcome

@@ -8,6 +8,7 @@ and runs `round_loop.run_rounds` on the engine's Grid, its nodes in partition or
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fedbatch.federated.nodes import PartitionedGrid, partition_order
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.round_loop import run_rounds
 from fedbatch.federated.run_config import config_from_run_config, output_dir
+from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_for
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor
 from fedbatch.metrics.progress import RichProgress
@@ -31,8 +33,9 @@ __all__ = ["app", "run_experiment", "run_rounds", "standard_callbacks"]
 def standard_callbacks(
     workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
 ) -> tuple[list[Callback], SummaryFile]:
-    """Evaluation → convergence (→ final probe) → metrics.jsonl → summary.json (→ progress
-    bar) (→ rows and summary as lines on stdout). No files when `out_dir` is None."""
+    """Evaluation → convergence (→ final probe) → metrics.jsonl (→ model.safetensors) →
+    summary.json (→ progress bar) (→ rows and summary as lines on stdout). No files when
+    `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryFile(None if out_dir is None else out_dir / "summary.json", monitor)
@@ -43,6 +46,8 @@ def standard_callbacks(
         callbacks.append(FinalModelProbe(workload))
     if out_dir is not None:
         callbacks.append(JsonlSink(out_dir / "metrics.jsonl"))
+        if cfg.save.model:
+            callbacks.append(FinalModelFile(out_dir / MODEL_FILE))
     callbacks.append(summary)
     if progress:
         callbacks.append(RichProgress(cfg.rounds))
@@ -58,10 +63,17 @@ def quiet_flower_logs() -> None:
 
 
 def run_experiment(
-    grid: Grid, cfg: RunConfig, out_dir: Path | None, *, progress: bool, lines: bool = False
+    grid: Grid,
+    cfg: RunConfig,
+    out_dir: Path | None,
+    *,
+    progress: bool,
+    lines: bool = False,
+    resume: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment on `grid`, writing metrics.jsonl and summary.json to `out_dir`
-    (if any) and, with `lines`, printing rows and summary as lines."""
+    """Run the experiment on `grid`, writing metrics.jsonl, summary.json, checkpoints and
+    the final model to `out_dir` (if any) and, with `lines`, printing rows and summary as
+    lines; or continue it from the checkpoint `resume`."""
     quiet_flower_logs()
     workload = workload_for(cfg.to_json())
     callbacks, summary = standard_callbacks(workload, out_dir, progress=progress, lines=lines)
@@ -72,6 +84,8 @@ def run_experiment(
         callbacks,
         initial_arrays=model_to_arrays(workload.initial_model()),
         partition_sizes=[len(p) for p in workload.partitions],
+        checkpointer=checkpointer_for(cfg, out_dir, grid),
+        resume=resume,
     )
     return summary.summary
 

@@ -188,6 +188,12 @@ class VirtualTime:
         self.seconds = 0.0
         self._window_end = 0.0
 
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "window_end": self._window_end}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.seconds, self._window_end = state["seconds"], state["window_end"]
+
     @property
     def now(self) -> float | None:
         return self.seconds if self.clocked or self.streaming else None

@@ -9,6 +9,10 @@ from typing import Any
 from fedbatch.config import StopConfig
 
 
+class ResumeError(RuntimeError):
+    """A run that cannot be resumed from its directory (one line for the user)."""
+
+
 @dataclass
 class RoundState:
     """One round as the callbacks see it; they add metrics to `row` or ask to stop."""
@@ -24,6 +28,7 @@ class RunOutcome:
     rounds_completed: int
     stopped_because: str
     seconds: float
+    arrays: Any = None  # the final global weights (a Flower ArrayRecord)
 
 
 class Callback:
@@ -34,6 +39,13 @@ class Callback:
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         """Called once when the loop ends, for whatever reason."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs back (numbers, strings, containers, Flower records)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` gave, when resuming from a checkpoint."""
 
 
 @dataclass
@@ -63,6 +75,12 @@ class ConvergenceMonitor(Callback):
     _examples: float = field(default=0.0, repr=False)
     _baseline: float = field(default=math.nan, repr=False)
     _since_improvement: int = field(default=0, repr=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: value for name, value in vars(self).items() if name != "stop"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
 
     def _improved(self, accuracy: float, loss: float) -> bool:
         by_loss = self.stop.target_loss is not None and self.stop.target_accuracy is None

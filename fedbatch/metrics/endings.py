@@ -5,10 +5,12 @@ A run did what was asked when it completed its rounds, reached a `stop` target, 
 on a `stop.patience` plateau, with at least one client's update aggregated. It did not
 when its test loss stopped being finite (`diverged`) or when no client's update was ever
 aggregated (`no_training`: every client failed, crashed, was offline or fit no step).
+Ctrl-C and SIGTERM end a run as `interrupted`, with the shell's codes 130 and 143.
 """
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # a config or override refused before anything ran
 EXIT_DIVERGED = 3
 EXIT_NO_TRAINING = 4
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,12 @@ class Failure:
 def failure(summary: dict[str, Any]) -> Failure | None:
     """Why a finished run (its summary.json) did not do what was asked, or None."""
     stopped = summary.get("stopped_because")
+    if stopped == INTERRUPTED:
+        return Failure(
+            INTERRUPTED,
+            128 + signal.SIGINT,
+            f"interrupted after {summary.get('rounds_completed')} rounds",
+        )
     if stopped == "diverged":
         return Failure(
             "diverged",

@@ -6,9 +6,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor, RoundState, RunOutcome
+from fedbatch.metrics.callbacks import (
+    Callback,
+    ConvergenceMonitor,
+    ResumeError,
+    RoundState,
+    RunOutcome,
+)
 
 
 def _clean(value: Any) -> Any:
@@ -27,19 +33,42 @@ FINAL_PROBES = ("final_sharpness", "final_hessian_top")
 
 
 class JsonlSink(Callback):
-    """Appends each round's row to `metrics.jsonl` and flushes, so a crash loses no row."""
+    """Appends each round's row to `metrics.jsonl` and flushes, so a crash loses no row.
+
+    The file is created at the first row. Resumed from a checkpoint, it keeps the rows the
+    checkpoint had seen and drops any written after it (they are played again)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
+        self._file: BinaryIO | None = None
 
     def on_round_end(self, state: RoundState) -> None:
-        self._file.write(row_json(state.row) + "\n")
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("wb")
+        self._file.write(row_json(state.row).encode() + b"\n")
         self._file.flush()
 
     def on_run_end(self, outcome: RunOutcome) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bytes": 0 if self._file is None else self._file.tell()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        size = state["bytes"]
+        held = self.path.stat().st_size if self.path.exists() else 0
+        if held < size:
+            raise ResumeError(
+                f"{self.path} holds {held} bytes, fewer than the {size} its checkpoint saw: "
+                "not the run the checkpoint belongs to"
+            )
+        if self._file is not None:
+            self._file.close()
+        self._file = self.path.open("r+b")
+        self._file.truncate(size)
+        self._file.seek(size)
 
 
 class SummaryFile(Callback):
@@ -56,6 +85,12 @@ class SummaryFile(Callback):
     def on_round_end(self, state: RoundState) -> None:
         self.last_row = state.row
         self.first_error = self.first_error or state.row.get("client_error")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_row": dict(self.last_row), "first_error": self.first_error}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_row, self.first_error = state["last_row"], state["first_error"]
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         last, monitor = self.last_row, self.monitor

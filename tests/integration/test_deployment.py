@@ -195,6 +195,7 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
 def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
     workdir = tmp_path / "work"
     args = ["local", "--nodes", "1", "--workdir", str(workdir), "rounds=50", "progress=off"]
+    args.append(f"hydra.run.dir={tmp_path / 'run'}")  # not outputs/ in the checkout
     launcher = subprocess.Popen(
         [sys.executable, "-m", "fedbatch.deploy", *args],
         stdout=subprocess.PIPE,

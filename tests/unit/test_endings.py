@@ -24,6 +24,9 @@ from fedbatch.metrics.endings import EXIT_DIVERGED, EXIT_NO_TRAINING, failure
         ({"stopped_because": "rounds", "rounds_completed": 4, "rounds_trained": 0},
          "no_training", EXIT_NO_TRAINING),
         ({"stopped_because": "rounds", "rounds_completed": 4}, None, 0),  # an older summary
+        # Ctrl-C: resumable, so neither finished nor failed; the shell's code for SIGINT
+        ({"stopped_because": "interrupted", "rounds_completed": 3, "rounds_trained": 3},
+         "interrupted", 130),
     ],
 )  # fmt: skip
 def test_what_counts_as_doing_what_was_asked(summary, status, code):
