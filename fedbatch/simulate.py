@@ -18,6 +18,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fedbatch.config import ConfigError, RunConfig, build_config
 from fedbatch.config.compose import CONF_DIR, OverrideError, register_schema, search_dirs
@@ -157,22 +158,33 @@ def objective(summary: dict[str, Any]) -> float:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> float:
-    raw = OmegaConf.to_container(dcfg, resolve=True)
-    assert isinstance(raw, dict)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     held = held_run(out_dir)
     if held is not None:  # e.g. two runs started within the same second
         fail(already_holds("hydra.run.dir", out_dir, held))
     try:
+        raw = resolved(dcfg)
         cfg = validate(raw)
-    except ConfigError as error:
+    except (ConfigError, OverrideError) as error:
         if multirun:  # the sweep goes on; sweep.csv lists this job as failed
             return job_failed(str(error))
         discard_rejected(out_dir)
         fail(str(error))
     (out_dir / CONFIG).write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
     return execute(cfg, out_dir, multirun=multirun)
+
+
+def resolved(dcfg: DictConfig) -> dict[str, Any]:
+    """The config with its interpolations resolved; one that resolves to nothing
+    (`client.lr=${oops}`) is an OverrideError naming the key."""
+    try:
+        raw = OmegaConf.to_container(dcfg, resolve=True)
+    except OmegaConfBaseException as error:
+        reason = str(error).strip().splitlines()[0]
+        raise OverrideError(f"{getattr(error, 'full_key', None) or 'config'}: {reason}") from None
+    assert isinstance(raw, dict)
+    return raw
 
 
 def job_failed(message: str) -> float:

@@ -41,7 +41,11 @@ class ClockConfig:
     )
     deadline: Float | None = key(None, gt=0, only=TIMED, doc="virtual seconds a round waits")
     over_selection: Float = key(
-        0.0, ge=0, only=TIMED, doc="select ⌈K(1 + o)⌉ clients, aggregate the first K to finish"
+        0.0,
+        ge=0,
+        le=100,  # beyond, every client is selected anyway (and K(1 + o) may overflow)
+        only=TIMED,
+        doc="select ⌈K(1 + o)⌉ clients, aggregate the first K to finish",
     )
     on_oom: Literal[ON_OOM] = key(
         "fail", only=MODELLED, doc="a B over a device's memory: fail, or accumulate micro-batches"

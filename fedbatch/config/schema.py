@@ -15,7 +15,15 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 
 from fedbatch.checks import ConfigError
@@ -24,7 +32,7 @@ SECTION = ConfigDict(extra="forbid")  # a misspelt key is an error, never ignore
 
 # Strict scalars: YAML's `1` is a fine float, but `true` is not a number nor `"1"` an int.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]  # inf, nan and 1e999 are no settings
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
 Count = Annotated[int, Strict(), Field(ge=1)]
