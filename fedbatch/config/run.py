@@ -112,6 +112,7 @@ def _check_combinations(cfg: RunConfig) -> None:
             "two samples per batch; use model.norm=group or layer for B=1)",
         )
     _check_noise_sources(cfg)
+    _check_batch_bounds(cfg)
     if cfg.batch.adascale and cfg.client.lr_scaling != "none":
         raise ConfigError(
             "client.lr_scaling",
@@ -141,6 +142,21 @@ def _check_combinations(cfg: RunConfig) -> None:
         raise ConfigError("monitor.final", True, allowed)
     if cfg.monitor.noise_exact and cfg.model.norm == "batch":
         raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, "0 with model.norm=batch")
+
+
+def _check_batch_bounds(cfg: RunConfig) -> None:
+    """B starts at client.batch_size: bounds that exclude it would change it unasked."""
+    start, low, high = cfg.client.batch_size, cfg.batch.min, cfg.batch.max
+    if high != FULL_BATCH and low > high:
+        raise ConfigError("batch.min", low, f"an integer <= batch.max={high}")
+    if start == FULL_BATCH:
+        return
+    if high != FULL_BATCH and high < start:
+        raise ConfigError(
+            "batch.max", high, f"'full' or an integer >= client.batch_size={start} (B starts there)"
+        )
+    if low > start:
+        raise ConfigError("batch.min", low, f"an integer <= client.batch_size={start}")
 
 
 def _check_noise_sources(cfg: RunConfig) -> None:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from fedbatch.deploy.federation import CONNECTION, FederationError, LocalFederation
 from fedbatch.deploy.security import make_node_keys, make_tls
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"fedbatch.deploy: error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -99,13 +100,18 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def make_credentials(args: argparse.Namespace) -> int:
+    if args.nodes < 0:
+        _fail(f"--nodes={args.nodes} is invalid: allowed an integer >= 0")
     if (args.out / "certs").exists() and not args.force:
         _fail(f"{args.out / 'certs'} exists: a new CA would lock out deployed nodes (--force)")
-    tls = make_tls(args.out / "certs", args.host)
+    try:
+        tls = make_tls(args.out / "certs", args.host)
+        node_keys = [make_node_keys(args.out / "keys", f"node-{i}") for i in range(args.nodes)]
+    except OSError as error:
+        _fail(f"--out {args.out} cannot be written: {error.strerror} ({error.filename})")
     print(f"CA certificate (give to SuperNodes and flwr): {tls.ca_cert}")
     print(f"SuperLink certificate and key: {tls.server_cert} {tls.server_key}")
-    for i in range(args.nodes):
-        keys = make_node_keys(args.out / "keys", f"node-{i}")
+    for i, keys in enumerate(node_keys):
         print(f"SuperNode {i} keys: {keys.private_key} (register {keys.public_key})")
     return 0
 

@@ -145,7 +145,8 @@ class AsyncLoop(Federation):
                 failed.append(entry.reply)
                 failed_in_a_row += 1
                 if failed_in_a_row >= max(self.concurrency, self.cfg.num_clients):
-                    return server_round - 1, "all_clients_failed"
+                    self.all_failed(server_round, started, failed, energy)
+                    return server_round, "all_clients_failed"
             else:
                 arrived.append(entry)
                 failed_in_a_row = 0
@@ -168,6 +169,15 @@ class AsyncLoop(Federation):
         }
         state = self.notify(RoundState(server_round, self.arrays, row))
         return None if state.stop_reason is None else (server_round, state.stop_reason)
+
+    def all_failed(
+        self, server_round: int, started: float, failed: list[Message], energy: float
+    ) -> None:
+        """The row of an aggregation that never came: every client failed in a row (their
+        count and the first failure's reason, as a synchronous round's row gives them)."""
+        row = self.row(server_round, started, len(failed), failed, [], None, self.arrays)
+        row |= {"staleness_mean": None, "staleness_max": None, "energy_joules": energy}
+        self.notify(RoundState(server_round, self.arrays, row))
 
 
 class FedBuff(AsyncLoop):

@@ -317,7 +317,13 @@ def test_async_run_stops_when_every_client_fails(tmp_path):
         tmp_path, rounds=3, clock={"name": "devices", "devices": [tight]},
         strategy={"name": "fedbuff", "concurrency": 2, "buffer_size": 1},
     )  # fmt: skip
-    assert summary["stopped_because"] == "all_clients_failed" and rows == []
+    assert summary["stopped_because"] == "all_clients_failed"
+    # One row for the aggregation that never came: every client failed, and why.
+    (row,) = rows
+    assert (row["round"], row["clients_replied"], row["clients_failed"]) == (1, 0, 6)
+    assert "does not fit this client's device memory" in row["client_error"]
+    assert summary["client_error"] == row["client_error"]
+    assert summary["rounds_trained"] == 0
 
 
 def test_partial_work_plans_the_memory_split_passes(tmp_path):

@@ -259,6 +259,9 @@ def test_fedbn_off_clients_start_from_the_global_batchnorm(tmp_path, monkeypatch
         ({"client": {"precision": "fp16"}, "device": "cpu"}, "client.precision"),
         ({"batch": {"name": "ramp", "max": "full"}}, "batch.max"),
         ({"batch": {"name": "ramp"}}, "batch.max"),  # max defaults to full
+        # B starts at client.batch_size=16: bounds that exclude it would change it unasked
+        ({"batch": {"name": "ramp", "max": 4}}, "batch.max"),
+        ({"batch": {"min": 32}}, "batch.min"),
     ],
 )
 def test_bad_science_combinations_name_the_key(overrides, key):

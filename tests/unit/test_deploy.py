@@ -123,3 +123,24 @@ def test_credentials_are_made_once_and_replaced_only_with_force(tmp_path):
     assert (tmp_path / "certs" / "ca.crt").read_bytes() == ca  # nothing overwritten
     assert credentials("--force").returncode == 0
     assert (tmp_path / "certs" / "ca.crt").read_bytes() != ca
+
+
+@pytest.mark.parametrize(
+    ("out", "extra", "message"),
+    [
+        ("afile/creds", [], "--out {tmp}/afile/creds cannot be written: Not a directory"),
+        ("creds", ["--nodes", "-1"], "--nodes=-1 is invalid: allowed an integer >= 0"),
+    ],
+)
+def test_credentials_that_cannot_be_made_are_one_line(tmp_path, out, extra, message):
+    (tmp_path / "afile").write_text("")
+    args = ["credentials", "--out", str(tmp_path / out), "--host", "10.0.0.5", *extra]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedbatch.deploy", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "fedbatch.deploy: error: "
+        + message.format(tmp=tmp_path)
+        + (f" ({tmp_path}/afile/creds/certs)" if "afile" in out else "")
+    ]
