@@ -118,6 +118,13 @@ STRATEGIES = Registry(
         "fedadam": "fedbatch.federated.strategies:FedAdam",
         "fedyogi": "fedbatch.federated.strategies:FedYogi",
         "fedadagrad": "fedbatch.federated.strategies:FedAdagrad",
+        # robust and fair aggregation (federated/robust.py checks what each needs)
+        "fedmedian": "flwr.serverapp.strategy:FedMedian",
+        "fedtrimmedavg": "flwr.serverapp.strategy:FedTrimmedAvg",
+        "krum": "flwr.serverapp.strategy:Krum",
+        "multikrum": "flwr.serverapp.strategy:MultiKrum",
+        "bulyan": "flwr.serverapp.strategy:Bulyan",
+        "qfedavg": "flwr.serverapp.strategy:QFedAvg",
         # asynchronous: fedbatch's event loop in virtual time, not a Flower strategy
         "fedbuff": "fedbatch.federated.async_loop:FedBuff",
         "fedasync": "fedbatch.federated.async_loop:FedAsync",

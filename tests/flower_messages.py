@@ -55,6 +55,7 @@ class Nodes:
 
     def __init__(self, count: int) -> None:
         self.ids = list(range(2, count + 2))
+        set_sender_identity(1)  # as a Grid does: the strategy's messages come from the SuperLink
 
     def get_node_ids(self) -> list[int]:
         return self.ids

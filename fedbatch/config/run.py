@@ -18,6 +18,8 @@ from pydantic.dataclasses import dataclass
 
 from fedbatch.checks import ConfigError, on_off, section
 from fedbatch.config.clock import ClockConfig, check_clock, prepare_clock
+from fedbatch.config.faults import FaultsConfig
+from fedbatch.config.privacy import PrivacyConfig
 from fedbatch.config.schema import SECTION, Int, key, validate
 from fedbatch.config.sections import (
     DATASETS,
@@ -75,6 +77,8 @@ class RunConfig:
     stop: StopConfig = key(factory=StopConfig, doc="convergence on the central test set")
     eval: EvalConfig = key(factory=EvalConfig, doc="the server's evaluation")
     save: SaveConfig = key(factory=SaveConfig, doc="checkpoints and the final model")
+    faults: FaultsConfig = key(factory=FaultsConfig, doc="clients that misbehave on purpose")
+    privacy: PrivacyConfig = key(factory=PrivacyConfig, doc="differential privacy (clipping)")
 
     def to_json(self) -> str:
         """The form that travels to clients inside Flower messages."""

@@ -50,6 +50,8 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (cfg.stream.streaming, f"stream={cfg.stream.name}"),
         (cfg.clock.on, f"clock={cfg.clock.name}"),
         (cfg.monitor.timing, "monitor.timing=true"),
+        (cfg.privacy.side == "client" and cfg.privacy.clipping != "none", "privacy.side=client"),
+        (cfg.faults.on, "faults (the ClientApp acts them out)"),
     ]
     if config is not None:
         probes = list(config.get("probes", []))

@@ -22,12 +22,14 @@ from torch import nn
 from fedbatch.config import RunConfig
 from fedbatch.data.stream_rounds import StreamRound
 from fedbatch.federated.client_optimizer import load_optimizer_state, save_optimizer_state
+from fedbatch.federated.client_privacy import client_side_clipping
 from fedbatch.federated.client_stream import stream_batches
+from fedbatch.federated.faults import ClientFaults
 from fedbatch.federated.records import (
     NUM_EXAMPLES,
     array_to_tensor,
     load_arrays,
-    model_to_arrays,
+    state_to_arrays,
     tensor_to_array,
 )
 from fedbatch.federated.workload import Workload, workload_for
@@ -40,7 +42,7 @@ from fedbatch.local.trainer import LocalResult, TrainOptions, evaluate, train_lo
 from fedbatch.registry import TargetImportError
 from fedbatch.seeding import derive_seed
 
-app = ClientApp()
+app = ClientApp(mods=[client_side_clipping])
 LOCAL_NORMS = "fedbn"  # context.state record holding this client's own BatchNorm layers
 
 
@@ -185,6 +187,8 @@ def _device_limits(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     task = setup_task(msg, context)
+    faults = ClientFaults.draw(task.workload.cfg, task.partition_id, task.server_round)
+    faults.crash()
     # The real clock starts here: a deployment's fresh ClientApp process builds its data
     # in `setup_task`, which a device holding its data would not redo every round.
     started = time.perf_counter()
@@ -242,6 +246,7 @@ def train(msg: Message, context: Context) -> Message:
         batches=batches,
         transform=task.workload.drift().apply if drifted else None,
     )
+    start = faults.start(model)
     with task.own_randomness():
         result = train_local(
             model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
@@ -253,9 +258,12 @@ def train(msg: Message, context: Context) -> Message:
     metrics = train_metrics(task, plan, result, probes)
     if streamed is not None:
         metrics = _with_stream(metrics, streamed, result)
+    metrics = faults.reply_metrics(metrics)
+    faults.delay()
     if cfg.clock.name == "real":  # this client's measured time: the real clock
         metrics["client_seconds"] = time.perf_counter() - started
-    content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
+    arrays = state_to_arrays(faults.reply_state(model, start))
+    content = RecordDict({"arrays": arrays, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

@@ -17,6 +17,7 @@ from fedbatch.checks import ConfigError, number
 from fedbatch.compat import FedAvgWithMeanHook
 from fedbatch.config import RunConfig
 from fedbatch.federated.records import aggregate_arrayrecords, aggregate_client_metrics
+from fedbatch.federated.robust import check_robust, robust_arguments, with_privacy
 from fedbatch.registry import STRATEGIES, TargetError, one_line
 
 
@@ -132,6 +133,8 @@ def check_strategy_params(cfg: RunConfig) -> None:
             number(f"strategy.{key}", value, low, high, open_low=not inclusive)
     if name in ASYNC_PARAMETERS:
         _check_async(cfg)
+    if cfg.strategy.target is None:
+        check_robust(cfg)
     if name in _SERVER_OPTIMIZERS and cfg.model.norm == "batch":
         raise ConfigError(
             "model.norm",
@@ -179,12 +182,13 @@ def build_strategy(cfg: RunConfig) -> flower.Strategy:
     )
     strategy = strategy_class(cfg)
     if cfg.strategy.target is None:
-        return strategy(**managed, **cfg.strategy.set_params)
+        params = robust_arguments(cfg) | cfg.strategy.set_params
+        return with_privacy(strategy(**managed, **params), cfg)
     signature = inspect.signature(strategy)
     if not _takes_any_keyword(signature):
         managed = {k: v for k, v in managed.items() if k in signature.parameters}
     try:
-        return strategy(**managed, **cfg.strategy.set_params)
+        return with_privacy(strategy(**managed, **cfg.strategy.set_params), cfg)
     except Exception as error:  # the user's constructor: one line, whatever it raised
         given = ", ".join(f"{k}={v!r}" for k, v in cfg.strategy.set_params.items())
         problem = "cannot be built" + (given and f" with {given}") + f": {one_line(error)}"

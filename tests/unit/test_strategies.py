@@ -18,9 +18,12 @@ from fedbatch.federated import records, strategies
 from fedbatch.registry import STRATEGIES
 from tests.flower_messages import Nodes, global_arrays, same_arrays, train_replies
 
-# The synchronous built-ins: Flower's classes (the others are fedbatch's event loop).
+# The FedAvg family: fedbatch's classes on Flower's (the robust and fair rules are Flower's
+# own classes, which average nothing; the asynchronous ones fedbatch's event loop).
 CLASSES = {
-    n: STRATEGIES.resolve(n) for n in STRATEGIES.names() if n not in strategies.ASYNC_PARAMETERS
+    n: cls
+    for n in STRATEGIES.names()
+    if (cls := STRATEGIES.resolve(n)).__module__ == strategies.__name__
 }
 FLOWERS_MEAN = strategy_utils.aggregate_arrayrecords.__code__
 OUR_MEAN = records.aggregate_arrayrecords.__code__
