@@ -1,9 +1,11 @@
 """`python -m fedbatch.deploy`: Flower deployments of fedbatch.
 
-local --nodes N [--tls] [--auth] [--device cuda:0 ...] [Hydra overrides]
+local --nodes N [--insecure] [--device cuda:0 ...] [Hydra overrides]
     Start a SuperLink and N SuperNodes on loopback, run the experiment on them with
     `engine=deployment` (same run directory files as `simulate`; `hydra.run.dir=` works),
-    and stop them all, on failure and Ctrl-C too.
+    and stop them all, on failure and Ctrl-C too. TLS (a fresh local CA) and SuperNode
+    authentication (one registered key pair per node) are on: a process that the launcher
+    did not start cannot join. `--insecure` turns both off (plain text, anyone may join).
 credentials --out DIR --host HOST [--host ...] --nodes N
     Make a CA, a SuperLink certificate for HOST(s) and N SuperNode key pairs for a
     deployment across machines (README, "Run on many machines").
@@ -12,6 +14,7 @@ credentials --out DIR --host HOST [--host ...] --nodes N
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import signal
 import subprocess
@@ -32,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="a federation on this machine, for one run")
     local.add_argument("--nodes", type=int, default=2, help="SuperNodes (= num_clients)")
-    local.add_argument("--tls", action="store_true", help="TLS with a freshly made local CA")
-    local.add_argument("--auth", action="store_true", help="SuperNode authentication")
+    local.add_argument(
+        "--insecure", action="store_true", help="no TLS, no SuperNode authentication"
+    )
+    local.add_argument("--tls", action="store_true", help="TLS: the default now (a no-op)")
+    local.add_argument("--auth", action="store_true", help="node auth: the default now (a no-op)")
     local.add_argument(
         "--device", action="append", default=[], help="SuperNode devices, round-robin"
     )
@@ -63,6 +69,21 @@ def _simulate_args(nodes: int, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "fedbatch.simulate", *launcher, *overrides]
 
 
+def _check_devices(devices: list[str]) -> None:
+    """Refused here, not by every client once the federation has started."""
+    gpus = 0
+    if any(device.startswith("cuda") for device in devices):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in devices:
+        match = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", device)
+        if match and (not device.startswith("cuda") or int(match[1] or 0) < gpus):
+            continue
+        where = f"with i < {gpus}" if gpus else "on a machine with CUDA (none is visible here)"
+        _fail(f"--device={device} is invalid: allowed auto, cpu, or cuda[:i] {where}")
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through the federation's cleanup
 
@@ -70,6 +91,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.nodes < 1:
         _fail(f"--nodes={args.nodes} is invalid: allowed an integer >= 1")
+    if args.insecure and (args.tls or args.auth):
+        _fail("--insecure turns TLS and SuperNode authentication off: leave out --tls, --auth")
+    _check_devices(args.device)
     from fedbatch.simulate import check_overrides
 
     command = _simulate_args(args.nodes, overrides)
@@ -81,8 +105,9 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
     code = 1
     try:
+        secure = not args.insecure
         with LocalFederation(
-            workdir, args.nodes, tls=args.tls, auth=args.auth, devices=tuple(args.device)
+            workdir, args.nodes, tls=secure, auth=secure, devices=tuple(args.device)
         ) as federation:
             code = subprocess.run(command, env=federation.env).returncode
     except FederationError as error:

@@ -2,7 +2,8 @@
 
 Each process runs in its own session, so stopping the federation ends it with everything
 it started (the SuperExec and the ServerApp/ClientApp processes), on failure and Ctrl-C
-too. Ports are picked free; credentials, `FLWR_HOME` and logs live in one work directory.
+too. Ports are picked free; credentials, `FLWR_HOME` and logs live in one work directory,
+for its owner only. TLS and SuperNode authentication are on unless turned off.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedbatch.deploy.security import NodeKeys, TlsFiles, make_node_keys, make_tls
+from fedbatch.deploy.security import NodeKeys, TlsFiles, make_node_keys, make_tls, private_dir
 
 HOST = "127.0.0.1"
 CONNECTION = "local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
@@ -55,12 +56,12 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen) -> None:
 
 @dataclass
 class LocalFederation:
-    """`with LocalFederation(workdir, nodes=2, tls=True, auth=True) as federation: ...`"""
+    """`with LocalFederation(workdir, nodes=2) as federation: ...` (TLS, node auth on)."""
 
     workdir: Path
     nodes: int
-    tls: bool = False
-    auth: bool = False
+    tls: bool = True
+    auth: bool = True  # a SuperNode without a registered key cannot join
     devices: tuple[str, ...] = ()  # each SuperNode's `device`, round-robin; () = the config's
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen] = field(default_factory=list)
@@ -91,15 +92,21 @@ class LocalFederation:
         self.stop()
 
     def start(self) -> None:
-        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        if self.tls:
-            self.credentials = make_tls(self.workdir / "certs", [HOST, "localhost"])
-        self._write_connection()
+        self.prepare()
         link = self._spawn("superlink", self._superlink_args())
         wait_for_port(self.port, 60.0, link)
         for partition in range(self.nodes):
             keys = self.register(f"node-{partition}") if self.auth else None
             self.start_node(partition, keys=keys)
+
+    def prepare(self) -> None:
+        """The work directory: logs, TLS credentials and `FLWR_HOME` (no process yet)."""
+        if not self.workdir.exists():  # one given that exists keeps its mode
+            private_dir(self.workdir)
+        private_dir(self.workdir / "logs")
+        if self.tls:
+            self.credentials = make_tls(self.workdir / "certs", [HOST, "localhost"])
+        self._write_connection()
 
     def _superlink_args(self) -> list[str]:
         args = [flower_command("flower-superlink"), "--host", HOST, "--port", str(self.port)]
@@ -120,7 +127,7 @@ class LocalFederation:
             if self.credentials is None
             else f'root-certificates = "{self.credentials.ca_cert.resolve()}"'
         )
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home)
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "{HOST}:{self.port}"\n{trust}\n',

@@ -2,7 +2,8 @@
 one key pair per SuperNode (node authentication).
 
 Made with `cryptography` (a Flower dependency), so no `openssl` or `ssh-keygen` is needed.
-Private keys are written with mode 0600; keep them out of version control.
+Whatever the umask: directories get mode 0700, private keys 0600, certificates and public
+keys 0644. Keep the private keys out of version control.
 """
 
 from __future__ import annotations
@@ -34,13 +35,25 @@ class NodeKeys:
     public_key: Path  # registered with `flwr supernode register`
 
 
+def private_dir(path: Path) -> Path:
+    """`path`, made if missing, for its owner only (missing parents get the umask's mode)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Readable by the owner only, from the moment the file exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(descriptor, "wb") as file:
         file.write(data)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    os.chmod(path, 0o644)  # not writable by others, whatever the umask
 
 
 def _name(common_name: str) -> x509.Name:
@@ -91,9 +104,9 @@ def make_tls(out_dir: Path, hosts: list[str]) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(out_dir / "ca.crt", out_dir / "server.pem", out_dir / "server.key")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    private_dir(out_dir)
+    _write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write_public(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
     _write_private(
         files.server_key,
         server_key.private_bytes(
@@ -117,9 +130,10 @@ def make_node_keys(out_dir: Path, name: str) -> NodeKeys:
             serialization.NoEncryption(),
         ),
     )
-    keys.public_key.write_bytes(
+    _write_public(
+        keys.public_key,
         key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+        ),
     )
     return keys

@@ -1,20 +1,29 @@
 """The deployment path: partitions from node configs, dead nodes, and a real federation.
 
 The fast tests drive the deployment code path through the in-process Grid; the slow ones
-start a real SuperLink and SuperNodes on loopback (TLS, node authentication).
+start a real SuperLink and SuperNodes on loopback (TLS and node authentication, the defaults).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import tomli
 
-from fedbatch.deploy.federation import LocalFederation, federation_processes, kill_node
+from fedbatch.deploy.federation import (
+    LocalFederation,
+    federation_processes,
+    flower_command,
+    free_port,
+    kill_node,
+)
 from fedbatch.deploy.security import make_node_keys
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.nodes import partition_order
@@ -149,7 +158,7 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
     tmp_path,
 ):
     run_dir = tmp_path / "run"
-    with LocalFederation(tmp_path / "federation", 2, tls=True, auth=True) as federation:
+    with LocalFederation(tmp_path / "federation", 2) as federation:  # TLS and auth: defaults
         stranger_keys = make_node_keys(tmp_path / "stranger", "stranger")  # never registered
         stranger = federation.start_node(1, keys=stranger_keys, max_retries=2, name="stranger")
         plain_text = federation.start_node(0, tls=False, max_retries=2, name="plain-text")
@@ -191,8 +200,31 @@ def test_tls_federation_with_node_auth_runs_refuses_strangers_and_survives_a_dea
     assert until_the_kill[0] == until_the_kill[1]
 
 
+def _stranger(workdir: Path, out: Path) -> subprocess.Popen:
+    """A SuperNode `deploy local` did not start: it has the CA, but its key is unregistered.
+
+    Its log is `out/stranger.log`.
+    """
+    connection = tomli.loads((workdir / "flwr-home" / "config.toml").read_text())
+    keys = make_node_keys(out, "stranger")
+    args = [flower_command("flower-supernode"), "--superlink"]
+    args += [connection["superlink"]["local"]["address"], "--port", str(free_port())]
+    args += ["--root-certificates", str(workdir / "certs" / "ca.crt")]
+    args += ["--auth-supernode-private-key", str(keys.private_key), "--max-retries", "2"]
+    args += ["--node-config", "partition-id=0 num-partitions=1"]
+    with (out / "stranger.log").open("wb") as log:  # a pipe would outlive it: its helpers
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+        return subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PATH": path},  # it starts `flower-superexec` by name
+            start_new_session=True,
+        )
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
+def test_ctrl_c_stops_the_default_local_federation_which_refuses_strangers(tmp_path):
     workdir = tmp_path / "work"
     args = ["local", "--nodes", "1", "--workdir", str(workdir), "rounds=50", "progress=off"]
     args.append(f"hydra.run.dir={tmp_path / 'run'}")  # not outputs/ in the checkout
@@ -207,6 +239,14 @@ def test_ctrl_c_stops_the_local_federation_without_orphans(tmp_path):
     for line in launcher.stdout:
         if line.startswith("Successfully started run"):
             break
+    assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
+    assert (workdir / "keys" / "node-0.pub").exists()  # registered: auth is on
+    stranger = _stranger(workdir, tmp_path)
+    try:
+        assert stranger.wait(60) != 0, "an unregistered SuperNode joined `deploy local`"
+    finally:
+        kill_node(stranger)  # with the helpers it started
+    assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
     os.killpg(launcher.pid, signal.SIGINT)
     rest, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import stat
 import subprocess
@@ -11,6 +12,7 @@ import sys
 
 import pytest
 import tomli
+import torch
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import (
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from fedbatch.config import ConfigError
-from fedbatch.deploy.federation import free_port
+from fedbatch.deploy.federation import LocalFederation, free_port
 from fedbatch.deploy.security import make_node_keys, make_tls
 from fedbatch.engine.deployment import RunDirectory, run_config_toml
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE
@@ -89,6 +91,9 @@ def test_free_ports_can_be_bound():
         (["--nodes", "2", "num_clients=3"], "num_clients is set by the launcher"),
         (["--nodes", "0"], "--nodes=0 is invalid"),
         (["--nodes", "2", "client.bogus=1"], "client.bogus is not a key"),
+        (["--insecure", "--tls"], "--insecure turns TLS and SuperNode authentication off"),
+        (["--insecure", "--auth"], "leave out --tls, --auth"),
+        (["--device", "gpu"], "--device=gpu is invalid: allowed auto, cpu, or cuda[:i]"),
     ],
 )
 def test_local_launcher_rejects_bad_input_before_starting_anything(args, message):
@@ -144,3 +149,45 @@ def test_credentials_that_cannot_be_made_are_one_line(tmp_path, out, extra, mess
         + message.format(tmp=tmp_path)
         + (f" ({tmp_path}/afile/creds/certs)" if "afile" in out else "")
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is visible here")
+def test_a_cuda_device_without_cuda_is_refused_before_anything_starts(tmp_path):
+    args = ["local", "--device", "cpu", "--device", "cuda:0", "--workdir", str(tmp_path / "w")]
+    done = subprocess.run(
+        [sys.executable, "-m", "fedbatch.deploy", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "fedbatch.deploy: error: --device=cuda:0 is invalid: allowed auto, cpu, or cuda[:i] "
+        "on a machine with CUDA (none is visible here)"
+    ]
+    assert not (tmp_path / "w").exists()
+
+
+def test_credentials_and_work_dirs_are_private_whatever_the_umask(tmp_path):
+    federation = LocalFederation(tmp_path / "work", nodes=1)
+    previous = os.umask(0)
+    try:
+        federation.prepare()  # the work dir, logs, TLS credentials, FLWR_HOME
+        keys = make_node_keys(tmp_path / "work" / "keys", "node-0")
+    finally:
+        os.umask(previous)
+    assert federation.credentials is not None
+    work = tmp_path / "work"
+    modes = {
+        path: stat.S_IMODE(path.stat().st_mode)
+        for path in [work, *work.iterdir(), *(work / "certs").iterdir(), *(work / "keys").iterdir()]
+    }
+    assert modes == {
+        work: 0o700,
+        work / "logs": 0o700,
+        work / "certs": 0o700,
+        work / "keys": 0o700,
+        federation.home: 0o700,
+        federation.credentials.ca_cert: 0o644,
+        federation.credentials.server_cert: 0o644,
+        federation.credentials.server_key: 0o600,
+        keys.public_key: 0o644,
+        keys.private_key: 0o600,
+    }
