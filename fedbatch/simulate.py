@@ -94,6 +94,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
+    from fedbatch.sizes import check_model_fits
 
     check_strategy_params(cfg)
     if cfg.device.startswith("cuda"):
@@ -102,6 +103,8 @@ def validate(raw: dict[str, Any]) -> RunConfig:
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto or cpu (no CUDA device is visible)")
     workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
+    dataset = workload.dataset
+    check_model_fits(cfg, dataset.input_shape, dataset.num_classes)  # before building it
     if cfg.client.precision == "fp16" and workload.device.type != "cuda":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 without a CUDA device")
     smallest = min(len(p) for p in workload.partitions)

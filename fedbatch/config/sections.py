@@ -157,6 +157,9 @@ class StopConfig:
         None, ge=1, doc="stop after this many evaluations without improvement"
     )
     min_delta: Float = key(0.0, ge=0, doc="smallest change that counts as an improvement")
+    at_target: Bool = key(
+        True, doc="stop at a target; false: record rounds/steps to it and train on"
+    )
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -111,15 +111,18 @@ class ConvergenceMonitor(Callback):
             return
         target_acc, target_loss = self.stop.target_accuracy, self.stop.target_loss
         target_train, train_loss = self.stop.target_train_loss, state.row.get("global_train_loss")
+        reached = None
         if target_acc is not None and accuracy >= target_acc:
-            state.stop_reason = "target_accuracy"
+            reached = "target_accuracy"
         elif target_loss is not None and loss <= target_loss:
-            state.stop_reason = "target_loss"
+            reached = "target_loss"
         elif target_train is not None and train_loss is not None and train_loss <= target_train:
-            state.stop_reason = "target_train_loss"  # matched training loss (Keskar et al.)
-        elif self.stop.patience is not None and self._since_improvement >= self.stop.patience:
-            state.stop_reason = "patience"
-        if state.stop_reason in ("target_accuracy", "target_loss", "target_train_loss"):
+            reached = "target_train_loss"  # matched training loss (Keskar et al.)
+        if reached is not None and self.rounds_to_target is None:
             self.rounds_to_target = state.round
             self.virtual_seconds_to_target = state.row.get("virtual_seconds")
             self.steps_to_target, self.examples_to_target = self._steps, self._examples
+        if reached is not None and self.stop.at_target:
+            state.stop_reason = reached
+        elif self.stop.patience is not None and self._since_improvement >= self.stop.patience:
+            state.stop_reason = "patience"

@@ -71,6 +71,9 @@ class JsonlSink(Callback):
         self._file.seek(size)
 
 
+TOTALS = ("clients_failed", "clients_rejected")  # summed over the run's rows
+
+
 class SummaryFile(Callback):
     """Writes `summary.json` (unless `path` is None): final and best metrics, why and when
     the run stopped."""
@@ -80,17 +83,25 @@ class SummaryFile(Callback):
         self.monitor = monitor
         self.last_row: dict[str, Any] = {}
         self.first_error: str | None = None
+        self.totals = dict.fromkeys(TOTALS, 0)  # replies lost over the run
         self.summary: dict[str, Any] = {}
 
     def on_round_end(self, state: RoundState) -> None:
         self.last_row = state.row
         self.first_error = self.first_error or state.row.get("client_error")
+        for key in TOTALS:
+            self.totals[key] += state.row.get(key) or 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_row": dict(self.last_row), "first_error": self.first_error}
+        return {
+            "last_row": dict(self.last_row),
+            "first_error": self.first_error,
+            "totals": dict(self.totals),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_row, self.first_error = state["last_row"], state["first_error"]
+        self.totals = dict(state["totals"])
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         last, monitor = self.last_row, self.monitor
@@ -114,6 +125,7 @@ class SummaryFile(Callback):
             "noise_scale_local": _clean(last.get("noise_scale_local")),
             "stopped_because": outcome.stopped_because,
             "client_error": self.first_error,
+            **{f"{key}_total": count for key, count in self.totals.items()},
             "seconds": outcome.seconds,
         }
         for key in FINAL_PROBES:  # only when the run probed its final model

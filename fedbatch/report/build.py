@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fedbatch.metrics.sweep import SWEEP_CSV, collect_runs, is_run_dir, write_sweep_csv
 from fedbatch.report.plots import write_plots
+from fedbatch.report.seeds import seeds_section
 from fedbatch.report.steps_to_target import steps_report
 from fedbatch.report.tables import write_summary_md
 
@@ -51,7 +52,7 @@ def build_report(source: Path, out_dir: Path | None = None) -> list[Path]:
     written += plots
     figures, section = steps_report(runs, out_dir) if is_sweep else ([], "")
     written += figures
-    sections = [section] if section else []
+    sections = [s for s in (seeds_section(runs) if is_sweep else "", section) if s]
     summary = write_summary_md(source, runs, out_dir, plots, is_sweep=is_sweep, sections=sections)
     written.append(summary)
     return written

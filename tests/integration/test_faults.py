@@ -51,13 +51,14 @@ def _norm(weights: Weights) -> float:
 def test_every_client_crashing_ends_the_run_naming_the_fault(tmp_path):
     _, rows, summary = _run(tmp_path, faults={"crash": 1.0})
     assert summary["stopped_because"] == "all_clients_failed"
+    assert (summary["clients_failed_total"], summary["clients_rejected_total"]) == (3, 0)
     assert [(r["clients_failed"], r["clients_replied"]) for r in rows] == [(3, 0)]
     assert "RuntimeError: injected fault (faults.crash)" in rows[0]["client_error"]
 
 
 def test_the_seed_picks_the_crashing_clients_on_every_engine(tmp_path):
     shape = {"rounds": 4, "num_clients": 6, "clients_per_round": 6}  # every client, every round
-    cfg, rows, _ = _run(tmp_path / "inprocess", faults={"crash": 0.5}, **shape)
+    cfg, rows, summary = _run(tmp_path / "inprocess", faults={"crash": 0.5}, **shape)
     predicted = [
         sum(_strikes(cfg, "crash", client, server_round) for client in range(6))
         for server_round in range(1, 5)
@@ -65,6 +66,10 @@ def test_the_seed_picks_the_crashing_clients_on_every_engine(tmp_path):
     assert 0 < sum(predicted) < 24 and max(predicted) < 6  # some crash, no round stops the run
     assert [r["clients_failed"] for r in rows] == predicted
     assert [r["clients_replied"] for r in rows] == [6 - n for n in predicted]
+    assert (summary["clients_failed_total"], summary["clients_rejected_total"]) == (
+        sum(predicted),
+        0,
+    )
     grid = VectorizedGrid(cfg)  # falls back to the ClientApp, which acts the faults out
     run_experiment(grid, cfg, tmp_path / "vectorized", progress=False)
     assert grid.batched == 0
@@ -83,6 +88,7 @@ def test_bad_replies_are_rejected_and_the_model_stays_finite(tmp_path, fault, re
     assert "rejected by the server: " in rows[0]["client_error"]
     assert reason in rows[0]["client_error"]
     assert summary["stopped_because"] == "all_clients_failed"
+    assert summary["clients_rejected_total"] == summary["clients_failed_total"] == 3
     final, initial = _final_weights(tmp_path), _initial_weights(cfg)
     assert all(torch.equal(final[k], initial[k]) for k in initial)  # nothing aggregated
     assert math.isfinite(rows[0]["test_loss"])

@@ -25,6 +25,12 @@ def test_target_accuracy_stops_at_the_first_round_reaching_it():
     assert monitor.rounds_to_target == 2
 
 
+def test_a_target_recorded_without_stopping_keeps_its_first_round():
+    monitor = ConvergenceMonitor(StopConfig(target_accuracy=0.8, at_target=False))
+    assert _feed(monitor, [0.1, 0.5, 0.81, 0.7, 0.9]) == (4, None)
+    assert monitor.rounds_to_target == 2 and monitor.best_round == 4
+
+
 def test_round_zero_never_stops_the_run():
     assert _feed(ConvergenceMonitor(StopConfig(target_accuracy=0.1)), [0.2, 0.3]) == (
         1,

@@ -84,6 +84,7 @@ OTHER_CASES = [
     (["clock.profile=/no/such/device.json", "clock=devices"], "clock.profile"),
     (["client.batch_size=0"], "client.batch_size"),
     (["num_clients=5000"], "num_clients"),  # more clients than samples: needs the data
+    (["model.hidden=[200000,200000]"], "model.hidden"),  # 4e10 parameters: no memory has it
     (["rounds=[1,2]"], "rounds"),
     (["model.hidden=abc"], "model.hidden"),
     (["model.hidden=[16,-1]"], "model.hidden"),

@@ -1,0 +1,51 @@
+"""Models that cannot fit: sized on torch's meta device (shapes, no memory) before any
+round, so that `model.hidden=[100000,100000]` is one line instead of a MemoryError in
+every client."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fedbatch.checks import ConfigError
+from fedbatch.config import RunConfig
+from fedbatch.local.models import build_model
+
+# Bytes per parameter a client holds at the least: fp32 weights, gradients, and the
+# optimizer's state (Adam: two moments), beside the server's copy of the global model.
+BYTES_PER_PARAMETER = 4 * 5
+SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels"}  # what sets the size
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parameter_count(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> int:
+    with torch.device("meta"):
+        model = build_model(cfg.model, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model_fits(
+    cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int, memory: int | None = None
+) -> None:
+    """ConfigError naming the model's size key when its training state exceeds `memory`
+    (default: this machine's)."""
+    if cfg.model.target is not None:  # a class of the user's: built (and sized) for real
+        return
+    parameters = parameter_count(cfg, input_shape, num_classes)
+    needed, memory = parameters * BYTES_PER_PARAMETER, memory or physical_memory()
+    if needed <= memory:
+        return
+    size = SIZE_KEYS.get(cfg.model.name)
+    key = f"model.{size}" if size else "model"
+    value = list(getattr(cfg.model, size)) if size else cfg.model.name
+    raise ConfigError(
+        key,
+        value,
+        f"a model that fits in memory: {parameters:,} parameters need at least "
+        f"{needed / 2**30:.1f} GiB to train, this machine has {memory / 2**30:.1f} GiB",
+    )

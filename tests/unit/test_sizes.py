@@ -1,0 +1,32 @@
+"""A model too large for memory is refused from its shapes alone, before any allocation."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedbatch.config import ConfigError
+from fedbatch.sizes import BYTES_PER_PARAMETER, check_model_fits, parameter_count
+from tests.conftest import tiny_config
+
+
+def test_the_parameter_count_is_the_layers_by_hand():
+    cfg = tiny_config(model={"name": "mlp", "hidden": [32, 16]})
+    # 64 → 32 → 16 → 10, each a weight matrix and a bias
+    assert parameter_count(cfg, (64,), 10) == (64 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)
+
+
+def test_a_model_beyond_memory_is_one_line_naming_its_size():
+    cfg = tiny_config(model={"name": "mlp", "hidden": [1000, 1000]})
+    parameters = (64 * 1000 + 1000) + (1000 * 1000 + 1000) + (1000 * 10 + 10)
+    check_model_fits(cfg, (64,), 10, memory=parameters * BYTES_PER_PARAMETER)  # just fits
+    with pytest.raises(ConfigError) as refused:
+        check_model_fits(cfg, (64,), 10, memory=parameters * BYTES_PER_PARAMETER - 1)
+    message = str(refused.value)
+    assert message.startswith("model.hidden=[1000, 1000] is invalid: allowed a model that fits")
+    assert f"{parameters:,} parameters" in message and "\n" not in message
+
+
+def test_a_huge_model_is_refused_on_this_machine_before_any_allocation():
+    cfg = tiny_config(model={"name": "mlp", "hidden": [200_000, 200_000]})  # 4e10 parameters
+    with pytest.raises(ConfigError, match=r"model\.hidden="):
+        check_model_fits(cfg, (64,), 10)
