@@ -103,11 +103,12 @@ def build_workload(cfg: RunConfig) -> Workload:
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
-        if device.type != "cpu":
-            return torch.as_tensor(array, device=device)
         with warnings.catch_warnings():
-            # Zero-copy view of the cached, read-only arrays; tensors are never written.
+            # The cached arrays are read-only: on the CPU a zero-copy view (tensors are
+            # never written), on a GPU a copy; torch warns about either.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            if device.type != "cpu":
+                return torch.as_tensor(array, device=device)
             return torch.from_numpy(array)
 
     return Workload(
