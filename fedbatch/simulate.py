@@ -94,7 +94,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
-    from fedbatch.sizes import check_model_fits
+    from fedbatch.sizes import check_data_fits, check_model_fits
 
     check_strategy_params(cfg)
     if cfg.device.startswith("cuda"):
@@ -102,6 +102,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
 
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto or cpu (no CUDA device is visible)")
+    check_data_fits(cfg)  # before generating it
     workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
     dataset = workload.dataset
     check_model_fits(cfg, dataset.input_shape, dataset.num_classes)  # before building it

@@ -1,6 +1,7 @@
-"""Models that cannot fit: sized on torch's meta device (shapes, no memory) before any
-round, so that `model.hidden=[100000,100000]` is one line instead of a MemoryError in
-every client."""
+"""Sizes that cannot fit, estimated before anything is allocated: a generated dataset
+from its sample and feature counts, a model on torch's meta device (shapes, no memory).
+So `model.hidden=[100000,100000]` or `data.num_samples=10**12` is one line, not a
+MemoryError mid-run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from fedbatch.local.models import build_model
 # optimizer's state (Adam: two moments), beside the server's copy of the global model.
 BYTES_PER_PARAMETER = 4 * 5
 SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels"}  # what sets the size
+# Features per sample of the generated built-in datasets (synthetic: data.num_features);
+# each value is generated in float64 and kept in float32.
+FEATURES = {"mnist1d": 40, "images": 3 * 32 * 32}
+BYTES_PER_VALUE = 8 + 4
 
 
 def physical_memory() -> int:
@@ -48,4 +53,23 @@ def check_model_fits(
         value,
         f"a model that fits in memory: {parameters:,} parameters need at least "
         f"{needed / 2**30:.1f} GiB to train, this machine has {memory / 2**30:.1f} GiB",
+    )
+
+
+def check_data_fits(cfg: RunConfig, memory: int | None = None) -> None:
+    """ConfigError on `data.num_samples` when generating the dataset would exceed `memory`
+    (default: this machine's); datasets of fixed size or of the user's are not sized."""
+    data = cfg.data
+    features = data.num_features if data.name == "synthetic" else FEATURES.get(data.name)
+    if features is None:
+        return
+    memory = memory or physical_memory()
+    if data.num_samples * features * BYTES_PER_VALUE <= memory:
+        return
+    most = memory // (features * BYTES_PER_VALUE)
+    raise ConfigError(
+        "data.num_samples",
+        data.num_samples,
+        f"at most {most:,} for data={data.name} in this machine's {memory / 2**30:.1f} GiB "
+        f"({features} features a sample)",
     )

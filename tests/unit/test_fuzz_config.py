@@ -85,6 +85,7 @@ OTHER_CASES = [
     (["client.batch_size=0"], "client.batch_size"),
     (["num_clients=5000"], "num_clients"),  # more clients than samples: needs the data
     (["model.hidden=[200000,200000]"], "model.hidden"),  # 4e10 parameters: no memory has it
+    (["data=synthetic", "data.num_samples=1000000000000"], "data.num_samples"),  # 14.6 TiB
     (["rounds=[1,2]"], "rounds"),
     (["model.hidden=abc"], "model.hidden"),
     (["model.hidden=[16,-1]"], "model.hidden"),

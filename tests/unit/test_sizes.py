@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from fedbatch.config import ConfigError
-from fedbatch.sizes import BYTES_PER_PARAMETER, check_model_fits, parameter_count
+from fedbatch.sizes import (
+    BYTES_PER_PARAMETER,
+    BYTES_PER_VALUE,
+    check_data_fits,
+    check_model_fits,
+    parameter_count,
+)
 from tests.conftest import tiny_config
 
 
@@ -30,3 +36,12 @@ def test_a_huge_model_is_refused_on_this_machine_before_any_allocation():
     cfg = tiny_config(model={"name": "mlp", "hidden": [200_000, 200_000]})  # 4e10 parameters
     with pytest.raises(ConfigError, match=r"model\.hidden="):
         check_model_fits(cfg, (64,), 10)
+
+
+def test_a_dataset_beyond_memory_is_refused_from_its_counts():
+    cfg = tiny_config(data={"name": "synthetic", "num_samples": 1000, "num_features": 60})
+    check_data_fits(cfg, memory=1000 * 60 * BYTES_PER_VALUE)  # just fits
+    with pytest.raises(ConfigError) as refused:
+        check_data_fits(cfg, memory=1000 * 60 * BYTES_PER_VALUE - 1)
+    assert str(refused.value).startswith("data.num_samples=1000 is invalid: allowed at most 999")
+    check_data_fits(tiny_config(), memory=1)  # digits: a fixed size, not generated
