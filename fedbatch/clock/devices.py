@@ -21,21 +21,26 @@ from pydantic.dataclasses import dataclass
 from fedbatch.config.schema import SECTION, Float, Int, Str, key
 from fedbatch.seeding import derive_seed
 
+# Bounds past which a device's times mean nothing (a throughput of 1e-300 samples/s made
+# rounds of 1e302 virtual seconds): rates of at least 0.001 a second, delays of at most a day.
+SLOWEST = 1e-3
+DAY = 86400.0
+
 
 @dataclass(frozen=True, config=SECTION)
 class DeviceClass:
     name: Str = key("device", doc="the class's name (unnamed in a list: device<i>)")
     share: Float = key(1.0, gt=0, doc="fraction of clients of this class (normalised)")
-    step_overhead: Float = key(0.002, ge=0, doc="t0: seconds per step whatever B")
-    throughput: Float = key(20000.0, gt=0, doc="samples per second once saturated")
+    step_overhead: Float = key(0.002, ge=0, le=DAY, doc="t0: seconds per step whatever B")
+    throughput: Float = key(20000.0, ge=SLOWEST, doc="samples per second once saturated")
     saturation: Int = key(64, ge=1, doc="B from which throughput is reached")
     memory_base: Float = key(50.0, ge=0, doc="MB: model, gradients, optimizer state, runtime")
     memory_per_sample: Float = key(0.05, ge=0, doc="MB of activations per sample in the batch")
     memory_cap: Float = key(4096.0, gt=0, doc="MB available for training")
     power: Float = key(10.0, ge=0, doc="watts while computing")
-    bandwidth_down: Float = key(50.0, gt=0, doc="Mbit/s")
-    bandwidth_up: Float = key(10.0, gt=0, doc="Mbit/s")
-    latency: Float = key(0.05, ge=0, doc="seconds per transfer")
+    bandwidth_down: Float = key(50.0, ge=SLOWEST, doc="Mbit/s")
+    bandwidth_up: Float = key(10.0, ge=SLOWEST, doc="Mbit/s")
+    latency: Float = key(0.05, ge=0, le=DAY, doc="seconds per transfer")
     scaling: Float = key(0.0, ge=0, le=1, doc="α: below saturation a step costs S·(B/S)^α samples")
 
     def step_seconds(self, batch_size: int) -> float:

@@ -86,6 +86,8 @@ OTHER_CASES = [
     (["num_clients=5000"], "num_clients"),  # more clients than samples: needs the data
     (["model.hidden=[200000,200000]"], "model.hidden"),  # 4e10 parameters: no memory has it
     (["data=synthetic", "data.num_samples=1000000000000"], "data.num_samples"),  # 14.6 TiB
+    (["clock=devices", "clock.devices.0.throughput=1e-300"], "throughput"),  # 1e302 s rounds
+    (["clock=devices", "clock.devices.0.latency=1e300"], "latency"),
     (["rounds=[1,2]"], "rounds"),
     (["model.hidden=abc"], "model.hidden"),
     (["model.hidden=[16,-1]"], "model.hidden"),

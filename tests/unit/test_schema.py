@@ -91,7 +91,7 @@ def test_a_key_no_yaml_names_can_still_be_set():
         ({"stream": {"name": "poisson", "duty": 1.5}}, "stream.duty=1.5 is invalid: "
          "allowed a number > 0.0 and <= 1.0"),
         ({"clock": {"name": "devices", "devices": [{"throughput": 0}]}},
-         "clock.devices[0].throughput=0 is invalid: allowed a number > 0.0"),
+         "clock.devices[0].throughput=0 is invalid: allowed a number >= 0.001"),
         ({"eval": {"evry": 2}}, "eval.evry=2 is invalid: allowed keys batch_size, every, "
          "follow_drift, initial, train_samples"),
         ({"eval": 3}, "eval=3 is invalid: allowed a config group (a mapping of keys)"),
