@@ -185,6 +185,8 @@ def steps_report(runs: Sequence[RunRecord], out_dir: Path) -> tuple[list[Path], 
     """Write the figure when some group has 3 or more B that reached the target; return it
     and the markdown (one fit and table per group)."""
     groups, notes = groups_from_runs(runs)
+    if groups and all(len({t.batch_size for t in place_batches(g.trials)}) < 2 for g in groups):
+        return [], ""  # not a sweep over B (one B per experiment): nothing to fit or say
     drawn: list[Series] = []
     parts: list[list[str]] = []
     for group, label in zip(groups, group_labels(groups), strict=True):

@@ -118,6 +118,13 @@ def test_fewer_than_three_batch_sizes_reached_is_one_line_not_a_failure(tmp_path
     ]
 
 
+def test_a_sweep_with_one_batch_size_has_no_steps_section(tmp_path: Path) -> None:
+    """A sweep over LRs alone (or strategies, seeds) at one B has no scaling to fit."""
+    sweep = build_sweep(tmp_path, [8])
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert "Steps to target" not in (tmp_path / "out" / "summary.md").read_text()
+
+
 def test_seed_that_missed_disqualifies_its_lr(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     job = 0
