@@ -20,8 +20,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedbatch.clock.scheduler import staleness_weight
+from fedbatch.federated.federation import Federation
 from fedbatch.federated.records import aggregate_client_metrics, array_to_tensor, tensor_to_array
-from fedbatch.federated.round_loop import Federation
 from fedbatch.metrics.callbacks import RoundState, RunOutcome
 from fedbatch.seeding import derive_seed
 
