@@ -2,7 +2,8 @@
 
 fedbatch leans on a few things Flower and Hydra do not promise to keep: how a `Message`
 learns its sender, how its id is stored, how an `Array` lays out its fields, how
-`FedAvg.aggregate_train` is built, and how Hydra's basic sweeper expands a sweep. Each
+`FedAvg.aggregate_train` is built, that Flower's Ray backend uses a Ray already running,
+and how Hydra's basic sweeper expands a sweep. Each
 lives here, small and named for what it does, and each has a guard test in
 `tests/unit/test_compat.py` that checks the behaviour fedbatch relies on (not just that the
 name exists), so an upgrade that changes one fails there, not halfway through a run.
@@ -13,7 +14,10 @@ fedbatch's own objects (or, for `set_sender_identity`, goes through Flower's own
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -133,3 +137,13 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
             kind = getattr(override.value_type, "name", override.value_type)
             raise HydraException(f"the basic sweeper cannot enumerate a {kind} sweep")
     return [list(job) for job in itertools.product(*values.values())]
+
+
+def start_ray(init_args: dict[str, Any]) -> None:
+    """Start Ray here, as Flower's Ray backend would (`RayBackend.init_ray`, which leaves a
+    running Ray as it is): its workers get this process's import path."""
+    import ray
+
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
+    ray.init(runtime_env=runtime_env, include_dashboard=False, **init_args)

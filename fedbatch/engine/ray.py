@@ -8,7 +8,6 @@ to an existing Ray cluster instead of starting a local one.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
+from fedbatch.compat import start_ray
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as client_app
 from fedbatch.federated.server_app import quiet_flower_logs, run_experiment
@@ -44,7 +44,8 @@ def run(
     # Keep Ray's current behaviour (no GPU env override) without its FutureWarning.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     quiet_flower_logs()
-    _start_ray(init_args)
+    start_ray(init_args)  # ray.init replaces our signal handlers: put them back
+    reclaim_signals()
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -60,16 +61,3 @@ def run(
     if interrupted:
         raise interrupted[0]
     return summary
-
-
-def _start_ray(init_args: dict[str, Any]) -> None:
-    """Start Ray here rather than in Flower's backend (which uses a running Ray as it is),
-    as Flower would, so that fedbatch's Ctrl-C and SIGTERM handlers, which `ray.init`
-    replaces with ones that end the process unsaved, can be put back."""
-    import ray
-
-    # Ray's workers get this process's import path, as Flower's backend gives them.
-    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
-    ray.init(runtime_env=runtime_env, include_dashboard=False, **init_args)
-    reclaim_signals()

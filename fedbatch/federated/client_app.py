@@ -59,9 +59,11 @@ class Task:
     def server_round(self) -> int:
         return int(self.config["server-round"])
 
+    def seed(self, purpose: str) -> int:
+        return derive_seed(self.workload.cfg.seed, purpose, self.partition_id, self.server_round)
+
     def generator(self, purpose: str) -> torch.Generator:
-        seed = derive_seed(self.workload.cfg.seed, purpose, self.partition_id, self.server_round)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(self.seed(purpose))
 
     @contextmanager
     def own_randomness(self) -> Iterator[None]:
@@ -70,9 +72,7 @@ class Task:
         in whatever order, and after a resume."""
         devices = [self.x.device] if self.x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(
-                derive_seed(self.workload.cfg.seed, "dropout", self.partition_id, self.server_round)
-            )
+            torch.manual_seed(self.seed("dropout"))
             yield
 
     def plan(self) -> LocalPlan:

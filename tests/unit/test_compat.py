@@ -156,3 +156,16 @@ def test_sweeps_the_basic_sweeper_cannot_enumerate_are_refused(overrides):
         BasicSweeper.split_arguments(parsed, None)
     with pytest.raises(HydraException):
         sweep_jobs(overrides)
+
+
+def test_flowers_ray_backend_leaves_a_running_ray_as_it_is(monkeypatch):
+    """fedbatch starts Ray itself (compat.start_ray) to keep its signal handlers: Flower's
+    backend must not call ray.init again when Ray is running."""
+    import ray
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append((a, k)))
+    RayBackend.init_ray(object.__new__(RayBackend), {"init_args": {}})
+    assert calls == []
