@@ -106,6 +106,7 @@ MODELS = Registry(
         "mlp": "fedbatch.local.models:mlp",
         "cnn1d": "fedbatch.local.models:cnn1d",
         "cnn": "fedbatch.local.models:cnn",
+        "resnet": "fedbatch.local.resnet:resnet",
     },
     base="torch.nn:Module",
 )

@@ -21,7 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedbatch.config import ConfigError, RunConfig, build_config
-from fedbatch.config.compose import CONF_DIR, OverrideError, register_schema, search_dirs
+from fedbatch.config.compose import (
+    CONF_DIR,
+    OverrideError,
+    open_arguments,
+    register_schema,
+    search_dirs,
+)
 from fedbatch.config.compose import check_overrides as check_config_overrides
 from fedbatch.metrics.endings import failure
 from fedbatch.metrics.interrupts import Interrupted, interruptible
@@ -295,6 +301,7 @@ def cli() -> None:
     if problem:
         fail(problem)
     check_overrides(sys.argv[1:])
+    sys.argv[1:] = open_arguments(sys.argv[1:])  # before Hydra reads them
     check_sweep(sys.argv[1:])
     main()
 

@@ -16,7 +16,7 @@ from fedbatch.local.models import build_model
 # Bytes per parameter a client holds at the least: fp32 weights, gradients, and the
 # optimizer's state (Adam: two moments), beside the server's copy of the global model.
 BYTES_PER_PARAMETER = 4 * 5
-SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels"}  # what sets the size
+SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels", "resnet": "channels"}
 # Features per sample of the generated built-in datasets (synthetic: data.num_features);
 # each value is generated in float64 and kept in float32.
 FEATURES = {"mnist1d": 40, "images": 3 * 32 * 32}

@@ -27,6 +27,7 @@ from fedbatch.registry import TARGET
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
+CUSTOM = "custom"  # the option that takes a class of your own from the command line
 
 
 def register_schema() -> None:
@@ -187,12 +188,14 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             where, keys = head, set(fields(section)) if is_section(section) else set()
         if name in keys:
             continue
-        if TARGET in keys and given.startswith("+"):
+        if TARGET in keys and (given.startswith("+") or head in _open_groups(chosen, dirs)):
             arguments.add(key)
             continue
         hint = ""
         if TARGET in keys:
             hint = f" (a new argument of its {TARGET} class: ++{key}=...)"
+        elif name == TARGET and (dirs[0] / head / f"{CUSTOM}.yaml").is_file():
+            hint = f" (a class of your own: {head}={CUSTOM} {key}=module.Class)"
         elif name == TARGET:
             hint = f" (a class of your own: a {head}/<name>.yaml with {TARGET}, see README)"
         allowed = ", ".join(sorted(keys))
@@ -200,6 +203,36 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     # A group only a study's --config-dir has (`+row=small`) is not in the defaults list:
     # Hydra's `+` adds it.
     _refuse_additions(argv, arguments | (set(chosen) - set(_default_choices(dirs))))
+
+
+def _open_groups(chosen: dict[str, list[str]], dirs: Sequence[Path]) -> set[str]:
+    """The groups whose one chosen option names its class on the command line: its YAML
+    holds `_target_: null` (`model=custom`)."""
+    open_options = set()
+    for group, options in chosen.items():
+        if len(options) == 1:
+            loaded = OmegaConf.load(_option_file(dirs, group, options[0]))
+            if TARGET in loaded and loaded[TARGET] is None:
+                open_options.add(group)
+    return open_options
+
+
+def open_arguments(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """`argv` ready for Hydra: an option that takes its class from the command line
+    (`model=custom model._target_=mypkg.nets.Net`) has no YAML keys for that class's
+    arguments, so `model.width=32` beside it becomes Hydra's `++model.width=32`."""
+    dirs = search_dirs(argv, conf_dir)
+    try:
+        opened = _open_groups(_selected_options(argv, dirs), dirs)
+    except OverrideError:  # check_overrides says what is wrong
+        return list(argv)
+    ready = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        head, _, name = key.partition(".")
+        plain = sep and not key.startswith(("+", "~", "-"))
+        ready.append(f"++{arg}" if plain and head in opened and name not in ("", TARGET) else arg)
+    return ready
 
 
 def _check_nested_target(key: str, option: DictConfig) -> None:
@@ -256,6 +289,7 @@ def compose_raw(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> dict[str
     from fedbatch.sweep_plugins import register_resolvers
 
     check_overrides(overrides, conf_dir)
+    overrides = open_arguments(overrides, conf_dir)
     register_resolvers()
     register_schema()
     try:

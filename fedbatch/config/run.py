@@ -95,14 +95,17 @@ PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 
 
 FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
+IMAGE_MODELS = ("cnn", "resnet")  # 2-D convolutions: (C, H, W) samples only
+FLAT_MODELS = ("cnn1d",)
 
 
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
     images = cfg.data.name in IMAGE_DATASETS
-    if (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
-        fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
-        needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
+    unfit = FLAT_MODELS if images else IMAGE_MODELS
+    if cfg.model.name in unfit:
+        fits = [m for m in MODELS if m not in unfit]
+        needs = "data=images" if not images else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(
             "model",
             cfg.model.name,

@@ -30,7 +30,7 @@ ENGINES = ("inprocess", "ray", "deployment", "vectorized")
 
 # The built-in models that ignore a key (a new model takes them all).
 LINEAR = ("logreg",)  # no hidden layer to size, normalise or drop out
-NOT_MLP = ("logreg", "cnn", "cnn1d")
+NOT_MLP = ("logreg", "cnn", "cnn1d", "resnet")
 NOT_CONV = ("logreg", "mlp")
 SKEWED = ("dirichlet", "quantity")
 
@@ -79,6 +79,12 @@ class ModelConfig:
         (16, 32), not_for=NOT_CONV, min_length=1, doc="channels of the conv layers"
     )
     kernel_size: Int = key(5, ge=1, not_for=NOT_CONV, doc="conv kernel size")
+    blocks: Int = key(
+        1,
+        ge=1,
+        only=("resnet",),
+        doc="residual blocks per stage (3 stages: 1 ResNet-8, 3 ResNet-20)",
+    )
     groups: Int = key(4, ge=1, not_for=LINEAR, doc="GroupNorm groups (norm=group)")
     dropout: Float = key(
         0.0,
@@ -202,6 +208,9 @@ def check_model(model: ModelConfig) -> None:
         raise ConfigError(
             "model.norm", model.norm, "none for model=logreg (it has no hidden layer)"
         )
+    if model.name == "resnet" and model.kernel_size % 2 == 0:
+        allowed = "an odd number with model=resnet (a block adds its input to its output)"
+        raise ConfigError("model.kernel_size", model.kernel_size, allowed)
     for name in ("ghost_batch", "fedbn"):
         value = getattr(model, name)
         if value not in (None, False) and model.norm != "batch":

@@ -90,7 +90,12 @@ def stack_steps(clients: Sequence[ClientSteps]) -> StackedSteps:
 
 
 def stack_params(states: Sequence[Params]) -> Params:
-    return {key: torch.stack([state[key] for state in states]) for key in states[0]}
+    # In the default layout (strides too, which `contiguous()` leaves alone on size-1
+    # axes, e.g. of a 1×1 kernel): under vmap, GroupNorm cannot take the activations of
+    # channels_last convolution weights ("NYI: querying is_contiguous inside of vmap").
+    default = torch.contiguous_format
+    return {key: torch.stack([state[key] for state in states]).clone(memory_format=default)
+            for key in states[0]}  # fmt: skip
 
 
 def train_clients(

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from fedbatch.config import RunConfig
+from fedbatch.config import RunConfig, build_config
 from fedbatch.engine import run_engine
 from fedbatch.engine.vectorized import VectorizedGrid
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.federated.workload import workload_for
-from tests.conftest import read_rows, tiny_config, without_measured
+from tests.conftest import read_rows, tiny_config, tiny_raw, without_measured
 
 Rows = list[dict[str, Any]]
 
@@ -62,6 +62,22 @@ ELIGIBLE = {
 @pytest.mark.parametrize("extra", ELIGIBLE.values(), ids=ELIGIBLE.keys())
 def test_batched_clients_give_the_inprocess_rows(tmp_path, extra):
     cfg = tiny_config(**extra)
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+
+
+def test_a_groupnorm_resnet_on_channels_last_weights_is_batched(tmp_path):
+    # Convolution weights in channels_last (model.memory_format=auto on this CPU) used to
+    # stop vmap in GroupNorm; the stacked weights are contiguous now.
+    cfg = build_config(
+        tiny_raw(rounds=2)
+        | {
+            "data": {"name": "images", "num_samples": 240},
+            "model": {"name": "resnet", "channels": [4, 8], "kernel_size": 3, "norm": "group",
+                      "groups": 2, "memory_format": "channels_last"},
+        }
+    )  # fmt: skip
     inprocess, vectorized, batched = _both(cfg, tmp_path)
     assert batched == cfg.rounds * cfg.clients_per_round
     _assert_same(inprocess, vectorized)

@@ -42,7 +42,7 @@ def _raw(**sections):
         (
             _raw(model={"name": "cnn1d"}, data={"name": "images"}),
             "model",
-            "logreg, mlp, cnn with data=images",
+            "logreg, mlp, cnn, resnet with data=images",
         ),
         (_raw(clients_per_round=5), "clients_per_round", "<= 4"),
         (
