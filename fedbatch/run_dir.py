@@ -15,6 +15,7 @@ from fedbatch.metrics.endings import INTERRUPTED
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
+MODEL_FILE = "model.safetensors"  # the final global model (save.model)
 SUMMARY = "summary.json"
 RUN_FILES = (CONFIG, "metrics.jsonl", SUMMARY, CHECKPOINT)  # what shows a run was here
 HYDRA_FILES = (".hydra", "simulate.log")  # what Hydra writes before fedbatch runs

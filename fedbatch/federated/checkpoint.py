@@ -37,7 +37,6 @@ from flwr.serverapp.strategy import Strategy
 
 from fedbatch.metrics.callbacks import ResumeError
 
-MODEL_FILE = "model.safetensors"
 FORMAT = 1  # bump when the layout changes: an old checkpoint is refused, not misread
 TAG = "__type__"
 _RECORDS: dict[str, type] = {"MetricRecord": MetricRecord, "ConfigRecord": ConfigRecord}

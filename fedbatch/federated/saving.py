@@ -17,7 +17,6 @@ from flwr.app import RecordDict
 
 from fedbatch.config import RunConfig
 from fedbatch.federated.checkpoint import (
-    MODEL_FILE,
     CheckpointError,
     load_random_state,
     random_state,
@@ -26,7 +25,7 @@ from fedbatch.federated.checkpoint import (
 )
 from fedbatch.federated.records import array_to_tensor
 from fedbatch.metrics.callbacks import Callback, RunOutcome
-from fedbatch.run_dir import CHECKPOINT
+from fedbatch.run_dir import CHECKPOINT, MODEL_FILE
 
 
 @runtime_checkable

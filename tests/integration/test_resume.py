@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from fedbatch.engine import inprocess
-from fedbatch.federated.checkpoint import MODEL_FILE, save_checkpoint
+from fedbatch.federated.checkpoint import save_checkpoint
 from fedbatch.federated.workload import build_workload
-from fedbatch.run_dir import CHECKPOINT
+from fedbatch.run_dir import CHECKPOINT, MODEL_FILE
 from fedbatch.simulate import CONF_DIR, resume_run
 from tests.conftest import FAST, MEASURED, read_rows, tiny_config, without_measured
 
