@@ -72,7 +72,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         if key.partition(".")[0] == FIXED_SECTION:
             raise OverrideError(
                 f"{key} cannot be changed: {MODEL_FILE} holds the weights of the run's "
-                "model; override its data or evaluation instead (e.g. data.test_fraction=0.5)"
+                "model; override its data or evaluation instead"
             )
         section, name = _parent(config, key)
         if isinstance(section[name], dict):

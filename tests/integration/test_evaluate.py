@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -168,4 +170,24 @@ def test_what_cannot_be_evaluated_is_one_line(run_dir, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert _refused(capsys, str(tmp_path)) == (
         f"{tmp_path} holds no model.safetensors: the run was started with save.model=false"
+    )
+
+
+def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### Evaluate a trained model\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^python -m fedbatch\.(simulate|evaluate) (.*)$", section, re.M)
+    assert [module for module, _ in commands] == ["simulate"] + ["evaluate"] * 3
+    # The run as written, smaller for suite time; the evaluations exactly as written.
+    smaller = "rounds=1 model.channels=[4,8] progress=off"
+    result = simulate(*shlex.split(f"{commands[0][1]} {smaller}"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(tmp_path)
+    summary = json.loads((tmp_path / "runs/resnet/summary.json").read_text())
+    rows = [main(shlex.split(arguments)) for _, arguments in commands[1:]]
+    assert rows[0]["test_accuracy"] == summary["test_accuracy"]
+    assert [row["num_samples"] for row in rows] == [200, 2000, 200]
+    lines = capsys.readouterr().out.splitlines()
+    assert all(
+        line.startswith("fedbatch: runs/resnet/model.safetensors: test accuracy") for line in lines
     )
