@@ -8,6 +8,8 @@ and an override elsewhere that builds another model (`data.num_classes`, data of
 input shape) is refused when the file does not fit it. The test set is the one the run's
 server evaluates on (`ServerEvaluation`); with `eval.follow_drift=true` it drifts as the
 stream does at the run's end (`summary.json`'s `virtual_seconds`), or at `--at` seconds.
+On other data than the run's, the row also counts the test samples the run trained on
+(another split can hold them).
 
 Prints one line and appends one row to `evaluations.jsonl` in the run directory; no other
 file of the run is touched. Bad input is one line and exit 2.
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from fedbatch.config import ConfigError, RunConfig, build_config
@@ -102,8 +106,12 @@ def _parent(config: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
     return section, parts[-1]
 
 
-def evaluate_run(run_dir: Path, cfg: RunConfig, at: float | None = None) -> dict[str, Any]:
-    """Loss, accuracy and size of the test set `cfg` makes, for the model in the file."""
+def evaluate_run(
+    run_dir: Path, cfg: RunConfig, run: RunConfig, at: float | None = None
+) -> dict[str, Any]:
+    """Loss, accuracy and size of the test set `cfg` makes, for the model in the file of
+    the run whose config is `run`; with other data than the run's, also how many of its
+    samples the run trained on (`trained_on`; null for the run's own held-out set)."""
     import torch
 
     from fedbatch.federated.checkpoint import load_model_file
@@ -112,7 +120,8 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, at: float | None = None) -> dict
     from fedbatch.federated.workload import build_workload
     from fedbatch.local.trainer import evaluate
 
-    evaluation = ServerEvaluation(build_workload(cfg))
+    workload = build_workload(cfg)
+    evaluation = ServerEvaluation(workload)
     model = evaluation.model
     found = load_model_file(run_dir / MODEL_FILE)
     expected = {k: tuple(a.shape) for k, a in state_to_arrays(model.state_dict()).items()}
@@ -125,7 +134,26 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, at: float | None = None) -> dict
         at = _run_end(run_dir)
     x, y = evaluation.test_set(at)
     loss, accuracy = evaluate(model, x, y, cfg.eval.batch_size)
-    return {"test_accuracy": accuracy, "test_loss": loss, "num_samples": len(y)}
+    own = (cfg.data, cfg.seed) == (run.data, run.seed)
+    trained_on = None if own else _trained_on(run, workload.x_test.cpu().numpy())
+    return {
+        "test_accuracy": accuracy,
+        "test_loss": loss,
+        "num_samples": len(y),
+        "trained_on": trained_on,
+    }
+
+
+def _trained_on(run: RunConfig, x: np.ndarray) -> int:
+    """How many rows of `x` (undrifted samples) are, byte for byte, a training sample of
+    the run: another split or seed can put them in a test set."""
+    from fedbatch.data.datasets import load_dataset
+
+    def digest(row: np.ndarray) -> bytes:
+        return hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+
+    trained = {digest(row) for row in load_dataset(run.data, run.seed).x_train}
+    return sum(digest(row) in trained for row in x)
 
 
 def _check_fits(
@@ -173,17 +201,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     run_dir: Path = args.run_dir
     try:
-        cfg = build_config(apply_overrides(run_config(run_dir), args.overrides))
-        result = evaluate_run(run_dir, cfg, args.at)
+        raw = run_config(run_dir)
+        cfg = build_config(apply_overrides(raw, args.overrides))
+        result = evaluate_run(run_dir, cfg, build_config(raw), args.at)
     except (OverrideError, ConfigError) as error:
         fail(str(error))
         raise AssertionError("unreachable") from None
     row = {"model": MODEL_FILE, "overrides": list(args.overrides), "at": args.at} | result
+    trained_on = result["trained_on"]
+    seen = "" if trained_on is None else f" ({trained_on} of them in the run's training data)"
     with (run_dir / EVALUATIONS).open("a", encoding="utf-8") as out:
         out.write(json.dumps(row) + "\n")
     print(
         f"fedbatch: {run_dir / MODEL_FILE}: test accuracy {result['test_accuracy']:.4f}, "
-        f"loss {result['test_loss']:.4f} on {result['num_samples']} samples "
+        f"loss {result['test_loss']:.4f} on {result['num_samples']} samples{seen} "
         f"→ {run_dir / EVALUATIONS}"
     )
     return row

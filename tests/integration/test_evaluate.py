@@ -90,6 +90,7 @@ def test_the_runs_own_test_set_gives_exactly_the_summarys_accuracy(run_dir, caps
     summary = json.loads((run_dir / "summary.json").read_text())
     accuracy, loss, n = by_hand(run_dir)
     assert row["test_accuracy"] == summary["test_accuracy"] == accuracy
+    assert row["trained_on"] is None  # the run's own held-out set
     assert row["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
     assert row["test_loss"] == pytest.approx(loss, rel=1e-5)
     assert row["num_samples"] == n == math.ceil(0.2 * SAMPLES)
@@ -107,6 +108,8 @@ def test_overrides_pick_another_test_set(run_dir):
     accuracy, loss, n = by_hand(run_dir, test_fraction=0.5)
     assert (row["test_accuracy"], row["num_samples"]) == (accuracy, n)
     assert n == SAMPLES // 2
+    # The split's order stays: the larger test set is the run's 80 and 120 it trained on.
+    assert row["trained_on"] == SAMPLES // 2 - math.ceil(0.2 * SAMPLES) == 120
     assert row["test_loss"] == pytest.approx(loss, rel=1e-5)
     rows = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
     assert rows[-1]["overrides"] == ["data.test_fraction=0.5"]
@@ -187,6 +190,7 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
     rows = [main(shlex.split(arguments)) for _, arguments in commands[1:]]
     assert rows[0]["test_accuracy"] == summary["test_accuracy"]
     assert [row["num_samples"] for row in rows] == [200, 2000, 200]
+    assert [row["trained_on"] for row in rows] == [None, 0, None]  # fresh images
     lines = capsys.readouterr().out.splitlines()
     assert all(
         line.startswith("fedbatch: runs/resnet/model.safetensors: test accuracy") for line in lines
