@@ -144,6 +144,12 @@ class EngineConfig:
     node_timeout: Float = key(
         120.0, gt=0, only=("ray", "deployment"), doc="seconds to wait for the nodes to connect"
     )
+    shared_dir: Bool = key(
+        False,
+        only=("deployment",),
+        doc="the SuperLink's machine sees the run directory at the same path (deploy local): "
+        "its ServerApp writes the run's files, checkpoints and model, and resume= works",
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
