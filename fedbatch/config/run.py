@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
@@ -109,9 +109,8 @@ def check_model_input(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
     images = cfg.data.name in IMAGE_DATASETS
-    if cfg.data.name in FILE_DATASETS:
-        pass  # shapes are checked once loaded (`check_model_input`)
-    elif (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
+    mismatch = (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images)
+    if mismatch and cfg.data.name not in FILE_DATASETS:  # those: once loaded, check_model_input
         fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
         needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(

@@ -54,8 +54,10 @@ class DataConfig:
     )
     # The user's own data (fedbatch/data/files.py; README, "Your own data and model").
     path: Str | None = key(
-        None, only=FILE_DATASETS, doc="a file or directory (hf: parquet, csv, json, arrow, "
-        "image folder, or a Hub id; arrays: .npz or .pt)"
+        None,
+        only=FILE_DATASETS,
+        doc="a file or directory (hf: parquet, csv, json, arrow, "
+        "image folder, or a Hub id; arrays: .npz or .pt)",
     )
     split: Str = key("train", only=("hf",), doc="the split to train on")
     test_split: Str | None = key(

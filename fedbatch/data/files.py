@@ -43,6 +43,8 @@ def hf(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
     _has_column(columns, "data.label", cfg.label)
     if cfg.ids is not None:
         _has_column(columns, "partition.by", cfg.ids)
+    y = _column(train, cfg.label)
+    class_indices(y, y[:0])  # a label column that is no class label: before the features
     features = list(cfg.features) or [c for c in columns if c not in (cfg.label, cfg.ids)]
     for name in features:
         _has_column(columns, "data.features", name)
@@ -50,7 +52,7 @@ def hf(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
         raise ConfigError("data.features", [], f"columns besides the label, of {columns}")
     label_type = train.features[cfg.label]
     classes = label_type.num_classes if isinstance(label_type, datasets.ClassLabel) else None
-    x, y = _features(train, features), _column(train, cfg.label)
+    x = _features(train, features)
     ids = _column(train, cfg.ids) if cfg.ids is not None else None
     if test is None:
         x_test, y_test, train_rows = _hold_out(x, y, cfg.test_fraction, seed)
@@ -100,7 +102,8 @@ def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
 
         loaded = torch.load(place, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ConfigError("data.path", path, f"a readable .npz or .pt ({one_line(error)})") from None
+        allowed = f"a readable .npz or .pt ({one_line(error)})"
+        raise ConfigError("data.path", path, allowed) from None
     if not isinstance(loaded, dict):
         raise ConfigError("data.path", path, "a .pt file holding a dict of tensors")
     return {str(k): np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in loaded.items()}

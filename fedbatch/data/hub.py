@@ -36,7 +36,8 @@ def open_splits(path: str | None) -> dict[str, datasets.Dataset]:
     place = Path(path)
     if place.is_file() and place.suffix.lower() not in BUILDERS:
         raise ConfigError("data.path", path, FORMS + f" (not a {place.suffix or 'bare'} file)")
-    if not place.exists() and (path.startswith((".", "/", "~")) or not HUB_ID.fullmatch(path)):
+    local = path.startswith((".", "/", "~")) or place.suffix.lower() in BUILDERS
+    if not place.exists() and (local or not HUB_ID.fullmatch(path)):
         raise ConfigError("data.path", path, FORMS + " (no such file or directory)")
     datasets.disable_progress_bars()
     try:
