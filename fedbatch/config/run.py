@@ -58,7 +58,9 @@ PROGRESS = ("auto", "on", "off")
 class RunConfig:
     seed: Int = key(0, ge=0, doc="seeds data, partitions, sampling and initial weights")
     rounds: Int = key(30, ge=1, doc="federated rounds (an upper bound; `stop` may end earlier)")
-    num_clients: Int = key(10, ge=1, doc="registered clients, one data partition each")
+    num_clients: Int = key(
+        10, ge=1, doc="registered clients, one data partition each (partition=natural: the data's)"
+    )
     clients_per_round: Int = key(5, ge=1, doc="clients sampled each round (<= num_clients)")
     device: Device = key(
         "auto",

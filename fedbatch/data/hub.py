@@ -42,8 +42,6 @@ def open_splits(path: str | None) -> dict[str, datasets.Dataset]:
     datasets.disable_progress_bars()
     try:
         loaded = _load(place, path)
-    except ConfigError:
-        raise
     except Exception as error:  # the library's reasons are many; its first line says which
         raise ConfigError("data.path", path, f"{FORMS} ({one_line(error)})") from None
     if isinstance(loaded, datasets.Dataset):

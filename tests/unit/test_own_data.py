@@ -3,6 +3,8 @@ reads back the values written, labels become class indices, bad input is one lin
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -87,10 +89,7 @@ def test_a_directory_with_train_and_test_files_gives_both_splits(tmp_path) -> No
 def test_normalize_standardises_with_the_training_statistics(tmp_path) -> None:
     path = write_table(tmp_path, "csv", table())
     raw = DataConfig(name="hf", path=str(path), label="kind", features=("a", "b"))
-    plain, scaled = (
-        load_dataset(raw, 0),
-        load_dataset(DataConfig(**{**raw.__dict__, "normalize": True}), 0),
-    )
+    plain, scaled = load_dataset(raw, 0), load_dataset(replace(raw, normalize=True), 0)
     mean, std = plain.x_train.mean(axis=0), plain.x_train.std(axis=0)
     np.testing.assert_allclose(scaled.x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(scaled.x_test, (plain.x_test - mean) / std, rtol=1e-4, atol=1e-5)
