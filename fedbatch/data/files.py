@@ -52,15 +52,10 @@ def hf(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
         raise ConfigError("data.features", [], f"columns besides the label, of {columns}")
     label_type = train.features[cfg.label]
     classes = label_type.num_classes if isinstance(label_type, datasets.ClassLabel) else None
-    x = _features(train, features)
     ids = _column(train, cfg.ids) if cfg.ids is not None else None
-    if test is None:
-        x_test, y_test, train_rows = _hold_out(x, y, cfg.test_fraction, seed)
-        x, y = x[train_rows], y[train_rows]
-        ids = ids[train_rows] if ids is not None else None
-    else:
-        x_test, y_test = _features(test, features), _column(test, cfg.label)
-    return _finish(cfg, x, y, x_test, y_test, ids, classes)
+    given = None if test is None else (_features(test, features), _column(test, cfg.label))
+    split_arrays = _train_test(_features(train, features), y, ids, given, cfg.test_fraction, seed)
+    return _finish(cfg, *split_arrays, classes)
 
 
 def arrays(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
@@ -80,13 +75,8 @@ def arrays(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
         if ids is None or ids.shape != y.shape:
             same = [k for k, v in found.items() if v.shape == y.shape and k != "y"]
             raise ConfigError("partition.by", cfg.ids, f"one of the file's arrays {same}")
-    if "x_test" in found:
-        x_test, y_test = found["x_test"], found["y_test"]
-    else:
-        x_test, y_test, train_rows = _hold_out(x, y, cfg.test_fraction, seed)
-        x, y = x[train_rows], y[train_rows]
-        ids = ids[train_rows] if ids is not None else None
-    return _finish(cfg, x, y, x_test, y_test, ids, None)
+    given = (found["x_test"], found["y_test"]) if "x_test" in found else None
+    return _finish(cfg, *_train_test(x, y, ids, given, cfg.test_fraction, seed), None)
 
 
 def _read_arrays(path: str | None) -> dict[str, np.ndarray]:
@@ -141,12 +131,22 @@ def _features(table: Any, names: list[str]) -> np.ndarray:
     return np.concatenate(columns, axis=1)
 
 
-def _hold_out(
-    x: np.ndarray, y: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The held-out test arrays and the training rows that remain."""
-    train_rows, test_rows = held_out(len(y), fraction, np.random.default_rng(seed))
-    return x[test_rows], y[test_rows], train_rows
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def _train_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    ids: np.ndarray | None,
+    given: tuple[np.ndarray, np.ndarray] | None,
+    fraction: float,
+    seed: int,
+) -> Split:
+    """x, y, x_test, y_test, ids: the test set `given`, else a seeded held-out fraction."""
+    if given is not None:
+        return x, y, *given, ids
+    train, test = held_out(len(y), fraction, np.random.default_rng(seed))
+    return x[train], y[train], x[test], y[test], None if ids is None else ids[train]
 
 
 def class_indices(
@@ -183,6 +183,7 @@ def _finish(
     ids: np.ndarray | None,
     classes: int | None,
 ) -> tuple[Any, ...]:
+    """Class indices, float32 samples (standardised with data.normalize), id codes."""
     if x.shape[1:] != x_test.shape[1:]:
         raise ConfigError("data.path", cfg.path, f"train and test samples of one shape, "
                           f"not {x.shape[1:]} and {x_test.shape[1:]}")  # fmt: skip
