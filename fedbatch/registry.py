@@ -154,6 +154,8 @@ DATASETS = Registry(
         "mnist1d": "fedbatch.data.datasets:mnist1d",
         "digits": "fedbatch.data.datasets:digits",
         "images": "fedbatch.data.datasets:images",
+        "hf": "fedbatch.data.files:hf",
+        "arrays": "fedbatch.data.files:arrays",
     },
 )
 BATCH_SCHEDULES = Registry(

@@ -94,6 +94,7 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Everything that can be checked before training: values first, then the data."""
     cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
+    from fedbatch.config.run import check_model_input
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
     from fedbatch.sizes import check_data_fits, check_model_fits
@@ -107,6 +108,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     check_data_fits(cfg)  # before generating it
     workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
     dataset = workload.dataset
+    check_model_input(cfg, dataset.input_shape)  # the user's own data: known once loaded
     check_model_fits(cfg, dataset.input_shape, dataset.num_classes)  # before building it
     if cfg.client.precision == "fp16" and workload.device.type != "cuda":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 without a CUDA device")
@@ -177,6 +179,7 @@ def main(dcfg: DictConfig) -> float:
             return job_failed(str(error))
         discard_rejected(out_dir)
         fail(str(error))
+    raw["num_clients"] = cfg.num_clients  # a natural partition's: from the data
     (out_dir / CONFIG).write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
     return execute(cfg, out_dir, multirun=multirun)
 

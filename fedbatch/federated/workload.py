@@ -99,7 +99,9 @@ def build_workload(cfg: RunConfig) -> Workload:
     # pay it here, with the data, rather than inside the first round's measured time (and
     # after the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    partitions = partition_indices(dataset.y_train, cfg.partition, cfg.num_clients, cfg.seed)
+    partitions = partition_indices(
+        dataset.y_train, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
+    )
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
