@@ -100,6 +100,11 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     from fedbatch.sizes import check_data_fits, check_model_fits
 
     check_strategy_params(cfg)
+    from fedbatch.metrics.trackers import missing_tracker
+
+    missing = missing_tracker(cfg.logger)
+    if missing is not None:
+        raise ConfigError("logger", list(cfg.logger.chosen), missing)
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -149,7 +154,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _progress_wanted(setting: str) -> bool:
-    return setting == "on" or (setting == "auto" and sys.stderr.isatty())
+    """Off only when asked: off a terminal, progress is a plain line per round."""
+    return setting != "off"
 
 
 def objective(summary: dict[str, Any]) -> float:

@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 from fedbatch.checks import ConfigError, on_off, section
 from fedbatch.config.clock import ClockConfig, check_clock, prepare_clock
 from fedbatch.config.faults import FaultsConfig
+from fedbatch.config.logger import LoggerConfig
 from fedbatch.config.privacy import PrivacyConfig
 from fedbatch.config.schema import SECTION, Int, key, validate
 from fedbatch.config.sections import (
@@ -67,7 +68,9 @@ class RunConfig:
         doc="where clients train: auto picks cuda if present",
         allowed="one of " + ", ".join(DEVICES) + ", or cuda:<index>",
     )
-    progress: Literal[PROGRESS] = key("auto", doc="rich progress bar (auto: on a terminal)")
+    progress: Literal[PROGRESS] = key(
+        "auto", doc="rich progress bar (auto: on a terminal, else a plain line per round)"
+    )
     data: DataConfig = key(factory=DataConfig, doc="the dataset")
     partition: PartitionConfig = key(factory=PartitionConfig, doc="the split over clients")
     model: ModelConfig = key(factory=ModelConfig, doc="the model")
@@ -83,6 +86,7 @@ class RunConfig:
     save: SaveConfig = key(factory=SaveConfig, doc="checkpoints and the final model")
     faults: FaultsConfig = key(factory=FaultsConfig, doc="clients that misbehave on purpose")
     privacy: PrivacyConfig = key(factory=PrivacyConfig, doc="differential privacy (clipping)")
+    logger: LoggerConfig = key(factory=LoggerConfig, doc="experiment trackers (several at once)")
 
     def to_json(self) -> str:
         """The form that travels to clients inside Flower messages."""

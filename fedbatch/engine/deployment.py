@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ from fedbatch.config import RunConfig
 from fedbatch.deploy.federation import flower_command
 from fedbatch.engine import EngineError
 from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY
+from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 from fedbatch.metrics.interrupts import Interrupted
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE, write_summary
+from fedbatch.metrics.trackers import trackers_for
 
 
 class DeploymentError(EngineError):
@@ -72,6 +75,7 @@ class RunDirectory:
         self.metrics = None if shared else (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self.summary_path = None if shared else out_dir / "summary.json"
         self.summary: dict[str, Any] | None = None
+        self.trackers: list[Callback] = []  # `logger`: they run here, where the rows arrive
 
     def take(self, line: str) -> bool:
         """Keep `line` if it is a row or the summary (and say so)."""
@@ -91,10 +95,15 @@ class RunDirectory:
             self.summary = values
             if self.summary_path is not None:
                 write_summary(self.summary_path, values)
+            for tracker in self.trackers:
+                rounds, why = values.get("rounds_completed", 0), values.get("stopped_because")
+                tracker.on_run_end(RunOutcome(rounds, str(why), values.get("seconds", 0.0)))
             return
         if self.metrics is not None:
             self.metrics.write(json.dumps(values) + "\n")
             self.metrics.flush()
+        for tracker in self.trackers:
+            tracker.on_round_end(RoundState(values["round"], None, values))
         accuracy = values.get("test_accuracy")
         shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
         print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
@@ -150,6 +159,8 @@ def run(
     app = app_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = RunDirectory(out_dir, cfg.rounds, shared=cfg.engine.shared_dir)
+    if not cfg.engine.shared_dir:  # shared: the ServerApp runs them, as it writes the files
+        run_dir.trackers = trackers_for(cfg.logger, out_dir, asdict(cfg), run_dir)
     federation = cfg.engine.federation
     with tempfile.TemporaryDirectory(prefix="fedbatch-run-config-") as tmp:
         config_file = Path(tmp) / "run-config.toml"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_f
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor
 from fedbatch.metrics.interrupts import Interrupted, interruptible
-from fedbatch.metrics.progress import RichProgress
+from fedbatch.metrics.progress import progress_display
 from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryFile
+from fedbatch.metrics.trackers import trackers_for
 
 __all__ = ["app", "run_experiment", "run_rounds", "serve", "standard_callbacks"]
 
@@ -42,8 +44,8 @@ def standard_callbacks(
     workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
 ) -> tuple[list[Callback], SummaryFile]:
     """Evaluation → convergence (→ final probe) → metrics.jsonl (→ model.safetensors) →
-    summary.json (→ progress bar) (→ rows and summary as lines on stdout). No files when
-    `out_dir` is None."""
+    summary.json (→ trackers) (→ progress) (→ rows and summary as lines on stdout). No
+    files when `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryFile(None if out_dir is None else out_dir / "summary.json", monitor)
@@ -57,8 +59,10 @@ def standard_callbacks(
         if cfg.save.model:
             callbacks.append(FinalModelFile(out_dir / MODEL_FILE))
     callbacks.append(summary)
+    if out_dir is not None:  # after the summary and the model, which they report
+        callbacks += trackers_for(cfg.logger, out_dir, asdict(cfg), summary)
     if progress:
-        callbacks.append(RichProgress(cfg.rounds))
+        callbacks.append(progress_display(cfg.rounds, cfg.progress))
     if lines:
         callbacks.append(LineSink(summary))
     return callbacks, summary
