@@ -94,17 +94,15 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Everything that can be checked before training: values first, then the data."""
     cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
+    from fedbatch.metrics.trackers import check_installed
+
+    check_installed(cfg.logger)
     from fedbatch.config.run import check_model_input
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
     from fedbatch.sizes import check_data_fits, check_model_fits
 
     check_strategy_params(cfg)
-    from fedbatch.metrics.trackers import missing_tracker
-
-    missing = missing_tracker(cfg.logger)
-    if missing is not None:
-        raise ConfigError("logger", list(cfg.logger.chosen), missing)
     if cfg.device.startswith("cuda"):
         import torch
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fedbatch.checks import ConfigError
 from fedbatch.config.logger import TRACK_EXTRA, LoggerConfig
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 from fedbatch.metrics.sink import JsonlSink
@@ -41,13 +42,13 @@ class HasSummary(Protocol):
     summary: Any
 
 
-def missing_tracker(logger: LoggerConfig) -> str | None:
-    """A chosen tracker whose package is not installed, as one line, or None."""
+def check_installed(logger: LoggerConfig) -> None:
+    """A chosen tracker whose package is not installed: a ConfigError naming the extra."""
     for name in logger.chosen:
         module = MODULES.get(name)
         if module is not None and importlib.util.find_spec(module) is None:
-            return f"logger={name} needs {module}, which is not installed: {TRACK_EXTRA}"
-    return None
+            allowed = f"a tracker that is installed ({module} is not: {TRACK_EXTRA})"
+            raise ConfigError("logger", name, allowed)
 
 
 def numbers(row: Mapping[str, Any]) -> dict[str, float]:
