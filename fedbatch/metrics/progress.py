@@ -48,11 +48,13 @@ class RoundLines(Callback):
 
     def on_round_end(self, state: RoundState) -> None:
         row = state.row
-        elapsed = row.get("elapsed_seconds")
+        elapsed = row.get("elapsed_seconds")  # none at round 0, before any training
         line = (
             f"round {state.round}/{self.rounds}  test acc {_fmt(row.get('test_accuracy'))}"
-            f"  test loss {_fmt(row.get('test_loss'))}  {_fmt(elapsed, 1)} s"
+            f"  test loss {_fmt(row.get('test_loss'))}"
         )
+        if isinstance(elapsed, float):
+            line += f"  {elapsed:.1f} s"
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
