@@ -194,10 +194,10 @@ class MlflowTracker(Callback):
                 self.experiment, artifact_location=artifacts if self.own_store else None
             )
         )
-        tags = {"fedbatch.run_dir": str(self.run_dir.resolve())}
-        run_id: str = client.create_run(
-            experiment, run_name=self.run_dir.name, tags=tags
-        ).info.run_id
+        where = self.run_dir.resolve()
+        name = f"{where.parent.name}/{where.name}"  # `2026-12-04/17-48-01`, a sweep's `bs/0`
+        run = client.create_run(experiment, run_name=name, tags={"fedbatch.run_dir": str(where)})
+        run_id: str = run.info.run_id
         params = [Param(k, str(v)) for k, v in flat_config(self.config)]
         for start in range(0, len(params), 100):  # MLflow takes 100 params a batch
             client.log_batch(run_id, params=params[start : start + 100])
