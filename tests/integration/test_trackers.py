@@ -101,27 +101,41 @@ def test_every_tracker_at_once_holds_every_round_the_config_and_the_summary(tmp_
     assert list(table[0]) == list(read_rows(tmp_path)[0])
 
 
-def _crashing_in_round(crash_round: int) -> ClientApp:
-    """A power cut during `crash_round`: no handler runs, the last checkpoint stays."""
-    crashing = ClientApp()
+def _stopping_in_round(stop_round: int, stop: BaseException) -> ClientApp:
+    """A client app that raises `stop` during `stop_round`."""
+    stopping = ClientApp()
 
-    @crashing.train()
+    @stopping.train()
     def _train(msg, context):
-        if msg.content["config"]["server-round"] == crash_round:
-            raise SystemExit("power cut")
+        if msg.content["config"]["server-round"] == stop_round:
+            raise stop
         return real_client_app(msg, context)
 
-    return crashing
+    return stopping
 
 
 @pytest.mark.slow
-def test_a_resumed_run_continues_its_trackers_with_each_round_once(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "checkpoint_round", "status"),
+    [
+        # a power cut: no handler runs, the checkpoint of round 2 stays, round 3 is replayed
+        (SystemExit("power cut"), 2, "RUNNING"),
+        # Ctrl-C: the run ends as interrupted after round 3, checkpointed there
+        (KeyboardInterrupt(), 3, "KILLED"),
+    ],
+    ids=["power_cut", "ctrl_c"],
+)
+def test_a_resumed_run_continues_its_trackers_with_each_round_once(
+    stop, checkpoint_round, status, tmp_path
+):
     cfg = tiny_config(rounds=5, save={"every": 2}, logger=ALL)
-    with pytest.raises(SystemExit):
-        run_experiment(InProcessGrid(6, _crashing_in_round(4)), cfg, tmp_path, progress=False)
-    assert len(csv_rows(tmp_path)) == 4  # rounds 0-3; the checkpoint holds round 2
+    with pytest.raises(type(stop)):
+        grid = InProcessGrid(6, _stopping_in_round(4, stop))
+        run_experiment(grid, cfg, tmp_path, progress=False)
+    assert len(csv_rows(tmp_path)) == 4  # rounds 0-3
     state = load_checkpoint(tmp_path / CHECKPOINT)
-    assert state["round"] == 2
+    assert state["round"] == checkpoint_round
+    assert mlflow_run(tmp_path)[1].info.status == status
 
     run_experiment(InProcessGrid(6), cfg, tmp_path, progress=False, resume=state)
     expected = accuracies(tmp_path)
