@@ -37,6 +37,7 @@ from fedbatch.config.sections import (
     prepare_model,
     prepare_strategy,
 )
+from fedbatch.config.sequences import check_sequences
 from fedbatch.config.stream import StreamConfig, check_stream
 from fedbatch.config.training import (
     FULL_BATCH,
@@ -99,6 +100,7 @@ FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
 
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
+    check_sequences(cfg)
     images = cfg.data.name in IMAGE_DATASETS
     if (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
         fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
