@@ -61,6 +61,10 @@ def check_data_fits(cfg: RunConfig, memory: int | None = None) -> None:
     (default: this machine's); datasets of fixed size or of the user's are not sized."""
     data = cfg.data
     features = data.num_features if data.name == "synthetic" else FEATURES.get(data.name)
+    if data.name == "text" and data.path is None:  # input and target rows of the corpus
+        from fedbatch.data.text import LONGEST_GENERATED
+
+        features = 2 * (min(data.max_length, LONGEST_GENERATED) + 1)
     if features is None:
         return
     memory = memory or physical_memory()

@@ -59,7 +59,7 @@ class DataConfig:
     path: Str | None = key(
         None, only=("text",), doc="a UTF-8 text file, a sequence per line (null: generated)"
     )
-    max_length: Int = key(128, ge=1, only=("text",), doc="characters kept per sequence")
+    max_length: Int = key(256, ge=1, only=("text",), doc="characters kept per sequence")
 
 
 @dataclass(frozen=True, config=SECTION)

@@ -27,3 +27,9 @@ def check_sequences(cfg: Any) -> None:
     if cfg.model.name == "transformer" and cfg.model.width % cfg.model.heads:
         allowed = f"a divisor of model.width={cfg.model.width}"
         raise ConfigError("model.heads", cfg.model.heads, allowed)
+    if cfg.monitor.noise_exact and cfg.model.name == "gru":
+        allowed = (
+            "0 with model=gru (torch.func's vmap cannot take per-example gradients through "
+            "nn.GRU; model=transformer has them)"
+        )
+        raise ConfigError("monitor.noise_exact", cfg.monitor.noise_exact, allowed)

@@ -42,6 +42,17 @@ PREPOSITIONS = ("near", "under", "behind", "over", "with", "beside")
 MAX_PHRASES = 6
 
 
+def _longest(words: Sequence[str]) -> int:
+    return max(map(len, words))
+
+
+_NOUN_PHRASE = _longest(DETERMINERS) + 2 * (1 + _longest(ADJECTIVES)) + 1 + _longest(NOUNS)
+LONGEST_GENERATED = (  # characters of the longest sentence the grammar can make
+    2 * _NOUN_PHRASE + _longest(VERBS) + 2
+    + MAX_PHRASES * (_longest(PREPOSITIONS) + _NOUN_PHRASE + 2) + 1
+)  # fmt: skip
+
+
 def generated_sentences(count: int, rng: np.random.Generator) -> list[str]:
     """`count` sentences of the built-in grammar, drawn from `rng`."""
 
