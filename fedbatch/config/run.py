@@ -25,6 +25,7 @@ from fedbatch.config.sections import (
     DATASETS,
     IMAGE_DATASETS,
     MODELS,
+    SEQUENCE_MODELS,
     DataConfig,
     EngineConfig,
     EvalConfig,
@@ -37,7 +38,7 @@ from fedbatch.config.sections import (
     prepare_model,
     prepare_strategy,
 )
-from fedbatch.config.sequences import check_sequences
+from fedbatch.config.sequences import TEXT_DATASETS, check_sequences
 from fedbatch.config.stream import StreamConfig, check_stream
 from fedbatch.config.training import (
     FULL_BATCH,
@@ -95,7 +96,7 @@ PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 }
 
 
-FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
+FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *TEXT_DATASETS))
 
 
 def _check_combinations(cfg: RunConfig) -> None:
@@ -103,7 +104,8 @@ def _check_combinations(cfg: RunConfig) -> None:
     check_sequences(cfg)
     images = cfg.data.name in IMAGE_DATASETS
     if (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
-        fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
+        other = "cnn1d" if images else "cnn"
+        fits = [m for m in MODELS if m != other and m not in SEQUENCE_MODELS]
         needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(
             "model",

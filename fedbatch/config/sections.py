@@ -84,7 +84,9 @@ class ModelConfig:
     target: Str | None = key(None, internal=True, doc="`_target_`: an nn.Module class of your own")
     kwargs: Mapping[str, Any] = key(factory=dict, internal=True, doc="the `_target_`'s arguments")
     # The built-ins' options (a `_target_` model takes its own from `kwargs`):
-    norm: Literal[NORMS] = key("none", not_for=NO_LAYER_OPTIONS, doc="normalization after each hidden layer")
+    norm: Literal[NORMS] = key(
+        "none", not_for=NO_LAYER_OPTIONS, doc="normalization after each hidden layer"
+    )
     hidden: tuple[Count, ...] = key((64, 64), not_for=NOT_MLP, min_length=1, doc="hidden widths")
     channels: tuple[Count, ...] = key(
         (16, 32), not_for=NOT_CONV, min_length=1, doc="channels of the conv layers"
@@ -99,13 +101,18 @@ class ModelConfig:
         doc="after each hidden block; see client.regularization",
     )
     ghost_batch: Int | None = key(
-        None, ge=2, not_for=NO_LAYER_OPTIONS, doc="norm=batch: statistics over virtual batches of this size"
+        None,
+        ge=2,
+        not_for=NO_LAYER_OPTIONS,
+        doc="norm=batch: statistics over virtual batches of this size",
     )
     fedbn: Bool = key(
         False, not_for=NO_LAYER_OPTIONS, doc="norm=batch: FedBN, normalization layers stay local"
     )
     checkpointing: Bool = key(
-        False, not_for=NO_LAYER_OPTIONS, doc="recompute activations in backward: less memory, more time"
+        False,
+        not_for=NO_LAYER_OPTIONS,
+        doc="recompute activations in backward: less memory, more time",
     )
     width: Int = key(64, ge=1, only=SEQUENCE_MODELS, doc="embedding and hidden size")
     layers: Int = key(1, ge=1, only=SEQUENCE_MODELS, doc="GRU or attention layers")

@@ -178,18 +178,22 @@ def test_training_loss_is_a_mean_over_real_tokens():
 def test_exact_noise_refused_for_gru_and_by_hand_for_transformer():
     x, y, vocabulary = _corpus(4, seed=6)
     raw = {"data": {"name": "text"}, "model": {"name": "gru"}, "monitor": {"noise_exact": 1}}
-    with pytest.raises(ConfigError, match="monitor.noise_exact=1 .*allowed 0 with model=gru"):
+    with pytest.raises(ConfigError, match=r"monitor\.noise_exact=1 .*allowed 0 with model=gru"):
         tiny_config(**raw)
     torch.manual_seed(0)
     recurrent = gru(ModelConfig(name="gru", width=8), (x.shape[1],), vocabulary)
     with pytest.raises(RuntimeError):  # what the refusal spares the user
         exact_noise(recurrent, F.cross_entropy, x, y)
-    model = transformer(ModelConfig(name="transformer", width=8, heads=2), (x.shape[1],), vocabulary)
+    model = transformer(
+        ModelConfig(name="transformer", width=8, heads=2), (x.shape[1],), vocabulary
+    )
     model.eval()
     grads = []
     for row in range(len(x)):
         loss = F.cross_entropy(model(x[row : row + 1]), y[row : row + 1])
-        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))]))
+        grads.append(
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+        )
     per_example = torch.stack(grads).double()
     mean = per_example.mean(0)
     trace = float((per_example - mean).pow(2).sum() / (len(x) - 1))
