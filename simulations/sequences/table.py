@@ -1,5 +1,7 @@
 """The sequence study's table: padding, tokens per step, seconds and accuracy per B, with
-and without bucketing, mean ± standard deviation over seeds.
+and without bucketing, mean ± standard deviation over seeds. Per run: the padding fraction
+and tokens per step averaged over rounds, positions computed per step (tokens / (1 −
+padding)), the summed measured round seconds, and the final test accuracy.
 
 Usage: python simulations/sequences/table.py multirun/sequences/<date_time>
 """
@@ -23,6 +25,9 @@ def job_values(job: Path) -> tuple[tuple[int, bool], dict[str, float]]:
     return key, {
         "padding": statistics.fmean(r["padding_fraction"] for r in trained),
         "tokens": statistics.fmean(r["tokens_per_step"] for r in trained),
+        "positions": statistics.fmean(
+            r["tokens_per_step"] / (1 - r["padding_fraction"]) for r in trained
+        ),
         "seconds": sum(r["seconds"] for r in trained),
         "accuracy": rows[-1]["test_accuracy"],
     }
@@ -39,10 +44,11 @@ def main(sweep: Path) -> None:
     for job in sorted(p for p in sweep.iterdir() if (p / "metrics.jsonl").exists()):
         key, values = job_values(job)
         runs[key].append(values)
-    print("| B | bucketing | seeds | padding fraction | tokens / step | seconds | test accuracy |")
-    print("|---|---|---|---|---|---|---|")
+    header = "padding fraction | tokens / step | positions / step | seconds | test accuracy"
+    print(f"| B | bucketing | seeds | {header} |")
+    print("|---|---|---|---|---|---|---|---|")
     for (batch, bucket), values in sorted(runs.items()):
-        columns = [("padding", 3), ("tokens", 0), ("seconds", 1), ("accuracy", 3)]
+        columns = [("padding", 3), ("tokens", 0), ("positions", 0), ("seconds", 1), ("accuracy", 3)]
         cells = [cell([v[name] for v in values], digits) for name, digits in columns]
         print(
             f"| {batch} | {'on' if bucket else 'off'} | {len(values)} | " + " | ".join(cells) + " |"
