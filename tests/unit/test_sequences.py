@@ -12,7 +12,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.config import ConfigError, ModelConfig
-from fedbatch.data.text import BOUNDARY, IGNORE_INDEX, PAD, encode_texts, generated_sentences
+from fedbatch.data.text import (
+    BOUNDARY,
+    IGNORE_INDEX,
+    LONGEST_GENERATED,
+    PAD,
+    encode_texts,
+    generated_sentences,
+)
 from fedbatch.local.minibatches import bucketed_batches, epoch_batches
 from fedbatch.local.noise import exact_noise
 from fedbatch.local.sequence_models import gru, transformer
@@ -35,6 +42,9 @@ def test_generated_corpus_is_seeded_and_spreads_lengths():
     assert first != generated_sentences(300, np.random.default_rng(6))
     lengths = [len(s) for s in first]
     assert min(lengths) < 40 and max(lengths) > 130  # padding matters
+    # the bound the memory estimate uses: a noun phrase has at most 5 + 2·(1 + 5) + 1 + 5
+    # = 23 characters ("every quick quiet mouse"), a verb 7, a preposition 6
+    assert max(lengths) <= LONGEST_GENERATED == 2 * 23 + 7 + 2 + 6 * (6 + 23 + 2) + 1
     assert all(s.endswith(".") for s in first)
 
 
@@ -200,3 +210,13 @@ def test_exact_noise_refused_for_gru_and_by_hand_for_transformer():
     grad_sq, measured_trace = exact_noise(model, F.cross_entropy, x, y)
     assert grad_sq == pytest.approx(float(mean.pow(2).sum()), rel=1e-4)
     assert measured_trace == pytest.approx(trace, rel=1e-4)
+
+
+def test_a_generated_corpus_too_large_for_memory_is_refused():
+    from fedbatch.sizes import check_data_fits
+
+    cfg = tiny_config(data={"name": "text", "num_samples": 1000}, model={"name": "gru"})
+    row_bytes = 2 * (LONGEST_GENERATED + 1) * 12  # input and target rows, as estimated
+    check_data_fits(cfg, memory=1000 * row_bytes)
+    with pytest.raises(ConfigError, match=r"data\.num_samples=1000 .*at most 999 for data=text"):
+        check_data_fits(cfg, memory=1000 * row_bytes - 1)
