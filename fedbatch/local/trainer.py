@@ -96,15 +96,17 @@ def _gathered(
 
     def gather(batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
         index = batch.index
-        if lengths is not None and count is not None:
+        width = None
+        if lengths is not None:
             rows = lengths[index.cpu()]
             width = int(rows.max())
-            count.tokens += int(rows.sum())
-            count.slots += width * len(rows)
+            if count is not None:
+                count.tokens += int(rows.sum())
+                count.slots += width * len(rows)
         if index.device != x.device:
             index = index.to(x.device, non_blocking=True)
         inputs, targets = x[index], y[index]
-        if lengths is not None:
+        if width is not None:
             inputs, targets = trim_to(inputs, targets, width)
         if transform is not None and batch.concept is not None:
             inputs, targets = transform(inputs, targets, batch.concept.to(x.device))

@@ -220,3 +220,26 @@ def test_a_generated_corpus_too_large_for_memory_is_refused():
     check_data_fits(cfg, memory=1000 * row_bytes)
     with pytest.raises(ConfigError, match=r"data\.num_samples=1000 .*at most 999 for data=text"):
         check_data_fits(cfg, memory=1000 * row_bytes - 1)
+
+
+def test_accumulated_micro_batches_weigh_by_real_tokens():
+    """B = 4 with accumulate = 2 takes the same steps as B = 8: each micro-batch's token
+    mean counts by its share of the step's real tokens (by rows it would not)."""
+    x, y, vocabulary = _corpus(16, seed=7)
+    weights = []
+    for batch_size, accumulate in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = gru(ModelConfig(name="gru", width=8), (x.shape[1],), vocabulary)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        train_local(
+            model,
+            optimizer,
+            x,
+            y,
+            generator=torch.Generator().manual_seed(1),
+            batch_size=batch_size,
+            accumulate=accumulate,
+            epochs=1,
+        )
+        weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
