@@ -119,6 +119,12 @@ def text(cfg: DataConfig, seed: int) -> Arrays:
         texts = generated_sentences(cfg.num_samples, rng)
     else:
         texts = read_lines(cfg.path, cfg.num_samples)
+    return text_task(texts, cfg, rng)
+
+
+def text_task(texts: Sequence[str], cfg: DataConfig, rng: np.random.Generator) -> Arrays:
+    """Any strings (a file's lines, a Hugging Face text column) as the next-character task:
+    encoded with `data.max_length`, split with a seeded random `data.test_fraction`."""
     x, y, vocab_size = encode_texts(texts, cfg.max_length)
     return *_random_split(x, y, cfg, rng), vocab_size
 

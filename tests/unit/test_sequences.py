@@ -243,3 +243,14 @@ def test_accumulated_micro_batches_weigh_by_real_tokens():
         )
         weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_a_sequence_model_too_large_is_refused_by_its_width():
+    from fedbatch.sizes import BYTES_PER_PARAMETER, check_model_fits
+
+    cfg = tiny_config(data={"name": "text"}, model={"name": "gru", "width": 8})
+    # embedding 30·8, GRU 2·(3·8·8) weights + 2·3·8 biases, read-out 8·30 + 30
+    parameters = 30 * 8 + 2 * 3 * 8 * 8 + 2 * 3 * 8 + 8 * 30 + 30
+    check_model_fits(cfg, (50,), 30, memory=parameters * BYTES_PER_PARAMETER)
+    with pytest.raises(ConfigError, match=r"model\.width=8 .*942 parameters"):
+        check_model_fits(cfg, (50,), 30, memory=parameters * BYTES_PER_PARAMETER - 1)
