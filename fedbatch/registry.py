@@ -157,6 +157,8 @@ DATASETS = Registry(
         "digits": "fedbatch.data.datasets:digits",
         "images": "fedbatch.data.datasets:images",
         "text": "fedbatch.data.text:text",
+        "hf": "fedbatch.data.files:hf",
+        "arrays": "fedbatch.data.files:arrays",
     },
 )
 BATCH_SCHEDULES = Registry(

@@ -27,6 +27,7 @@ from fedbatch.registry import TARGET
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
+CLIENTS_RESOLVER = "fedbatch_num_clients"
 
 
 def register_schema() -> None:
@@ -39,6 +40,13 @@ def register_schema() -> None:
     store = ConfigStore.instance()
     run = defaults(RunConfig)
     run.pop("model")
+    # A natural partition's num_clients comes from the data: unset (null) unless given.
+    if not OmegaConf.has_resolver(CLIENTS_RESOLVER):
+        default = run["num_clients"]
+        OmegaConf.register_new_resolver(
+            CLIENTS_RESOLVER, lambda partition: None if partition == "natural" else default
+        )
+    run["num_clients"] = f"${{{CLIENTS_RESOLVER}:${{partition.name}}}}"
     store.store(group="schema", name="run", node=run)
     store.store(group="schema", name="model", node=defaults(ModelConfig))
 

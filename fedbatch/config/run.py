@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
@@ -23,6 +24,7 @@ from fedbatch.config.privacy import PrivacyConfig
 from fedbatch.config.schema import SECTION, Int, key, validate
 from fedbatch.config.sections import (
     DATASETS,
+    FILE_DATASETS,
     IMAGE_DATASETS,
     MODELS,
     SEQUENCE_MODELS,
@@ -58,7 +60,9 @@ PROGRESS = ("auto", "on", "off")
 class RunConfig:
     seed: Int = key(0, ge=0, doc="seeds data, partitions, sampling and initial weights")
     rounds: Int = key(30, ge=1, doc="federated rounds (an upper bound; `stop` may end earlier)")
-    num_clients: Int = key(10, ge=1, doc="registered clients, one data partition each")
+    num_clients: Int = key(
+        10, ge=1, doc="registered clients, one data partition each (partition=natural: the data's)"
+    )
     clients_per_round: Int = key(5, ge=1, doc="clients sampled each round (<= num_clients)")
     device: Device = key(
         "auto",
@@ -96,16 +100,24 @@ PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 }
 
 
-FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *TEXT_DATASETS))
+FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *FILE_DATASETS, *TEXT_DATASETS))
+CLASSIFIERS = tuple(m for m in MODELS if m not in SEQUENCE_MODELS)
+
+
+def check_model_input(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
+    """The user's own data: its sample shape is known once loaded."""
+    if cfg.model.name == "cnn" and len(input_shape) != 3:
+        allowed = f"one of {', '.join(m for m in CLASSIFIERS if m != 'cnn')} for samples of shape "
+        raise ConfigError("model", "cnn", f"{allowed}{input_shape} (cnn needs (C, H, W) images)")
 
 
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
     check_sequences(cfg)
     images = cfg.data.name in IMAGE_DATASETS
-    if (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images):
-        other = "cnn1d" if images else "cnn"
-        fits = [m for m in MODELS if m != other and m not in SEQUENCE_MODELS]
+    mismatch = (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images)
+    if mismatch and cfg.data.name not in FILE_DATASETS:  # those: once loaded, check_model_input
+        fits = [m for m in CLASSIFIERS if m != ("cnn1d" if images else "cnn")]
         needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(
             "model",
@@ -196,7 +208,14 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
         prepared["progress"] = on_off(prepared["progress"])
     for name, prepare in PREPARE.items():
         prepared[name] = prepare(section(raw, name))
+    natural = section(raw, "partition").get("name") == "natural"
+    given_clients = prepared.get("num_clients")
+    prepared["data"] = _prepare_data(section(raw, "data"), section(raw, "partition"))
+    if natural:
+        prepared["num_clients"] = given_clients or 1  # the data's count, set below
     cfg: RunConfig = validate(RunConfig, prepared)
+    if natural:
+        cfg = _natural_clients(cfg, given_clients)
     if cfg.clients_per_round > cfg.num_clients:
         allowed = f"an integer >= 1 and <= {cfg.num_clients}"
         raise ConfigError("clients_per_round", cfg.clients_per_round, allowed)
@@ -206,6 +225,41 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     check_stream(cfg.stream, cfg.rounds * cfg.stream.round_seconds)
     _check_combinations(cfg)
     return cfg
+
+
+def _prepare_data(data: Mapping[str, Any], partition: Mapping[str, Any]) -> dict[str, Any]:
+    """The natural partition's column travels with the data (it is loaded beside the
+    features), and a local `data.path` becomes absolute, for processes started elsewhere."""
+    prepared = dict(data)
+    natural = partition.get("name") == "natural"
+    prepared["ids"] = partition.get("by") if natural else None
+    path = prepared.get("path")
+    if isinstance(path, str) and Path(path).expanduser().exists():
+        prepared["path"] = str(Path(path).expanduser().resolve())
+    return prepared
+
+
+def _natural_clients(cfg: RunConfig, given: object) -> RunConfig:
+    """num_clients from the data: one client per natural id (or group of ids)."""
+    from fedbatch.data.datasets import load_dataset
+    from fedbatch.data.partition import natural_count
+
+    if cfg.data.name not in FILE_DATASETS:
+        allowed = f"iid, dirichlet, shards or quantity with data={cfg.data.name} (natural "
+        raise ConfigError("partition", "natural", allowed + "needs data=hf or data=arrays)")
+    if cfg.partition.by is None:
+        allowed = "the column (hf) or array (arrays) naming each sample's writer, speaker or user"
+        raise ConfigError("partition.by", None, allowed)
+    ids = load_dataset(cfg.data, cfg.seed).train_ids
+    assert ids is not None  # the loaders return data.ids, which is partition.by
+    count = natural_count(ids, cfg.partition.group_size)
+    if given is not None and given != count:
+        grouped = f" in groups of {cfg.partition.group_size}" if cfg.partition.group_size else ""
+        raise ConfigError(
+            "num_clients", given, f"{count} or null: partition=natural makes one client per "
+            f"{cfg.partition.by!r} value{grouped} in the training data"
+        )  # fmt: skip
+    return replace(cfg, num_clients=count)
 
 
 @lru_cache(maxsize=8)

@@ -19,7 +19,8 @@ from fedbatch.config.targets import own_class
 
 DATASETS = registry.DATASETS.names()
 IMAGE_DATASETS = ("images",)  # (C, H, W) samples; the others are flat feature vectors
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+FILE_DATASETS = ("hf", "arrays")  # the user's own: their shape is known once loaded
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 MODELS = registry.MODELS.names()
 NORMS = ("none", "batch", "group", "layer")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -44,22 +45,42 @@ class DataConfig:
     num_samples: Int = key(
         4000,
         ge=20,
-        not_for=("digits",),
+        not_for=("digits", *FILE_DATASETS),
         doc="samples generated (train + test); text: sequences, or data.path's first lines",
     )
     # Synthetic(alpha, beta) heterogeneity knobs (LEAF / FedProx).
     alpha: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' models differ")
     beta: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' inputs differ")
     num_features: Int = key(60, ge=1, only=("synthetic",), doc="input features")
-    num_classes: Int = key(10, ge=2, not_for=("digits", "mnist1d", "text"), doc="classes")
+    num_classes: Int = key(
+        10, ge=2, not_for=("digits", "mnist1d", "text", *FILE_DATASETS), doc="classes"
+    )
     num_sources: Int = key(30, ge=1, only=("synthetic",), doc="sources (LEAF's users)")
     signal: Float = key(
         1.0, gt=0, only=("images",), doc="amplitude of the class templates (the noise's σ is 1.5)"
     )
+    # The user's own data (fedbatch/data/files.py; README, "Your own data and model").
     path: Str | None = key(
-        None, only=("text",), doc="a UTF-8 text file, a sequence per line (null: generated)"
+        None,
+        only=(*FILE_DATASETS, "text"),
+        doc="a file or directory (hf: parquet, csv, json, arrow, image folder, or a Hub id; "
+        "arrays: .npz or .pt; text: a UTF-8 text file, a sequence per line, null: generated)",
     )
     max_length: Int = key(256, ge=1, only=("text",), doc="characters kept per sequence")
+    split: Str = key("train", only=("hf",), doc="the split to train on")
+    test_split: Str | None = key(
+        None, only=("hf",), doc="the split to test on; null: hold out data.test_fraction"
+    )
+    features: tuple[Str, ...] = key(
+        (), only=("hf",), doc="feature columns; empty: all but data.label and partition.by"
+    )
+    label: Str = key("label", only=("hf",), doc="the class-label column")
+    normalize: Bool = key(
+        False, only=FILE_DATASETS, doc="standardise each feature (image: channel) by the train set"
+    )
+    ids: Str | None = key(
+        None, internal=True, doc="partition.by, loaded beside the features (natural partitions)"
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -71,6 +92,12 @@ class PartitionConfig:
     shards_per_client: Int = key(2, ge=1, only=("shards",), doc="label-sorted shards per client")
     min_partition_size: Int = key(
         2, ge=1, only=SKEWED, doc="resample until every client has this many"
+    )
+    by: Str | None = key(
+        None, only=("natural",), doc="the column naming each sample's writer, speaker or user"
+    )
+    group_size: Int | None = key(
+        None, ge=1, only=("natural",), doc="ids per client (null: one client per id)"
     )
 
 
@@ -164,6 +191,12 @@ class EngineConfig:
     )
     node_timeout: Float = key(
         120.0, gt=0, only=("ray", "deployment"), doc="seconds to wait for the nodes to connect"
+    )
+    shared_dir: Bool = key(
+        False,
+        only=("deployment",),
+        doc="the SuperLink's machine sees the run directory at the same path (deploy local): "
+        "its ServerApp writes the run's files, checkpoints and model, and resume= works",
     )
 
 

@@ -8,6 +8,7 @@ and runs `round_loop.run_rounds` on the engine's Grid, its nodes in partition or
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,25 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig
+from fedbatch.federated.checkpoint import CheckpointError
 from fedbatch.federated.evaluation import FinalModelProbe, PooledExactNoise, ServerEvaluation
 from fedbatch.federated.nodes import PartitionedGrid, partition_order
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.round_loop import run_rounds
-from fedbatch.federated.run_config import config_from_run_config, output_dir
-from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_for
+from fedbatch.federated.run_config import (
+    OUTPUT_KEY,
+    config_from_run_config,
+    output_dir,
+    resuming,
+)
+from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_for, run_checkpoint
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor
+from fedbatch.metrics.interrupts import Interrupted, interruptible
 from fedbatch.metrics.progress import RichProgress
 from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryFile
 
-__all__ = ["app", "run_experiment", "run_rounds", "standard_callbacks"]
+__all__ = ["app", "run_experiment", "run_rounds", "serve", "standard_callbacks"]
 
 
 def standard_callbacks(
@@ -93,10 +101,27 @@ def run_experiment(
 app = ServerApp()
 
 
+def serve(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    """Run (or, with `resume`, continue) the experiment `run_config` names. Rows stream back
+    to the submitting machine; `output-dir`, if set, gets the run's files here. Ctrl-C and
+    SIGTERM (`flwr stop`) save the run, as in the other engines, before Flower's own exit."""
+    cfg = config_from_run_config(run_config)
+    out_dir = output_dir(run_config)
+    resume = None
+    if resuming(run_config):
+        if out_dir is None:
+            raise CheckpointError(f"resume=true needs {OUTPUT_KEY}: the run directory to resume")
+        resume = run_checkpoint(out_dir, cfg)
+    try:
+        with interruptible():
+            run_experiment(grid, cfg, out_dir, progress=False, lines=True, resume=resume)
+    except Interrupted as interruption:
+        signal.raise_signal(interruption.signal_number)  # to Flower's handler, now restored
+        raise
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point under `flwr run`: the config comes from the run config, as JSON or
-    as overrides of the packaged config (`fedbatch.federated.run_config`). Rows stream
-    back to the submitting machine; `output-dir`, if set, keeps copies here."""
-    cfg = config_from_run_config(context.run_config)
-    run_experiment(grid, cfg, output_dir(context.run_config), progress=False, lines=True)
+    as overrides of the packaged config (`fedbatch.federated.run_config`)."""
+    serve(grid, context.run_config)

@@ -101,7 +101,9 @@ def build_workload(cfg: RunConfig) -> Workload:
     # after the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     labels = partition_labels(dataset.y_train)
-    partitions = partition_indices(labels, cfg.partition, cfg.num_clients, cfg.seed)
+    partitions = partition_indices(
+        labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
+    )
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
