@@ -106,6 +106,8 @@ MODELS = Registry(
         "mlp": "fedbatch.local.models:mlp",
         "cnn1d": "fedbatch.local.models:cnn1d",
         "cnn": "fedbatch.local.models:cnn",
+        "gru": "fedbatch.local.sequence_models:gru",
+        "transformer": "fedbatch.local.sequence_models:transformer",
     },
     base="torch.nn:Module",
 )
@@ -154,6 +156,7 @@ DATASETS = Registry(
         "mnist1d": "fedbatch.data.datasets:mnist1d",
         "digits": "fedbatch.data.datasets:digits",
         "images": "fedbatch.data.datasets:images",
+        "text": "fedbatch.data.text:text",
         "hf": "fedbatch.data.files:hf",
         "arrays": "fedbatch.data.files:arrays",
     },

@@ -28,6 +28,7 @@ from fedbatch.config.sections import (
     FILE_DATASETS,
     IMAGE_DATASETS,
     MODELS,
+    SEQUENCE_MODELS,
     DataConfig,
     EngineConfig,
     EvalConfig,
@@ -40,6 +41,7 @@ from fedbatch.config.sections import (
     prepare_model,
     prepare_strategy,
 )
+from fedbatch.config.sequences import TEXT_DATASETS, check_sequences
 from fedbatch.config.stream import StreamConfig, check_stream
 from fedbatch.config.training import (
     FULL_BATCH,
@@ -102,22 +104,24 @@ PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 }
 
 
-FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *FILE_DATASETS))
+FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *FILE_DATASETS, *TEXT_DATASETS))
+CLASSIFIERS = tuple(m for m in MODELS if m not in SEQUENCE_MODELS)
 
 
 def check_model_input(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
     """The user's own data: its sample shape is known once loaded."""
     if cfg.model.name == "cnn" and len(input_shape) != 3:
-        allowed = f"one of {', '.join(m for m in MODELS if m != 'cnn')} for samples of shape "
+        allowed = f"one of {', '.join(m for m in CLASSIFIERS if m != 'cnn')} for samples of shape "
         raise ConfigError("model", "cnn", f"{allowed}{input_shape} (cnn needs (C, H, W) images)")
 
 
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
+    check_sequences(cfg)
     images = cfg.data.name in IMAGE_DATASETS
     mismatch = (cfg.model.name == "cnn" and not images) or (cfg.model.name == "cnn1d" and images)
     if mismatch and cfg.data.name not in FILE_DATASETS:  # those: once loaded, check_model_input
-        fits = [m for m in MODELS if m != ("cnn1d" if images else "cnn")]
+        fits = [m for m in CLASSIFIERS if m != ("cnn1d" if images else "cnn")]
         needs = "data=images" if cfg.model.name == "cnn" else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(
             "model",

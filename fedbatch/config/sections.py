@@ -30,9 +30,11 @@ MODEL_INPUTS = {"input_shape": "the dataset", "num_classes": "the dataset"}
 ENGINES = ("inprocess", "ray", "deployment", "vectorized")
 
 # The built-in models that ignore a key (a new model takes them all).
+SEQUENCE_MODELS = ("gru", "transformer")  # causal language models for data=text
 LINEAR = ("logreg",)  # no hidden layer to size, normalise or drop out
-NOT_MLP = ("logreg", "cnn", "cnn1d")
-NOT_CONV = ("logreg", "mlp")
+NO_LAYER_OPTIONS = (*LINEAR, *SEQUENCE_MODELS)  # norm, groups, ghost_batch, fedbn, ...
+NOT_MLP = ("logreg", "cnn", "cnn1d", *SEQUENCE_MODELS)
+NOT_CONV = ("logreg", "mlp", *SEQUENCE_MODELS)
 SKEWED = ("dirichlet", "quantity")
 
 
@@ -41,13 +43,18 @@ class DataConfig:
     name: Literal[DATASETS] = key("digits", doc="built-in dataset")
     test_fraction: Float = key(0.2, gt=0, le=0.9, doc="share held out as the central test set")
     num_samples: Int = key(
-        4000, ge=20, not_for=("digits", *FILE_DATASETS), doc="samples generated (train + test)"
+        4000,
+        ge=20,
+        not_for=("digits", *FILE_DATASETS),
+        doc="samples generated (train + test); text: sequences, or data.path's first lines",
     )
     # Synthetic(alpha, beta) heterogeneity knobs (LEAF / FedProx).
     alpha: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' models differ")
     beta: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' inputs differ")
     num_features: Int = key(60, ge=1, only=("synthetic",), doc="input features")
-    num_classes: Int = key(10, ge=2, not_for=("digits", "mnist1d", *FILE_DATASETS), doc="classes")
+    num_classes: Int = key(
+        10, ge=2, not_for=("digits", "mnist1d", "text", *FILE_DATASETS), doc="classes"
+    )
     num_sources: Int = key(30, ge=1, only=("synthetic",), doc="sources (LEAF's users)")
     signal: Float = key(
         1.0, gt=0, only=("images",), doc="amplitude of the class templates (the noise's σ is 1.5)"
@@ -55,10 +62,11 @@ class DataConfig:
     # The user's own data (fedbatch/data/files.py; README, "Your own data and model").
     path: Str | None = key(
         None,
-        only=FILE_DATASETS,
-        doc="a file or directory (hf: parquet, csv, json, arrow, "
-        "image folder, or a Hub id; arrays: .npz or .pt)",
+        only=(*FILE_DATASETS, "text"),
+        doc="a file or directory (hf: parquet, csv, json, arrow, image folder, or a Hub id; "
+        "arrays: .npz or .pt; text: a UTF-8 text file, a sequence per line, null: generated)",
     )
+    max_length: Int = key(256, ge=1, only=("text",), doc="characters kept per sequence")
     split: Str = key("train", only=("hf",), doc="the split to train on")
     test_split: Str | None = key(
         None, only=("hf",), doc="the split to test on; null: hold out data.test_fraction"
@@ -103,13 +111,15 @@ class ModelConfig:
     target: Str | None = key(None, internal=True, doc="`_target_`: an nn.Module class of your own")
     kwargs: Mapping[str, Any] = key(factory=dict, internal=True, doc="the `_target_`'s arguments")
     # The built-ins' options (a `_target_` model takes its own from `kwargs`):
-    norm: Literal[NORMS] = key("none", not_for=LINEAR, doc="normalization after each hidden layer")
+    norm: Literal[NORMS] = key(
+        "none", not_for=NO_LAYER_OPTIONS, doc="normalization after each hidden layer"
+    )
     hidden: tuple[Count, ...] = key((64, 64), not_for=NOT_MLP, min_length=1, doc="hidden widths")
     channels: tuple[Count, ...] = key(
         (16, 32), not_for=NOT_CONV, min_length=1, doc="channels of the conv layers"
     )
     kernel_size: Int = key(5, ge=1, not_for=NOT_CONV, doc="conv kernel size")
-    groups: Int = key(4, ge=1, not_for=LINEAR, doc="GroupNorm groups (norm=group)")
+    groups: Int = key(4, ge=1, not_for=NO_LAYER_OPTIONS, doc="GroupNorm groups (norm=group)")
     dropout: Float = key(
         0.0,
         ge=0,
@@ -118,14 +128,22 @@ class ModelConfig:
         doc="after each hidden block; see client.regularization",
     )
     ghost_batch: Int | None = key(
-        None, ge=2, not_for=LINEAR, doc="norm=batch: statistics over virtual batches of this size"
+        None,
+        ge=2,
+        not_for=NO_LAYER_OPTIONS,
+        doc="norm=batch: statistics over virtual batches of this size",
     )
     fedbn: Bool = key(
-        False, not_for=LINEAR, doc="norm=batch: FedBN, normalization layers stay local"
+        False, not_for=NO_LAYER_OPTIONS, doc="norm=batch: FedBN, normalization layers stay local"
     )
     checkpointing: Bool = key(
-        False, not_for=LINEAR, doc="recompute activations in backward: less memory, more time"
+        False,
+        not_for=NO_LAYER_OPTIONS,
+        doc="recompute activations in backward: less memory, more time",
     )
+    width: Int = key(64, ge=1, only=SEQUENCE_MODELS, doc="embedding and hidden size")
+    layers: Int = key(1, ge=1, only=SEQUENCE_MODELS, doc="GRU or attention layers")
+    heads: Int = key(4, ge=1, only=("transformer",), doc="attention heads (divide width)")
     memory_format: Literal[MEMORY_FORMATS] = key(
         "auto",
         not_for=(*NOT_CONV, "cnn1d"),

@@ -43,7 +43,8 @@ from fedbatch.registry import DATASETS
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split; x float32 of shape (n, *input_shape), y int64 of shape (n,)."""
+    """A train/test split; x float32 of shape (n, *input_shape), y int64 of shape (n,);
+    for text (`fedbatch.data.text`) x and y are int64 token rows of shape (n, length)."""
 
     name: str
     x_train: np.ndarray
@@ -73,9 +74,9 @@ def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
     x_train, y_train, x_test, y_test, num_classes, *ids = DATASETS.resolve(cfg.name)(cfg, seed)
     return Dataset(
         name=cfg.name,
-        x_train=_frozen(x_train, np.float32),
+        x_train=_frozen(x_train, _input_dtype(x_train)),
         y_train=_frozen(y_train, np.int64),
-        x_test=_frozen(x_test, np.float32),
+        x_test=_frozen(x_test, _input_dtype(x_test)),
         y_test=_frozen(y_test, np.int64),
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
@@ -84,6 +85,11 @@ def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
 
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+
+
+def _input_dtype(x: np.ndarray) -> type:
+    """Token ids (text) stay int64; features are float32."""
+    return np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
 
 
 def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:

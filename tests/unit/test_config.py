@@ -52,7 +52,11 @@ def _raw(**sections):
         ),
         (_raw(data={"name": "digits", "test_fraction": 0}), "data.test_fraction", "> 0.0"),
         (_raw(engine={"name": "spark"}), "engine", "inprocess, ray"),
-        (_raw(client={"batch_sise": 3}), "client.batch_sise", "batch_size, epochs"),
+        (
+            _raw(client={"batch_sise": 3}),
+            "client.batch_sise",
+            "batch_size, bucket_by_length, epochs",
+        ),
         (_raw(rounds=0), "rounds", ">= 1"),
         (
             _raw(client={"batch_size": 1}, model={"name": "mlp", "norm": "batch"}),

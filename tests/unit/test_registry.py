@@ -71,7 +71,7 @@ def test_validating_built_in_names_imports_neither_torch_nor_flower():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "model='resnet' is invalid: allowed one of logreg, mlp, cnn1d, cnn",
+        "model='resnet' is invalid: allowed one of logreg, mlp, cnn1d, cnn, gru, transformer",
         "[]",
     ]
 
@@ -158,7 +158,10 @@ def test_a_users_config_dir_adds_options_with_target():
         check_overrides([*where, "strategy=damped", "strategy.step=0.1", "+strategy.other=2"])
     with pytest.raises(OverrideError) as info:
         check_overrides(["model=tiny"])
-    assert str(info.value) == "model='tiny' is invalid: allowed one of cnn, cnn1d, logreg, mlp"
+    assert (
+        str(info.value)
+        == "model='tiny' is invalid: allowed one of cnn, cnn1d, gru, logreg, mlp, transformer"
+    )
 
 
 @pytest.mark.parametrize(
