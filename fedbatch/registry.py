@@ -107,6 +107,8 @@ MODELS = Registry(
         "cnn1d": "fedbatch.local.models:cnn1d",
         "cnn": "fedbatch.local.models:cnn",
         "resnet": "fedbatch.local.resnet:resnet",
+        "gru": "fedbatch.local.sequence_models:gru",
+        "transformer": "fedbatch.local.sequence_models:transformer",
     },
     base="torch.nn:Module",
 )
@@ -155,6 +157,9 @@ DATASETS = Registry(
         "mnist1d": "fedbatch.data.datasets:mnist1d",
         "digits": "fedbatch.data.datasets:digits",
         "images": "fedbatch.data.datasets:images",
+        "text": "fedbatch.data.text:text",
+        "hf": "fedbatch.data.files:hf",
+        "arrays": "fedbatch.data.files:arrays",
     },
 )
 BATCH_SCHEDULES = Registry(

@@ -10,14 +10,19 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedbatch.metrics.endings import INTERRUPTED
+
+if TYPE_CHECKING:
+    from fedbatch.config import RunConfig
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"  # the final global model (save.model)
 SUMMARY = "summary.json"
 RUN_FILES = (CONFIG, "metrics.jsonl", SUMMARY, CHECKPOINT)  # what shows a run was here
+RESUME_COMMAND = "FEDBATCH_RESUME_COMMAND"  # how to resume, if a launcher runs simulate
 HYDRA_FILES = (".hydra", "simulate.log")  # what Hydra writes before fedbatch runs
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 
@@ -94,8 +99,13 @@ def discard_rejected(out_dir: Path) -> None:
             break
 
 
-def why_no_checkpoint(run_dir: Path) -> str:
+def why_no_checkpoint(run_dir: Path, cfg: RunConfig) -> str:
     """Why `run_dir` has no checkpoint to resume from."""
+    if cfg.engine.name == "deployment" and not cfg.engine.shared_dir:
+        return (
+            "engine=deployment writes checkpoints here only with engine.shared_dir=true "
+            "(the SuperLink's machine sees this directory; deploy local sets it)"
+        )
     summary = run_dir / SUMMARY
     if summary.exists():
         stopped = json.loads(summary.read_text()).get("stopped_because")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from fedbatch.metrics.interrupts import Interrupted, interruptible
 from fedbatch.run_dir import (
     CHECKPOINT,
     CONFIG,
+    RESUME_COMMAND,
     SUMMARY,
     already_holds,
     discard_rejected,
@@ -98,6 +100,10 @@ def check_sweep(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Everything that can be checked before training: values first, then the data."""
     cfg = build_config(raw)  # cheap: no torch or Flower import for built-in names
+    from fedbatch.metrics.trackers import check_installed
+
+    check_installed(cfg.logger)
+    from fedbatch.config.run import check_model_input
     from fedbatch.federated.strategies import check_strategy_params
     from fedbatch.federated.workload import workload_for
     from fedbatch.sizes import check_data_fits, check_model_fits
@@ -111,6 +117,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     check_data_fits(cfg)  # before generating it
     workload = workload_for(cfg.to_json())  # loads data and partitions: too many clients
     dataset = workload.dataset
+    check_model_input(cfg, dataset.input_shape)  # the user's own data: known once loaded
     check_model_fits(cfg, dataset.input_shape, dataset.num_classes)  # before building it
     if cfg.client.precision == "fp16" and workload.device.type != "cuda":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 without a CUDA device")
@@ -151,7 +158,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _progress_wanted(setting: str) -> bool:
-    return setting == "on" or (setting == "auto" and sys.stderr.isatty())
+    """Off only when asked: off a terminal, progress is a plain line per round."""
+    return setting != "off"
 
 
 def objective(summary: dict[str, Any]) -> float:
@@ -181,6 +189,7 @@ def main(dcfg: DictConfig) -> float:
             return job_failed(str(error))
         discard_rejected(out_dir)
         fail(str(error))
+    raw["num_clients"] = cfg.num_clients  # a natural partition's: from the data
     (out_dir / CONFIG).write_text(OmegaConf.to_yaml(raw), encoding="utf-8")
     return execute(cfg, out_dir, multirun=multirun)
 
@@ -250,15 +259,16 @@ def interrupted_line(interruption: Interrupted, out_dir: Path) -> str:
     rounds = json.loads(summary.read_text())["rounds_completed"] if summary.exists() else 0
     line = f"interrupted ({interruption}) after {rounds} rounds"
     if (out_dir / CHECKPOINT).exists():
-        line += f"; continue with: python -m fedbatch.simulate resume={out_dir}"
+        launcher = os.environ.get(RESUME_COMMAND, "python -m fedbatch.simulate")
+        line += f"; continue with: {launcher} resume={out_dir}"
     return line
 
 
 def resume_run(argv: list[str]) -> None:
     """`resume=<run dir>`: continue an interrupted run in its own directory, with the
     config it started with, from its checkpoint."""
-    from fedbatch.federated.checkpoint import CheckpointError, load_checkpoint
-    from fedbatch.federated.saving import client_state_keepers
+    from fedbatch.federated.checkpoint import CheckpointError
+    from fedbatch.federated.saving import client_state_keepers, run_checkpoint
 
     if len(argv) != 1:
         fail("resume=<run dir> takes no other argument: a run continues as it began")
@@ -266,27 +276,22 @@ def resume_run(argv: list[str]) -> None:
     config = run_dir / CONFIG
     if not config.is_file():
         fail(f"resume={run_dir} holds no config.yaml: not a fedbatch run directory")
-    checkpoint = run_dir / CHECKPOINT
-    if not checkpoint.is_file():
-        fail(f"resume={run_dir} holds no {CHECKPOINT}: {why_no_checkpoint(run_dir)}")
     try:
         cfg = validate(yaml.safe_load(config.read_text(encoding="utf-8")))
     except ConfigError as error:
         fail(f"resume={run_dir}: config.yaml: {error}")
+    if not (run_dir / CHECKPOINT).is_file():
+        fail(f"resume={run_dir} holds no {CHECKPOINT}: {why_no_checkpoint(run_dir, cfg)}")
     keepers = client_state_keepers(cfg)
-    if cfg.engine.name == "deployment" or (cfg.engine.name == "ray" and keepers):
-        why = "its server" if cfg.engine.name == "deployment" else "the server"
-        held = "" if cfg.engine.name == "deployment" else f" ({keepers[0]})"
+    if cfg.engine.name in ("ray", "deployment") and keepers:
         fail(
-            f"resume={run_dir}: engine={cfg.engine.name} cannot be resumed{held}: "
-            f"{why} cannot read its clients' node state; inprocess and vectorized can"
+            f"resume={run_dir}: engine={cfg.engine.name} cannot be resumed ({keepers[0]}): "
+            "the server cannot read its clients' node state; inprocess and vectorized can"
         )
     try:
-        state = load_checkpoint(checkpoint)
+        state = run_checkpoint(run_dir, cfg)
     except CheckpointError as error:
         fail(str(error))
-    if state["config"] != cfg.to_json():
-        fail(f"resume={run_dir}: config.yaml is not the config its {CHECKPOINT} was written with")
     execute(cfg, run_dir, multirun=False, resume=state)
 
 

@@ -16,7 +16,8 @@ from fedbatch.local.models import build_model
 # Bytes per parameter a client holds at the least: fp32 weights, gradients, and the
 # optimizer's state (Adam: two moments), beside the server's copy of the global model.
 BYTES_PER_PARAMETER = 4 * 5
-SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels", "resnet": "channels"}
+SIZE_KEYS = {"mlp": "hidden", "cnn": "channels", "cnn1d": "channels"}  # what sets the size
+SIZE_KEYS |= {"resnet": "channels", "gru": "width", "transformer": "width"}
 # Features per sample of the generated built-in datasets (synthetic: data.num_features);
 # each value is generated in float64 and kept in float32.
 FEATURES = {"mnist1d": 40, "images": 3 * 32 * 32}
@@ -47,7 +48,8 @@ def check_model_fits(
         return
     size = SIZE_KEYS.get(cfg.model.name)
     key = f"model.{size}" if size else "model"
-    value = list(getattr(cfg.model, size)) if size else cfg.model.name
+    value = getattr(cfg.model, size) if size else cfg.model.name
+    value = list(value) if isinstance(value, tuple) else value
     raise ConfigError(
         key,
         value,
@@ -61,6 +63,10 @@ def check_data_fits(cfg: RunConfig, memory: int | None = None) -> None:
     (default: this machine's); datasets of fixed size or of the user's are not sized."""
     data = cfg.data
     features = data.num_features if data.name == "synthetic" else FEATURES.get(data.name)
+    if data.name == "text" and data.path is None:  # input and target rows of the corpus
+        from fedbatch.data.text import LONGEST_GENERATED
+
+        features = 2 * (min(data.max_length, LONGEST_GENERATED) + 1)
     if features is None:
         return
     memory = memory or physical_memory()

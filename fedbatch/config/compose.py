@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fedbatch.config.run import RunConfig, build_config
 from fedbatch.config.schema import applies, defaults, extra, fields, is_section
@@ -28,6 +28,7 @@ from fedbatch.registry import TARGET
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
 CUSTOM = "custom"  # the option that takes a class of your own from the command line
+CLIENTS_RESOLVER = "fedbatch_num_clients"
 
 
 def register_schema() -> None:
@@ -40,6 +41,13 @@ def register_schema() -> None:
     store = ConfigStore.instance()
     run = defaults(RunConfig)
     run.pop("model")
+    # A natural partition's num_clients comes from the data: unset (null) unless given.
+    if not OmegaConf.has_resolver(CLIENTS_RESOLVER):
+        default = run["num_clients"]
+        OmegaConf.register_new_resolver(
+            CLIENTS_RESOLVER, lambda partition: None if partition == "natural" else default
+        )
+    run["num_clients"] = f"${{{CLIENTS_RESOLVER}:${{partition.name}}}}"
     store.store(group="schema", name="run", node=run)
     store.store(group="schema", name="model", node=defaults(ModelConfig))
 
@@ -118,8 +126,17 @@ def _refuse_additions(argv: Sequence[str], addable: set[str]) -> None:
 def _default_choices(dirs: Sequence[Path]) -> dict[str, list[str]]:
     """The config groups fedbatch's config.yaml selects, each with its default option."""
     entries = OmegaConf.load(dirs[0] / f"{CONFIG_NAME}.yaml").defaults
-    return {str(k): [str(v)] for entry in entries if isinstance(entry, DictConfig)
+    return {str(k): _options(v) for entry in entries if isinstance(entry, DictConfig)
             for k, v in entry.items()}  # fmt: skip
+
+
+def _options(value: object) -> list[str]:
+    """A group's option, or options: `logger: [tensorboard, mlflow]` in YAML, or on the
+    command line `logger=[tensorboard,mlflow]`, a sweep over lists `logger=[csv],[mlflow]`."""
+    if isinstance(value, ListConfig | list):
+        return [str(v) for v in value]
+    names = str(value).replace("[", ",").replace("]", ",").split(",")
+    return [name.strip() for name in names if name.strip()]
 
 
 def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, list[str]]:
@@ -128,12 +145,12 @@ def _selected_options(argv: Sequence[str], dirs: Sequence[Path]) -> dict[str, li
     for key, value in fedbatch_overrides(argv):
         if any((d / key).is_dir() for d in dirs) and "(" not in value:
             allowed = sorted({p.stem for d in dirs for p in (d / key).glob("*.yaml")})
-            for option in value.split(","):
+            for option in _options(value):
                 if option not in allowed:
                     raise OverrideError(
                         f"{key}={option!r} is invalid: allowed one of {', '.join(allowed)}"
                     )
-            chosen[key] = value.split(",")
+            chosen[key] = _options(value)
     return chosen
 
 
@@ -142,6 +159,8 @@ def _group_keys(group: str, options: Sequence[str], dirs: Sequence[Path]) -> set
     to each option's `name` (none for a `_target_` class), and the option file's own (a
     strategy's parameters, a `_target_` class's arguments)."""
     section = fields(RunConfig)[group].annotation
+    if not options:  # a group that chose none (`logger: []`): its schema keys
+        return {k for k, info in fields(section).items() if not extra(info, "internal")}
     keys: set[str] = set()
     for option in options:
         loaded = OmegaConf.load(_option_file(dirs, group, option))
@@ -176,13 +195,15 @@ def check_overrides(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             raise OverrideError(
                 f"{head} is not a known key: allowed {', '.join(sorted(top_level))}"
             )
-        if name.endswith(f".{TARGET}") and head in chosen:
+        if name.endswith(f".{TARGET}") and chosen.get(head):
             _check_nested_target(key, OmegaConf.load(_option_file(dirs, head, chosen[head][0])))
         name = name.partition(".")[0]  # `clock.devices.0.throughput`: is `devices` a key here?
         if not name:
             continue
         if head in chosen:
-            where, keys = f"{head}={','.join(chosen[head])}", _group_keys(head, chosen[head], dirs)
+            options = chosen[head]
+            where = f"{head}={','.join(options)}" if options else head
+            keys = _group_keys(head, options, dirs)
         else:
             section = run_keys[head].annotation
             where, keys = head, set(fields(section)) if is_section(section) else set()

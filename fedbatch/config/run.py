@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict
@@ -19,12 +20,15 @@ from pydantic.dataclasses import dataclass
 from fedbatch.checks import ConfigError, on_off, section
 from fedbatch.config.clock import ClockConfig, check_clock, prepare_clock
 from fedbatch.config.faults import FaultsConfig
+from fedbatch.config.logger import LoggerConfig
 from fedbatch.config.privacy import PrivacyConfig
 from fedbatch.config.schema import SECTION, Int, key, validate
 from fedbatch.config.sections import (
     DATASETS,
+    FILE_DATASETS,
     IMAGE_DATASETS,
     MODELS,
+    SEQUENCE_MODELS,
     DataConfig,
     EngineConfig,
     EvalConfig,
@@ -37,6 +41,7 @@ from fedbatch.config.sections import (
     prepare_model,
     prepare_strategy,
 )
+from fedbatch.config.sequences import TEXT_DATASETS, check_sequences
 from fedbatch.config.stream import StreamConfig, check_stream
 from fedbatch.config.training import (
     FULL_BATCH,
@@ -56,14 +61,18 @@ PROGRESS = ("auto", "on", "off")
 class RunConfig:
     seed: Int = key(0, ge=0, doc="seeds data, partitions, sampling and initial weights")
     rounds: Int = key(30, ge=1, doc="federated rounds (an upper bound; `stop` may end earlier)")
-    num_clients: Int = key(10, ge=1, doc="registered clients, one data partition each")
+    num_clients: Int = key(
+        10, ge=1, doc="registered clients, one data partition each (partition=natural: the data's)"
+    )
     clients_per_round: Int = key(5, ge=1, doc="clients sampled each round (<= num_clients)")
     device: Device = key(
         "auto",
         doc="where clients train: auto picks cuda if present",
         allowed="one of " + ", ".join(DEVICES) + ", or cuda:<index>",
     )
-    progress: Literal[PROGRESS] = key("auto", doc="rich progress bar (auto: on a terminal)")
+    progress: Literal[PROGRESS] = key(
+        "auto", doc="rich progress bar (auto: on a terminal, else a plain line per round)"
+    )
     data: DataConfig = key(factory=DataConfig, doc="the dataset")
     partition: PartitionConfig = key(factory=PartitionConfig, doc="the split over clients")
     model: ModelConfig = key(factory=ModelConfig, doc="the model")
@@ -79,6 +88,7 @@ class RunConfig:
     save: SaveConfig = key(factory=SaveConfig, doc="checkpoints and the final model")
     faults: FaultsConfig = key(factory=FaultsConfig, doc="clients that misbehave on purpose")
     privacy: PrivacyConfig = key(factory=PrivacyConfig, doc="differential privacy (clipping)")
+    logger: LoggerConfig = key(factory=LoggerConfig, doc="experiment trackers (several at once)")
 
     def to_json(self) -> str:
         """The form that travels to clients inside Flower messages."""
@@ -94,17 +104,29 @@ PREPARE: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
 }
 
 
-FLAT = tuple(d for d in DATASETS if d not in IMAGE_DATASETS)
+FLAT = tuple(d for d in DATASETS if d not in (*IMAGE_DATASETS, *FILE_DATASETS, *TEXT_DATASETS))
+CLASSIFIERS = tuple(m for m in MODELS if m not in SEQUENCE_MODELS)
 IMAGE_MODELS = ("cnn", "resnet")  # 2-D convolutions: (C, H, W) samples only
 FLAT_MODELS = ("cnn1d",)
 
 
+def check_model_input(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
+    """The user's own data: its sample shape is known once loaded."""
+    name = cfg.model.name
+    if name in IMAGE_MODELS and len(input_shape) != 3:
+        fits = ", ".join(m for m in CLASSIFIERS if m not in IMAGE_MODELS)
+        allowed = f"one of {fits} for samples of shape {input_shape}"
+        raise ConfigError("model", name, f"{allowed} ({name} needs (C, H, W) images)")
+
+
 def _check_combinations(cfg: RunConfig) -> None:
     """Values that are fine alone but not together."""
+    check_sequences(cfg)
     images = cfg.data.name in IMAGE_DATASETS
     unfit = FLAT_MODELS if images else IMAGE_MODELS
-    if cfg.model.name in unfit:
-        fits = [m for m in MODELS if m not in unfit]
+    # The user's own data (FILE_DATASETS): checked once loaded, by check_model_input.
+    if cfg.model.name in unfit and cfg.data.name not in FILE_DATASETS:
+        fits = [m for m in CLASSIFIERS if m not in unfit]
         needs = "data=images" if not images else f"flat data ({', '.join(FLAT)})"
         raise ConfigError(
             "model",
@@ -195,7 +217,14 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
         prepared["progress"] = on_off(prepared["progress"])
     for name, prepare in PREPARE.items():
         prepared[name] = prepare(section(raw, name))
+    natural = section(raw, "partition").get("name") == "natural"
+    given_clients = prepared.get("num_clients")
+    prepared["data"] = _prepare_data(section(raw, "data"), section(raw, "partition"))
+    if natural:
+        prepared["num_clients"] = given_clients or 1  # the data's count, set below
     cfg: RunConfig = validate(RunConfig, prepared)
+    if natural:
+        cfg = _natural_clients(cfg, given_clients)
     if cfg.clients_per_round > cfg.num_clients:
         allowed = f"an integer >= 1 and <= {cfg.num_clients}"
         raise ConfigError("clients_per_round", cfg.clients_per_round, allowed)
@@ -205,6 +234,41 @@ def build_config(raw: Mapping[str, Any]) -> RunConfig:
     check_stream(cfg.stream, cfg.rounds * cfg.stream.round_seconds)
     _check_combinations(cfg)
     return cfg
+
+
+def _prepare_data(data: Mapping[str, Any], partition: Mapping[str, Any]) -> dict[str, Any]:
+    """The natural partition's column travels with the data (it is loaded beside the
+    features), and a local `data.path` becomes absolute, for processes started elsewhere."""
+    prepared = dict(data)
+    natural = partition.get("name") == "natural"
+    prepared["ids"] = partition.get("by") if natural else None
+    path = prepared.get("path")
+    if isinstance(path, str) and Path(path).expanduser().exists():
+        prepared["path"] = str(Path(path).expanduser().resolve())
+    return prepared
+
+
+def _natural_clients(cfg: RunConfig, given: object) -> RunConfig:
+    """num_clients from the data: one client per natural id (or group of ids)."""
+    from fedbatch.data.datasets import load_dataset
+    from fedbatch.data.partition import natural_count
+
+    if cfg.data.name not in FILE_DATASETS:
+        allowed = f"iid, dirichlet, shards or quantity with data={cfg.data.name} (natural "
+        raise ConfigError("partition", "natural", allowed + "needs data=hf or data=arrays)")
+    if cfg.partition.by is None:
+        allowed = "the column (hf) or array (arrays) naming each sample's writer, speaker or user"
+        raise ConfigError("partition.by", None, allowed)
+    ids = load_dataset(cfg.data, cfg.seed).train_ids
+    assert ids is not None  # the loaders return data.ids, which is partition.by
+    count = natural_count(ids, cfg.partition.group_size)
+    if given is not None and given != count:
+        grouped = f" in groups of {cfg.partition.group_size}" if cfg.partition.group_size else ""
+        raise ConfigError(
+            "num_clients", given, f"{count} or null: partition=natural makes one client per "
+            f"{cfg.partition.by!r} value{grouped} in the training data"
+        )  # fmt: skip
+    return replace(cfg, num_clients=count)
 
 
 @lru_cache(maxsize=8)

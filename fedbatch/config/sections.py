@@ -19,7 +19,8 @@ from fedbatch.config.targets import own_class
 
 DATASETS = registry.DATASETS.names()
 IMAGE_DATASETS = ("images",)  # (C, H, W) samples; the others are flat feature vectors
-PARTITIONS = ("iid", "dirichlet", "shards", "quantity")
+FILE_DATASETS = ("hf", "arrays")  # the user's own: their shape is known once loaded
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 MODELS = registry.MODELS.names()
 NORMS = ("none", "batch", "group", "layer")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -29,9 +30,11 @@ MODEL_INPUTS = {"input_shape": "the dataset", "num_classes": "the dataset"}
 ENGINES = ("inprocess", "ray", "deployment", "vectorized")
 
 # The built-in models that ignore a key (a new model takes them all).
+SEQUENCE_MODELS = ("gru", "transformer")  # causal language models for data=text
 LINEAR = ("logreg",)  # no hidden layer to size, normalise or drop out
-NOT_MLP = ("logreg", "cnn", "cnn1d", "resnet")
-NOT_CONV = ("logreg", "mlp")
+NO_LAYER_OPTIONS = (*LINEAR, *SEQUENCE_MODELS)  # norm, groups, ghost_batch, fedbn, ...
+NOT_MLP = ("logreg", "cnn", "cnn1d", "resnet", *SEQUENCE_MODELS)
+NOT_CONV = ("logreg", "mlp", *SEQUENCE_MODELS)
 SKEWED = ("dirichlet", "quantity")
 
 
@@ -39,15 +42,44 @@ SKEWED = ("dirichlet", "quantity")
 class DataConfig:
     name: Literal[DATASETS] = key("digits", doc="built-in dataset")
     test_fraction: Float = key(0.2, gt=0, le=0.9, doc="share held out as the central test set")
-    num_samples: Int = key(4000, ge=20, not_for=("digits",), doc="samples generated (train + test)")
+    num_samples: Int = key(
+        4000,
+        ge=20,
+        not_for=("digits", *FILE_DATASETS),
+        doc="samples generated (train + test); text: sequences, or data.path's first lines",
+    )
     # Synthetic(alpha, beta) heterogeneity knobs (LEAF / FedProx).
     alpha: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' models differ")
     beta: Float = key(1.0, ge=0, only=("synthetic",), doc="how much the sources' inputs differ")
     num_features: Int = key(60, ge=1, only=("synthetic",), doc="input features")
-    num_classes: Int = key(10, ge=2, not_for=("digits", "mnist1d"), doc="classes")
+    num_classes: Int = key(
+        10, ge=2, not_for=("digits", "mnist1d", "text", *FILE_DATASETS), doc="classes"
+    )
     num_sources: Int = key(30, ge=1, only=("synthetic",), doc="sources (LEAF's users)")
     signal: Float = key(
         1.0, gt=0, only=("images",), doc="amplitude of the class templates (the noise's σ is 1.5)"
+    )
+    # The user's own data (fedbatch/data/files.py; README, "Your own data and model").
+    path: Str | None = key(
+        None,
+        only=(*FILE_DATASETS, "text"),
+        doc="a file or directory (hf: parquet, csv, json, arrow, image folder, or a Hub id; "
+        "arrays: .npz or .pt; text: a UTF-8 text file, a sequence per line, null: generated)",
+    )
+    max_length: Int = key(256, ge=1, only=("text",), doc="characters kept per sequence")
+    split: Str = key("train", only=("hf",), doc="the split to train on")
+    test_split: Str | None = key(
+        None, only=("hf",), doc="the split to test on; null: hold out data.test_fraction"
+    )
+    features: tuple[Str, ...] = key(
+        (), only=("hf",), doc="feature columns; empty: all but data.label and partition.by"
+    )
+    label: Str = key("label", only=("hf",), doc="the class-label column")
+    normalize: Bool = key(
+        False, only=FILE_DATASETS, doc="standardise each feature (image: channel) by the train set"
+    )
+    ids: Str | None = key(
+        None, internal=True, doc="partition.by, loaded beside the features (natural partitions)"
     )
 
 
@@ -61,6 +93,12 @@ class PartitionConfig:
     min_partition_size: Int = key(
         2, ge=1, only=SKEWED, doc="resample until every client has this many"
     )
+    by: Str | None = key(
+        None, only=("natural",), doc="the column naming each sample's writer, speaker or user"
+    )
+    group_size: Int | None = key(
+        None, ge=1, only=("natural",), doc="ids per client (null: one client per id)"
+    )
 
 
 @dataclass(frozen=True, config=SECTION)
@@ -73,7 +111,9 @@ class ModelConfig:
     target: Str | None = key(None, internal=True, doc="`_target_`: an nn.Module class of your own")
     kwargs: Mapping[str, Any] = key(factory=dict, internal=True, doc="the `_target_`'s arguments")
     # The built-ins' options (a `_target_` model takes its own from `kwargs`):
-    norm: Literal[NORMS] = key("none", not_for=LINEAR, doc="normalization after each hidden layer")
+    norm: Literal[NORMS] = key(
+        "none", not_for=NO_LAYER_OPTIONS, doc="normalization after each hidden layer"
+    )
     hidden: tuple[Count, ...] = key((64, 64), not_for=NOT_MLP, min_length=1, doc="hidden widths")
     channels: tuple[Count, ...] = key(
         (16, 32), not_for=NOT_CONV, min_length=1, doc="channels of the conv layers"
@@ -85,7 +125,7 @@ class ModelConfig:
         only=("resnet",),
         doc="residual blocks per stage (3 stages: 1 ResNet-8, 3 ResNet-20)",
     )
-    groups: Int = key(4, ge=1, not_for=LINEAR, doc="GroupNorm groups (norm=group)")
+    groups: Int = key(4, ge=1, not_for=NO_LAYER_OPTIONS, doc="GroupNorm groups (norm=group)")
     dropout: Float = key(
         0.0,
         ge=0,
@@ -94,14 +134,22 @@ class ModelConfig:
         doc="after each hidden block; see client.regularization",
     )
     ghost_batch: Int | None = key(
-        None, ge=2, not_for=LINEAR, doc="norm=batch: statistics over virtual batches of this size"
+        None,
+        ge=2,
+        not_for=NO_LAYER_OPTIONS,
+        doc="norm=batch: statistics over virtual batches of this size",
     )
     fedbn: Bool = key(
-        False, not_for=LINEAR, doc="norm=batch: FedBN, normalization layers stay local"
+        False, not_for=NO_LAYER_OPTIONS, doc="norm=batch: FedBN, normalization layers stay local"
     )
     checkpointing: Bool = key(
-        False, not_for=LINEAR, doc="recompute activations in backward: less memory, more time"
+        False,
+        not_for=NO_LAYER_OPTIONS,
+        doc="recompute activations in backward: less memory, more time",
     )
+    width: Int = key(64, ge=1, only=SEQUENCE_MODELS, doc="embedding and hidden size")
+    layers: Int = key(1, ge=1, only=SEQUENCE_MODELS, doc="GRU or attention layers")
+    heads: Int = key(4, ge=1, only=("transformer",), doc="attention heads (divide width)")
     memory_format: Literal[MEMORY_FORMATS] = key(
         "auto",
         not_for=(*NOT_CONV, "cnn1d"),
@@ -149,6 +197,12 @@ class EngineConfig:
     )
     node_timeout: Float = key(
         120.0, gt=0, only=("ray", "deployment"), doc="seconds to wait for the nodes to connect"
+    )
+    shared_dir: Bool = key(
+        False,
+        only=("deployment",),
+        doc="the SuperLink's machine sees the run directory at the same path (deploy local): "
+        "its ServerApp writes the run's files, checkpoints and model, and resume= works",
     )
 
 

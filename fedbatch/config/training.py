@@ -79,6 +79,9 @@ class ClientConfig:
         "none", doc="weight decay and dropout · (B / base_batch_size)^{0, 1, ½}"
     )
     prefetch: Bool = key(False, doc="gather the next mini-batch on a background thread")
+    bucket_by_length: Bool = key(
+        False, doc="data=text: batches of sequences of similar length (less padding)"
+    )
     optimizer_state: Literal[OPTIMIZER_STATES] = key(
         "reset", doc="reset: a fresh optimizer each round; keep: its state carries over"
     )

@@ -21,7 +21,8 @@ n - int(n · (1 - test_fraction)) (mnist1d, the generator's own rule).
 `load_dataset` is cached per process; the arrays it returns are read-only (index them to
 get a writable copy, or use `torch.tensor` rather than `torch.from_numpy`). Each dataset
 is a function `(cfg, seed) -> (x_train, y_train, x_test, y_test, num_classes)` named in
-`fedbatch.registry.DATASETS`.
+`fedbatch.registry.DATASETS`; the user's own (`data=hf`, `data=arrays`: `files.py`) also
+return the training samples' natural ids when `data.ids` names a column.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from fedbatch.registry import DATASETS
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split; x float32 of shape (n, *input_shape), y int64 of shape (n,)."""
+    """A train/test split; x float32 of shape (n, *input_shape), y int64 of shape (n,);
+    for text (`fedbatch.data.text`) x and y are int64 token rows of shape (n, length)."""
 
     name: str
     x_train: np.ndarray
@@ -51,6 +53,8 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
+    # Per training sample, the code of its natural id (data.ids), for partition=natural.
+    train_ids: np.ndarray | None = None
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -67,19 +71,25 @@ def _relevant(cfg: DataConfig) -> DataConfig:
 
 @lru_cache(maxsize=8)
 def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
-    x_train, y_train, x_test, y_test, num_classes = DATASETS.resolve(cfg.name)(cfg, seed)
+    x_train, y_train, x_test, y_test, num_classes, *ids = DATASETS.resolve(cfg.name)(cfg, seed)
     return Dataset(
         name=cfg.name,
-        x_train=_frozen(x_train, np.float32),
+        x_train=_frozen(x_train, _input_dtype(x_train)),
         y_train=_frozen(y_train, np.int64),
-        x_test=_frozen(x_test, np.float32),
+        x_test=_frozen(x_test, _input_dtype(x_test)),
         y_test=_frozen(y_test, np.int64),
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
+        train_ids=_frozen(ids[0], np.int64) if ids and ids[0] is not None else None,
     )
 
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
+
+
+def _input_dtype(x: np.ndarray) -> type:
+    """Token ids (text) stay int64; features are float32."""
+    return np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
 
 
 def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
@@ -156,10 +166,15 @@ def _random_split(
     x_all: np.ndarray, y_all: np.ndarray, cfg: DataConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train and test arrays; the test set is a seeded random ceil(test_fraction · n)."""
-    order = rng.permutation(len(y_all))
-    n_test = min(math.ceil(cfg.test_fraction * len(y_all)), len(y_all) - 1)
-    test, train = order[:n_test], order[n_test:]
+    train, test = held_out(len(y_all), cfg.test_fraction, rng)
     return x_all[train], y_all[train], x_all[test], y_all[test]
+
+
+def held_out(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices: the test set is a seeded random ceil(fraction · n)."""
+    order = rng.permutation(n)
+    n_test = min(math.ceil(fraction * n), n - 1)
+    return order[n_test:], order[:n_test]
 
 
 def images(cfg: DataConfig, seed: int) -> Arrays:

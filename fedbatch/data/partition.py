@@ -21,11 +21,18 @@ Schemes (`PartitionConfig.name`):
   or take one.
 - `quantity`: sizes min_partition_size + Dirichlet(alpha)-share of the rest, summing to
   n, realised by `SizePartitioner` on the shuffled rows (labels stay IID).
+- `natural`: one partition per natural id (writer, speaker, user: the dataset's
+  `partition.by` column) in sorted id order, `NaturalIdPartitioner`; with `group_size`,
+  `GroupedNaturalIdPartitioner` (mode allow-smaller: consecutive sorted ids in groups of
+  group_size, the last group smaller). The number of partitions is the data's
+  (`natural_count`), which `build_config` sets as num_clients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import warnings
 from functools import lru_cache
 
@@ -33,6 +40,8 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
+    GroupedNaturalIdPartitioner,
+    NaturalIdPartitioner,
     Partitioner,
     ShardPartitioner,
     SizePartitioner,
@@ -45,11 +54,25 @@ _SHUFFLE, _PARTITIONER, _SIZES = 0, 1, 2
 
 
 def partition_indices(
-    labels: np.ndarray, cfg: PartitionConfig, num_partitions: int, seed: int
+    labels: np.ndarray,
+    cfg: PartitionConfig,
+    num_partitions: int,
+    seed: int,
+    ids: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Per partition id, the sorted int64 training-row indices it holds (cached)."""
-    key = _Labels(labels)
+    """Per partition id, the sorted int64 training-row indices it holds (cached); `ids`:
+    each row's natural id (integer codes), which partition=natural splits by."""
+    if cfg.name == "natural" and ids is None:
+        raise ConfigError("partition.by", cfg.by, "a column of data=hf or an array of data=arrays")
+    key = _Labels(ids if cfg.name == "natural" else labels)
     return list(_partition_cached(key, cfg, num_partitions, seed))
+
+
+def natural_count(ids: np.ndarray, group_size: int | None) -> int:
+    """The partitions a natural partition makes of these ids: one per id, or per group of
+    `group_size` ids (the last one smaller)."""
+    distinct = len(np.unique(ids))
+    return distinct if group_size is None else max(1, -(-distinct // group_size))
 
 
 class _Labels:
@@ -76,6 +99,7 @@ def _partition_cached(
 ) -> tuple[np.ndarray, ...]:
     n = len(labels.array)
     _check_feasible(cfg, n, num_partitions)
+    # The label column holds the natural ids for partition=natural (`partition_indices`).
     table = datasets.Dataset.from_dict({"idx": np.arange(n), "label": labels.array})
     table = table.shuffle(seed=_subseed(seed, _SHUFFLE))
     partitioner = _make_partitioner(cfg, n, num_partitions, seed)
@@ -140,6 +164,10 @@ def _make_partitioner(cfg: PartitionConfig, n: int, num_partitions: int, seed: i
             keep_incomplete_shard=True,
             seed=part_seed,
         )
+    if cfg.name == "natural" and cfg.group_size is None:
+        return NaturalIdPartitioner(partition_by="label")
+    if cfg.name == "natural":
+        return GroupedNaturalIdPartitioner("label", cfg.group_size, sort_unique_ids=True)
     raise ConfigError("partition", cfg.name, "one of " + ", ".join(PARTITIONS))
 
 
@@ -176,8 +204,8 @@ def _read_partitions(
     partitioner: Partitioner, cfg: PartitionConfig, num_partitions: int
 ) -> list[np.ndarray]:
     """Run the library's assignment and map its row positions back to `idx` values."""
-    try:
-        with warnings.catch_warnings():
+    try:  # natural partitioners draw a tqdm bar on stderr while they index the rows
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             # Dirichlet retries and pyarrow sort options warn; the outcome is what counts.
             warnings.simplefilter("ignore")
             _ = partitioner.num_partitions  # runs the (lazy) assignment

@@ -1,11 +1,13 @@
 """`python -m fedbatch.deploy`: Flower deployments of fedbatch.
 
-local --nodes N [--insecure] [--device cuda:0 ...] [Hydra overrides]
+local --nodes N [--insecure] [--device cuda:0 ...] [Hydra overrides | resume=<run dir>]
     Start a SuperLink and N SuperNodes on loopback, run the experiment on them with
-    `engine=deployment` (same run directory files as `simulate`; `hydra.run.dir=` works),
-    and stop them all, on failure and Ctrl-C too. TLS (a fresh local CA) and SuperNode
-    authentication (one registered key pair per node) are on: a process that the launcher
-    did not start cannot join. `--insecure` turns both off (plain text, anyone may join).
+    `engine=deployment` (same run directory files as `simulate`, checkpoints included;
+    `hydra.run.dir=` works), and stop them all, on failure and Ctrl-C too. `resume=`
+    continues an interrupted run on a fresh federation of as many nodes. TLS (a fresh
+    local CA) and SuperNode authentication (one registered key pair per node) are on: a
+    process that the launcher did not start cannot join. `--insecure` turns both off
+    (plain text, anyone may join).
 credentials --out DIR --host HOST [--host ...] --nodes N
     Make a CA, a SuperLink certificate for HOST(s) and N SuperNode key pairs for a
     deployment across machines (README, "Run on many machines").
@@ -14,6 +16,7 @@ credentials --out DIR --host HOST [--host ...] --nodes N
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import signal
@@ -24,17 +27,26 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+import yaml
+
 from fedbatch.deploy.federation import CONNECTION, FederationError, LocalFederation
 from fedbatch.deploy.security import make_node_keys, make_tls
+from fedbatch.run_dir import RESUME_COMMAND
 
-SET_BY_LAUNCHER = ("num_clients", "engine", "engine.federation")
+SET_BY_LAUNCHER = ("num_clients", "engine", "engine.federation", "engine.shared_dir")
+DEFAULT_NODES = 2
+SAVE_TIMEOUT = 60.0  # seconds an interrupted run may take to save itself
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fedbatch.deploy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     local = commands.add_parser("local", help="a federation on this machine, for one run")
-    local.add_argument("--nodes", type=int, default=2, help="SuperNodes (= num_clients)")
+    local.add_argument(
+        "--nodes",
+        type=int,
+        help=f"SuperNodes (= num_clients; default {DEFAULT_NODES}, or the resumed run's)",
+    )
     local.add_argument(
         "--insecure", action="store_true", help="no TLS, no SuperNode authentication"
     )
@@ -64,9 +76,24 @@ def _simulate_args(nodes: int, overrides: list[str]) -> list[str]:
         if key in keys:
             _fail(f"{key} is set by the launcher (--nodes {nodes}): leave it out")
     launcher = ["engine=deployment", f"engine.federation={CONNECTION}", f"num_clients={nodes}"]
+    launcher.append("engine.shared_dir=true")  # the ServerApp runs here: it writes the run
     if "clients_per_round" not in keys:
         launcher.append(f"clients_per_round={nodes}")
     return [sys.executable, "-m", "fedbatch.simulate", *launcher, *overrides]
+
+
+def _resume_args(nodes: int | None, overrides: list[str]) -> tuple[int, list[str]]:
+    """`resume=<run dir>` (alone): the nodes the run was started with, and the command."""
+    if len(overrides) != 1:
+        _fail("resume=<run dir> takes no other override: a run continues as it began")
+    config = Path(overrides[0].partition("=")[2]) / "config.yaml"
+    try:
+        started = int(yaml.safe_load(config.read_text(encoding="utf-8"))["num_clients"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        _fail(f"{overrides[0]} holds no readable config.yaml: not a fedbatch run directory")
+    if nodes not in (None, started):
+        _fail(f"--nodes={nodes} is invalid: the run was started with --nodes {started}")
+    return started, [sys.executable, "-m", "fedbatch.simulate", *overrides]
 
 
 def _check_devices(devices: list[str]) -> None:
@@ -84,24 +111,53 @@ def _check_devices(devices: list[str]) -> None:
         _fail(f"--device={device} is invalid: allowed auto, cpu, or cuda[:i] {where}")
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the federation's cleanup
+class Stopped(Exception):
+    """SIGINT or SIGTERM to the launcher."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)  # unwinds through the federation's cleanup
+
+
+def _run_until_stopped(command: list[str], env: dict[str, str]) -> int:
+    """Run the experiment; on SIGINT or SIGTERM pass that one signal on and wait for it to
+    save the run (its ServerApp writes the checkpoint and summary) before the federation
+    stops. Its own session: a terminal's Ctrl-C reaches it only through here, once."""
+    run = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return run.wait()
+    except Stopped as stopped:
+        run.send_signal(stopped.signal_number)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.wait(timeout=SAVE_TIMEOUT)
+        raise
+    finally:
+        if run.poll() is None:  # it did not save in time, or a second signal came
+            run.kill()
 
 
 def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
-    if args.nodes < 1:
+    if args.nodes is not None and args.nodes < 1:
         _fail(f"--nodes={args.nodes} is invalid: allowed an integer >= 1")
     if args.insecure and (args.tls or args.auth):
         _fail("--insecure turns TLS and SuperNode authentication off: leave out --tls, --auth")
     _check_devices(args.device)
-    from fedbatch.simulate import check_overrides
+    if any(arg.startswith("resume=") for arg in overrides):
+        args.nodes, command = _resume_args(args.nodes, overrides)
+    else:
+        from fedbatch.simulate import check_overrides
 
-    command = _simulate_args(args.nodes, overrides)
-    check_overrides(command[3:])
+        args.nodes = args.nodes or DEFAULT_NODES
+        command = _simulate_args(args.nodes, overrides)
+        check_overrides(command[3:])
     # Ctrl-C and SIGTERM unwind through the federation's cleanup, even where the shell
     # started this process with SIGINT ignored (a background job).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedbatch-deploy-"))
     code = 1
     try:
@@ -109,13 +165,14 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
         with LocalFederation(
             workdir, args.nodes, tls=secure, auth=secure, devices=tuple(args.device)
         ) as federation:
-            code = subprocess.run(command, env=federation.env).returncode
+            env = federation.env | {RESUME_COMMAND: "python -m fedbatch.deploy local"}
+            code = _run_until_stopped(command, env)
     except FederationError as error:
         print(f"fedbatch.deploy: error: {error} (logs in {workdir / 'logs'})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except Stopped as stopped:
         print("fedbatch.deploy: interrupted; the federation is stopped", file=sys.stderr)
-        return 130
+        return 128 + stopped.signal_number
     finally:
         if code == 0 and not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

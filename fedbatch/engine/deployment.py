@@ -6,6 +6,12 @@ run config (`fedbatch-config`, see `fedbatch.federated.run_config`). The ServerA
 each round's row and the summary; `flwr run --stream` brings them back here, into the run
 directory, wherever the SuperLink runs. Each SuperNode holds the partition its
 `--node-config` names.
+
+With `engine.shared_dir=true` (`deploy local` sets it) the SuperLink's machine sees the run
+directory at the same path: the ServerApp writes the run's files there itself (rows,
+summary, checkpoints, the final model), exactly as the simulation engines do, and a run is
+resumed by sending `resume` with the config it began with. Clients that keep state in their
+node contexts, which no server can read, are refused at `resume=` (fedbatch.simulate).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,11 @@ import fedbatch
 from fedbatch.config import RunConfig
 from fedbatch.deploy.federation import flower_command
 from fedbatch.engine import EngineError
-from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY
+from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY
+from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+from fedbatch.metrics.interrupts import Interrupted
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE, write_summary
+from fedbatch.metrics.trackers import trackers_for
 
 
 class DeploymentError(EngineError):
@@ -44,22 +54,28 @@ def app_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def run_config_toml(cfg: RunConfig) -> str:
+def run_config_toml(cfg: RunConfig, out_dir: Path, *, resume: bool = False) -> str:
     """The run config: the whole config, composed here where a study's `--config-dir`
-    lies (JSON strings are valid TOML basic strings). No `output-dir`: the ServerApp's rows
-    stream back here instead of being written on the SuperLink's machine."""
-    return f'{CONFIG_KEY} = {json.dumps(cfg.to_json())}\n{OUTPUT_KEY} = ""\n'
+    lies (JSON strings are valid TOML basic strings). `output-dir` only where the SuperLink's
+    machine shares the run directory; otherwise the rows stream back here."""
+    shared = str(out_dir.resolve()) if cfg.engine.shared_dir else ""
+    return (
+        f"{CONFIG_KEY} = {json.dumps(cfg.to_json())}\n{OUTPUT_KEY} = {json.dumps(shared)}\n"
+        f"{RESUME_KEY} = {str(resume).lower()}\n"
+    )
 
 
 class RunDirectory:
-    """Writes the rows and the summary that the ServerApp prints into this machine's run
-    directory, as `simulate` does for the other engines."""
+    """Takes the rows and the summary that the ServerApp prints: writes them into this
+    machine's run directory, as `simulate` does for the other engines, unless the ServerApp
+    writes them there itself (`shared`)."""
 
-    def __init__(self, out_dir: Path, rounds: int) -> None:
+    def __init__(self, out_dir: Path, rounds: int, *, shared: bool = False) -> None:
         self.rounds = rounds
-        self.metrics = (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
-        self.summary_path = out_dir / "summary.json"
+        self.metrics = None if shared else (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self.summary_path = None if shared else out_dir / "summary.json"
         self.summary: dict[str, Any] | None = None
+        self.trackers: list[Callback] = []  # `logger`: they run here, where the rows arrive
 
     def take(self, line: str) -> bool:
         """Keep `line` if it is a row or the summary (and say so)."""
@@ -77,16 +93,24 @@ class RunDirectory:
     def _keep(self, prefix: str, values: dict[str, Any]) -> None:
         if prefix == SUMMARY_LINE:
             self.summary = values
-            write_summary(self.summary_path, values)
+            if self.summary_path is not None:
+                write_summary(self.summary_path, values)
+            for tracker in self.trackers:
+                rounds, why = values.get("rounds_completed", 0), values.get("stopped_because")
+                tracker.on_run_end(RunOutcome(rounds, str(why), values.get("seconds", 0.0)))
             return
-        self.metrics.write(json.dumps(values) + "\n")
-        self.metrics.flush()
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(values) + "\n")
+            self.metrics.flush()
+        for tracker in self.trackers:
+            tracker.on_round_end(RoundState(values["round"], None, values))
         accuracy = values.get("test_accuracy")
         shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
         print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
 
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 STARTED = re.compile(r"Successfully started run (\d+)")
@@ -112,7 +136,7 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
             started = STARTED.match(line)
             run_id = started.group(1) if started else run_id
         return process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         if run_id is not None:  # best effort: the SuperLink may be going down as well
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 subprocess.run([flower_command("flwr"), "stop", run_id, federation], timeout=30)
@@ -127,18 +151,21 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
 def run(
     cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Submit the run and wait for it. No progress bar: the server runs elsewhere, and
-    each round prints one line as its row comes back. No resume: the server's state lives
-    on the SuperLink's machine."""
-    if resume is not None:
-        raise DeploymentError("resume= is not available on engine=deployment")
+    """Submit the run (or, given the checkpoint `resume` that the ServerApp reads from the
+    shared run directory, its continuation) and wait for it. No progress bar: the server
+    runs elsewhere, and each round prints one line as its row comes back."""
+    if resume is not None and not cfg.engine.shared_dir:
+        raise DeploymentError("resume= on engine=deployment needs engine.shared_dir=true")
     app = app_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = RunDirectory(out_dir, cfg.rounds)
+    run_dir = RunDirectory(out_dir, cfg.rounds, shared=cfg.engine.shared_dir)
+    if not cfg.engine.shared_dir:  # shared: the ServerApp runs them, as it writes the files
+        run_dir.trackers = trackers_for(cfg.logger, out_dir, asdict(cfg), run_dir)
     federation = cfg.engine.federation
     with tempfile.TemporaryDirectory(prefix="fedbatch-run-config-") as tmp:
         config_file = Path(tmp) / "run-config.toml"
-        config_file.write_text(run_config_toml(cfg), encoding="utf-8")
+        toml = run_config_toml(cfg, out_dir, resume=resume is not None)
+        config_file.write_text(toml, encoding="utf-8")
         command = [flower_command("flwr"), "run", str(app), federation, "--stream"]
         code = _submit([*command, "--run-config", str(config_file)], federation, run_dir)
     if code != 0 or run_dir.summary is None:

@@ -47,6 +47,7 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (model.target is not None, f"model._target_={model.target}"),
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),
+        (cfg.data.name == "text", "data=text (sequence models)"),
         (cfg.stream.streaming, f"stream={cfg.stream.name}"),
         (cfg.clock.on, f"clock={cfg.clock.name}"),
         (cfg.monitor.timing, "monitor.timing=true"),

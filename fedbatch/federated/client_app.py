@@ -145,7 +145,19 @@ def train_metrics(task: Task, plan: LocalPlan, result: LocalResult, probes: dict
     values |= {f"grad_norm/{name}": v for name, v in result.layer_grad_norms.items()}
     if result.times is not None:
         values |= {"data_seconds": result.times.data, "compute_seconds": result.times.compute}
+    if task.y.ndim == 2:  # text: every client replies these, nan when it took no step
+        values |= token_metrics(result)
     return MetricRecord(values | probes)
+
+
+def token_metrics(result: LocalResult) -> dict[str, float]:
+    """Real tokens per optimizer step, and the share of computed positions that were
+    padding (each batch is trimmed to its longest sequence)."""
+    nan = float("nan")
+    return {
+        "tokens_per_step": result.tokens / result.steps if result.steps else nan,
+        "padding_fraction": 1 - result.tokens / result.token_slots if result.token_slots else nan,
+    }
 
 
 def _with_stream(metrics: MetricRecord, streamed: StreamRound, result: LocalResult) -> MetricRecord:
@@ -243,6 +255,7 @@ def train(msg: Message, context: Context) -> Message:
         layer_norms=bool(config["layer-norms"]),
         timing=cfg.monitor.timing,
         prefetch=client_cfg.prefetch,
+        bucket_by_length=client_cfg.bucket_by_length,
         batches=batches,
         transform=task.workload.drift().apply if drifted else None,
     )

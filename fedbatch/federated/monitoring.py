@@ -36,12 +36,13 @@ ROW_KEYS = (
     "weight_norm", "update_norm_mean", "update_cosine_mean", "update_cosine_min",
     "data_seconds", "compute_seconds", "samples_arrived", "samples_trained",
     "wait_seconds", "prequential_loss", "prequential_accuracy", "steps_per_client",
-    "examples_per_client",
+    "examples_per_client", "tokens_per_step", "padding_fraction",
 )  # fmt: skip
 _FROM_CLIENTS = ("batch_size", "effective_batch_size", "lr", "lr_gain", "sharpness")
 _FROM_CLIENTS += ("hessian_top",)
 _FROM_CLIENTS += ("data_seconds", "compute_seconds", "noise_grad_sq", "noise_trace")
 _FROM_CLIENTS += ("prequential_loss", "prequential_accuracy")
+_FROM_CLIENTS += ("tokens_per_step", "padding_fraction")  # text only
 
 
 def _due(frequency: int, server_round: int) -> bool:

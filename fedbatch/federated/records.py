@@ -37,6 +37,8 @@ MEAN_WEIGHTS = {
     "grad_norm_mean": "steps",
     "prequential_loss": "prequential_samples",
     "prequential_accuracy": "prequential_samples",
+    "tokens_per_step": "steps",
+    "padding_fraction": "examples_seen",
 }
 
 

@@ -1,6 +1,6 @@
 """The ServerApp's Flower run config: which fedbatch config a `flwr run` trains.
 
-Three keys, declared with their defaults in `pyproject.toml` (`[tool.flwr.app.config]`;
+Four keys, declared with their defaults in `pyproject.toml` (`[tool.flwr.app.config]`;
 Flower drops a `--run-config` key that is not declared there):
 
 - `fedbatch-config`: a whole resolved config as JSON. `engine=deployment` sends this,
@@ -8,7 +8,9 @@ Flower drops a `--run-config` key that is not declared there):
   lies.
 - `overrides`: Hydra overrides of the packaged config, as on a command line, for `flwr run`
   by hand: `flwr run . --run-config "overrides='rounds=3 client.batch_size=16'"`.
-- `output-dir`: where the ServerApp also writes `metrics.jsonl` and `summary.json`.
+- `output-dir`: where the ServerApp writes `metrics.jsonl`, `summary.json`, its checkpoints
+  and the final model (`engine.shared_dir=true` sends the run directory itself).
+- `resume`: continue from `output-dir`'s checkpoint (`resume=<run dir>` sends it).
 
 With `fedbatch-config` empty (pyproject's default), the ServerApp composes the packaged
 config itself, `engine=deployment` first, then `overrides`: under `flwr run` it always
@@ -28,6 +30,7 @@ from fedbatch.config.compose import OverrideError, compose_config, split_overrid
 CONFIG_KEY = "fedbatch-config"
 OVERRIDES_KEY = "overrides"
 OUTPUT_KEY = "output-dir"
+RESUME_KEY = "resume"
 BASE_OVERRIDES = ("engine=deployment",)  # what every `flwr run` composition starts from
 
 
@@ -50,3 +53,8 @@ def output_dir(run_config: Mapping[str, object]) -> Path | None:
     """`output-dir`, if set."""
     value = str(run_config.get(OUTPUT_KEY, "") or "")
     return Path(value) if value else None
+
+
+def resuming(run_config: Mapping[str, object]) -> bool:
+    """Whether the run continues from `output-dir`'s checkpoint."""
+    return run_config.get(RESUME_KEY) is True

@@ -18,6 +18,7 @@ from flwr.app import RecordDict
 from fedbatch.config import RunConfig
 from fedbatch.federated.checkpoint import (
     CheckpointError,
+    load_checkpoint,
     load_random_state,
     random_state,
     save_checkpoint,
@@ -106,6 +107,16 @@ def checkpointer_for(cfg: RunConfig, out_dir: Path | None, grid: object) -> Chec
     return Checkpointer(path, cfg.save.every, clients, cfg.to_json())
 
 
+def run_checkpoint(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The checkpoint `run_dir` holds, written under `cfg` (CheckpointError if not)."""
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    if state["config"] != cfg.to_json():
+        raise CheckpointError(
+            f"resume={run_dir}: config.yaml is not the config its {CHECKPOINT} was written with"
+        )
+    return state
+
+
 class FinalModelFile(Callback):
     """Writes the global model the run ends with to `model.safetensors`."""
 
@@ -118,4 +129,4 @@ class FinalModelFile(Callback):
             save_model_file(self.path, tensors)
 
 
-__all__ = ["MODEL_FILE", "Checkpointer", "FinalModelFile", "checkpointer_for"]
+__all__ = ["MODEL_FILE", "Checkpointer", "FinalModelFile", "checkpointer_for", "run_checkpoint"]

@@ -8,7 +8,9 @@ and runs `round_loop.run_rounds` on the engine's Grid, its nodes in partition or
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +18,34 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedbatch.config import RunConfig
+from fedbatch.federated.checkpoint import CheckpointError
 from fedbatch.federated.evaluation import FinalModelProbe, PooledExactNoise, ServerEvaluation
 from fedbatch.federated.nodes import PartitionedGrid, partition_order
 from fedbatch.federated.records import model_to_arrays
 from fedbatch.federated.round_loop import run_rounds
-from fedbatch.federated.run_config import config_from_run_config, output_dir
-from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_for
+from fedbatch.federated.run_config import (
+    OUTPUT_KEY,
+    config_from_run_config,
+    output_dir,
+    resuming,
+)
+from fedbatch.federated.saving import MODEL_FILE, FinalModelFile, checkpointer_for, run_checkpoint
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.metrics.callbacks import Callback, ConvergenceMonitor
-from fedbatch.metrics.progress import RichProgress
+from fedbatch.metrics.interrupts import Interrupted, interruptible
+from fedbatch.metrics.progress import progress_display
 from fedbatch.metrics.sink import JsonlSink, LineSink, SummaryFile
+from fedbatch.metrics.trackers import trackers_for
 
-__all__ = ["app", "run_experiment", "run_rounds", "standard_callbacks"]
+__all__ = ["app", "run_experiment", "run_rounds", "serve", "standard_callbacks"]
 
 
 def standard_callbacks(
     workload: Workload, out_dir: Path | None, *, progress: bool, lines: bool = False
 ) -> tuple[list[Callback], SummaryFile]:
     """Evaluation → convergence (→ final probe) → metrics.jsonl (→ model.safetensors) →
-    summary.json (→ progress bar) (→ rows and summary as lines on stdout). No files when
-    `out_dir` is None."""
+    summary.json (→ trackers) (→ progress) (→ rows and summary as lines on stdout). No
+    files when `out_dir` is None."""
     cfg = workload.cfg
     monitor = ConvergenceMonitor(cfg.stop)
     summary = SummaryFile(None if out_dir is None else out_dir / "summary.json", monitor)
@@ -49,8 +59,10 @@ def standard_callbacks(
         if cfg.save.model:
             callbacks.append(FinalModelFile(out_dir / MODEL_FILE))
     callbacks.append(summary)
+    if out_dir is not None:  # after the summary and the model, which they report
+        callbacks += trackers_for(cfg.logger, out_dir, asdict(cfg), summary)
     if progress:
-        callbacks.append(RichProgress(cfg.rounds))
+        callbacks.append(progress_display(cfg.rounds, cfg.progress))
     if lines:
         callbacks.append(LineSink(summary))
     return callbacks, summary
@@ -93,10 +105,27 @@ def run_experiment(
 app = ServerApp()
 
 
+def serve(grid: Grid, run_config: Mapping[str, Any]) -> None:
+    """Run (or, with `resume`, continue) the experiment `run_config` names. Rows stream back
+    to the submitting machine; `output-dir`, if set, gets the run's files here. Ctrl-C and
+    SIGTERM (`flwr stop`) save the run, as in the other engines, before Flower's own exit."""
+    cfg = config_from_run_config(run_config)
+    out_dir = output_dir(run_config)
+    resume = None
+    if resuming(run_config):
+        if out_dir is None:
+            raise CheckpointError(f"resume=true needs {OUTPUT_KEY}: the run directory to resume")
+        resume = run_checkpoint(out_dir, cfg)
+    try:
+        with interruptible():
+            run_experiment(grid, cfg, out_dir, progress=False, lines=True, resume=resume)
+    except Interrupted as interruption:
+        signal.raise_signal(interruption.signal_number)  # to Flower's handler, now restored
+        raise
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point under `flwr run`: the config comes from the run config, as JSON or
-    as overrides of the packaged config (`fedbatch.federated.run_config`). Rows stream
-    back to the submitting machine; `output-dir`, if set, keeps copies here."""
-    cfg = config_from_run_config(context.run_config)
-    run_experiment(grid, cfg, output_dir(context.run_config), progress=False, lines=True)
+    as overrides of the packaged config (`fedbatch.federated.run_config`)."""
+    serve(grid, context.run_config)

@@ -19,6 +19,7 @@ from fedbatch.data.datasets import Dataset, load_dataset
 from fedbatch.data.drift import DriftTransform
 from fedbatch.data.partition import partition_indices
 from fedbatch.data.stream import ClientStream
+from fedbatch.data.text import partition_labels
 from fedbatch.local.models import build_model, memory_format
 from fedbatch.seeding import derive_seed
 
@@ -99,7 +100,10 @@ def build_workload(cfg: RunConfig) -> Workload:
     # pay it here, with the data, rather than inside the first round's measured time (and
     # after the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    partitions = partition_indices(dataset.y_train, cfg.partition, cfg.num_clients, cfg.seed)
+    labels = partition_labels(dataset.y_train)
+    partitions = partition_indices(
+        labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
+    )
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Per-step training measurements, kept off the hot path (pure torch, no Flower).
 
-Each step only appends tensors it already has (the loss, the logits) and, when gradient
+Loss and accuracy are per sample, or for text per real token (padding excluded). Each
+step only appends tensors it already has (the loss, the logits) and, when gradient
 norms are on, one fused `_foreach_norm` over the gradients. Reductions run every
 `MAX_STEPS` steps (or when the held logits grow large) and never sync the device.
 """
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from fedbatch.data.text import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class StepTally:
         self.norm_max = torch.zeros((), device=device)
         self.layer_sum: torch.Tensor | None = None
         self.samples = self.steps = self.held = 0
+        self.tokens: torch.Tensor | int = 0  # text: real tokens (targets not -100)
         self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._norms: list[list[torch.Tensor]] = []
         self._zero = torch.zeros((), device=device)
@@ -72,6 +76,8 @@ class StepTally:
             self.prequential_loss += F.cross_entropy(logits.float(), targets, reduction="sum")
             self.prequential_correct += (logits.argmax(dim=1) == targets).sum()
             self._prequential = []
+        if self._batches and self._batches[0][2].ndim == 2:
+            self._flush_tokens()
         if self._batches:
             losses, logits, targets = zip(*self._batches, strict=True)
             sizes = [t.shape[0] for t in targets]
@@ -96,6 +102,15 @@ class StepTally:
                 self.layer_sum = layers if self.layer_sum is None else self.layer_sum + layers
             self._norms = []
 
+    def _flush_tokens(self) -> None:
+        """Text: each batch's mean loss is over its real tokens, and so is accuracy."""
+        for loss, logits, targets in self._batches:
+            real = (targets != IGNORE_INDEX).sum()
+            self.loss_sum += loss.float() * real
+            self.correct += (logits.argmax(dim=1) == targets).sum()  # -100 never matches
+            self.tokens = self.tokens + real
+        self._batches, self.held = [], 0
+
     def summary(self) -> TallySummary:
         self.flush()
         nan = float("nan")
@@ -104,9 +119,10 @@ class StepTally:
         measured = self.grad_norms and self.steps > 0
         fresh = self.prequential_samples
         layers = (self.layer_sum / self.steps).tolist() if self.layer_sum is not None else []
+        units = self.samples if isinstance(self.tokens, int) else float(self.tokens)
         return TallySummary(
-            loss=float(self.loss_sum) / self.samples,
-            accuracy=float(self.correct) / self.samples,
+            loss=float(self.loss_sum) / units,
+            accuracy=float(self.correct) / units,
             grad_norm_mean=float(self.norm_sum) / self.steps if measured else nan,
             grad_norm_max=float(self.norm_max) if measured else nan,
             layer_grad_norms=layers,

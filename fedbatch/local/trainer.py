@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedbatch.local.minibatches import PlannedBatch, batch_schedule
+from fedbatch.local.sequences import real_targets, sequence_lengths, trim_to, trim_to_longest
 from fedbatch.local.tally import StepTally
 
 
@@ -37,6 +38,8 @@ class LocalResult:
     prequential_samples: int = 0  # new samples evaluated before training on them
     prequential_loss: float = float("nan")
     prequential_accuracy: float = float("nan")
+    tokens: int = 0  # text: real tokens trained on (targets that are not padding)
+    token_slots: int = 0  # text: positions computed, padding included (batch × its width)
 
 
 def _uses_batchnorm(model: nn.Module) -> bool:
@@ -70,21 +73,41 @@ class _Clock:
 Transform = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+@dataclass
+class TokenCount:
+    """Text: real tokens and computed positions (padding included) of the batches so far."""
+
+    tokens: int = 0
+    slots: int = 0
+
+
 def _gathered(
     x: torch.Tensor,
     y: torch.Tensor,
     schedule: Iterable[PlannedBatch],
     prefetch: bool,
     transform: Transform | None,
+    lengths: torch.Tensor | None = None,
+    count: TokenCount | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """(inputs, targets, fresh rows) per step; with `prefetch`, the next batch is gathered
-    meanwhile. Rows marked by a drifted concept go through `transform`."""
+    meanwhile. Rows marked by a drifted concept go through `transform`. With `lengths`
+    (text), each batch is trimmed to its longest sequence and counted into `count`."""
 
     def gather(batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
         index = batch.index
+        width = None
+        if lengths is not None:
+            rows = lengths[index.cpu()]
+            width = int(rows.max())
+            if count is not None:
+                count.tokens += int(rows.sum())
+                count.slots += width * len(rows)
         if index.device != x.device:
             index = index.to(x.device, non_blocking=True)
         inputs, targets = x[index], y[index]
+        if width is not None:
+            inputs, targets = trim_to(inputs, targets, width)
         if transform is not None and batch.concept is not None:
             inputs, targets = transform(inputs, targets, batch.concept.to(x.device))
         return inputs, targets, batch.fresh
@@ -121,6 +144,7 @@ class TrainOptions:
     prefetch: bool = False
     batches: Sequence[PlannedBatch] | None = None  # a stream's plan instead of epochs/steps
     transform: Transform | None = None  # drift applied to rows with concept 1
+    bucket_by_length: bool = False  # text: batches of sequences of similar length
 
 
 def train_local(
@@ -150,6 +174,8 @@ def train_local(
     lrs: list[float] = []
     clock = _Clock(x.device) if opts.timing else None
     step_size = opts.batch_size * opts.accumulate
+    lengths = sequence_lengths(y)  # text: batches are trimmed, tokens counted
+    count = TokenCount()
     schedule: Iterable[PlannedBatch] = (
         opts.batches
         if opts.batches is not None
@@ -162,10 +188,12 @@ def train_local(
                 epochs=opts.epochs,
                 steps=opts.steps,
                 min_batch=min_batch,
+                lengths=lengths if opts.bucket_by_length else None,
             )
         )
     )
-    for inputs, targets, fresh in _gathered(x, y, schedule, opts.prefetch, opts.transform):
+    gathered = _gathered(x, y, schedule, opts.prefetch, opts.transform, lengths, count)
+    for inputs, targets, fresh in gathered:
         if clock is not None:
             clock.data += clock.lap()
         if opts.lr_at is not None:
@@ -174,16 +202,21 @@ def train_local(
         offset = 0
         micro = _micro_batches(inputs, targets, opts, min_batch)
         split = len(micro) > 1
+        total = real_targets(targets) if split else 1
         for micro_x, micro_y in micro:
             with autocast:
                 logits = model(micro_x)
                 loss = F.cross_entropy(logits, micro_y)
-            objective = loss * (len(micro_y) / len(targets)) if split else loss
+            share = real_targets(micro_y) / total if split else 1.0  # of the step's mean loss
+            objective = loss * share if split else loss
             if opts.prox_mu > 0.0 and opts.anchor is not None:
                 distance = sum(
                     (p - a).pow(2).sum() for p, a in zip(params, opts.anchor, strict=True)
                 )
-                objective = objective + 0.5 * opts.prox_mu * distance * len(micro_y) / len(targets)
+                proximal = 0.5 * opts.prox_mu * distance
+                objective = objective + (
+                    proximal * share if split else proximal * len(micro_y) / len(targets)
+                )
             (scaler.scale(objective) if scaler else objective).backward()
             tally.add_batch(loss, logits, micro_y)
             if fresh > offset:  # test-then-train: the new rows, before this step's update
@@ -216,6 +249,8 @@ def train_local(
         prequential_samples=tally.prequential_samples,
         prequential_loss=measured.prequential_loss,
         prequential_accuracy=measured.prequential_accuracy,
+        tokens=count.tokens,
+        token_slots=count.slots,
     )
 
 
@@ -251,15 +286,19 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
 ) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of `model` on (x, y), in eval mode."""
+    """Mean cross-entropy loss and accuracy of `model` on (x, y), in eval mode; for text,
+    per real token (padding is neither a target nor computed beyond a batch's longest)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        targets = y[start : start + batch_size]
+        inputs, targets = x[start : start + batch_size], y[start : start + batch_size]
+        if targets.ndim == 2:
+            inputs, targets = trim_to_longest(inputs, targets)
+        logits = model(inputs)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        correct += (logits.argmax(dim=1) == targets).sum()
+        correct += (logits.argmax(dim=1) == targets).sum()  # padding (-100) never matches
     model.train(was_training)
-    return float(loss_sum) / len(x), float(correct) / len(x)
+    units = len(x) if y.ndim == 1 else int(real_targets(y))
+    return float(loss_sum) / units, float(correct) / units

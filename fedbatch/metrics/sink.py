@@ -46,8 +46,12 @@ class JsonlSink(Callback):
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("wb")
-        self._file.write(row_json(state.row).encode() + b"\n")
+        self._file.write(self.encode(state.row, first=self._file.tell() == 0))
         self._file.flush()
+
+    def encode(self, row: dict[str, Any], *, first: bool) -> bytes:
+        """The bytes a row adds to the file (`first`: the file is empty so far)."""
+        return row_json(row).encode() + b"\n"
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         if self._file is not None:

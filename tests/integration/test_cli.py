@@ -46,7 +46,7 @@ def test_bad_values_are_rejected_before_any_work(override, key, allowed):
         ("data=cifar10", "data", "mnist1d"),
         ("model=resnet", "model", "cnn1d"),
         ("model=cnn", "model", "cnn needs data=images"),
-        ("client.batchsize=3", "client.batchsize", "batch_size, epochs"),
+        ("client.batchsize=3", "client.batchsize", "batch_size, bucket_by_length, epochs"),
         ("partition.alpha=0.1", "partition=iid", "allowed name"),
         ("client.batch_size=0", "client.batch_size", "'full'"),
         ("num_clients=5000", "num_clients", "at most"),

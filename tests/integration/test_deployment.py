@@ -6,6 +6,7 @@ start a real SuperLink and SuperNodes on loopback (TLS and node authentication, 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -27,9 +28,13 @@ from fedbatch.deploy.federation import (
 from fedbatch.deploy.security import make_node_keys
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.nodes import partition_order
-from fedbatch.federated.server_app import run_experiment
+from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY
+from fedbatch.federated.server_app import run_experiment, serve
+from fedbatch.metrics.interrupts import Interrupted
+from fedbatch.run_dir import CHECKPOINT
 from tests.conftest import (
     FAST,
+    MEASURED,
     SERVER_DATA,
     read_rows,
     tiny_config,
@@ -92,6 +97,44 @@ def test_deployment_gap_is_test_loss_minus_the_clients_evaluation_of_the_global_
     for row in read_rows(tmp_path)[1:]:
         assert row["global_train_loss"] is None
         assert row["generalization_gap"] == row["test_loss"] - row["client_eval_loss"]
+
+
+class StoppedGrid(InProcessGrid):
+    """A federation stopped (`flwr stop`, Ctrl-C: a signal to the ServerApp) as round
+    `at` starts training."""
+
+    def __init__(self, num_nodes: int, at: int) -> None:
+        super().__init__(num_nodes)
+        self.trainings_left = at
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            self.trainings_left -= 1
+            if self.trainings_left == 0:
+                raise Interrupted(signal.SIGINT)
+        return super().push_messages(messages)
+
+
+def test_a_stopped_deployment_resumes_in_its_shared_run_directory_as_if_never_stopped(tmp_path):
+    engine = {"name": "deployment", "round_timeout": 5, "shared_dir": True}
+    cfg = tiny_config(engine=engine, rounds=4, save={"every": 1})
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    run_config = {CONFIG_KEY: cfg.to_json(), OUTPUT_KEY: str(stopped)}
+    with pytest.raises(KeyboardInterrupt):  # the signal, passed on to Flower's own handler
+        serve(StoppedGrid(6, at=3), run_config)
+    assert [row["round"] for row in read_rows(stopped)] == [0, 1, 2]
+    interrupted = json.loads((stopped / "summary.json").read_text())
+    assert interrupted["stopped_because"] == "interrupted"
+    assert (stopped / CHECKPOINT).exists()
+    serve(InProcessGrid(6), run_config | {RESUME_KEY: True})
+    serve(InProcessGrid(6), {CONFIG_KEY: cfg.to_json(), OUTPUT_KEY: str(whole)})
+    assert without_measured(read_rows(stopped)) == without_measured(read_rows(whole))
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (stopped, whole)]
+    assert [{k: v for k, v in s.items() if k not in MEASURED} for s in summaries] == [
+        {k: v for k, v in summaries[1].items() if k not in MEASURED}
+    ] * 2
+    assert not (stopped / CHECKPOINT).exists()  # the run has ended: nothing left to resume
 
 
 class LateGrid(InProcessGrid):
@@ -252,6 +295,42 @@ def test_ctrl_c_stops_the_default_local_federation_which_refuses_strangers(tmp_p
     assert launcher.returncode == 130, rest
     assert "the federation is stopped" in rest
     assert federation_processes(workdir / "flwr-home") == []
+
+
+@pytest.mark.slow
+def test_deploy_local_interrupted_and_resumed_writes_the_in_process_numbers(tmp_path):
+    """Ctrl-C stops the federation; `deploy local resume=` continues on a fresh one."""
+    run_dir, simulated = tmp_path / "run", tmp_path / "simulated"
+    kept = [arg for arg in FAST if not arg.startswith(("num_clients=", "rounds="))]
+    overrides = [*kept, "rounds=4", "save.every=1"]
+    command = [sys.executable, "-m", "fedbatch.deploy", "local", "--nodes", "4", "--insecure"]
+    launcher = subprocess.Popen(
+        [*command, *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(read_rows(run_dir)) >= 3, 180)
+    os.killpg(launcher.pid, signal.SIGINT)
+    said, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, said
+    assert (run_dir / CHECKPOINT).exists()
+    assert f"continue with: python -m fedbatch.deploy local resume={run_dir}" in said
+    assert json.loads((run_dir / "summary.json").read_text())["stopped_because"] == "interrupted"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedbatch.deploy", "local", "--insecure", f"resume={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    simulate_args = [*overrides, "num_clients=4", f"hydra.run.dir={simulated}"]
+    subprocess.run([sys.executable, "-m", "fedbatch.simulate", *simulate_args], check=True)
+    rows = [without_server_data(without_measured(read_rows(d))) for d in (run_dir, simulated)]
+    assert rows[0] == rows[1]
+    assert [row["round"] for row in rows[0]] == [0, 1, 2, 3, 4]
+    assert (run_dir / "model.safetensors").exists() and not (run_dir / CHECKPOINT).exists()
 
 
 @pytest.mark.slow

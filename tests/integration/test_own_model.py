@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,4 +86,24 @@ def test_a_custom_model_trains_as_the_built_in_it_mirrors(tmp_path):
     run_engine(mlp, tmp_path / "mlp", progress=False)
     rows = without_measured(read_rows(tmp_path / "own"))
     assert rows == without_measured(read_rows(tmp_path / "mlp"))
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_readme_command_runs_as_written(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n### Your own model\n", 1)[1].split("\n### ", 1)[0]
+    (command,) = re.findall(r"^PYTHONPATH=\$PWD python -m fedbatch\.simulate .*$", section, re.M)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    result = subprocess.run(
+        # two rounds, not thirty: the command as written, in suite time
+        ["bash", "-c", f"{command} rounds=2 hydra.run.dir={tmp_path / 'run'} progress=off"],
+        cwd=ROOT / "tests" / "extending",  # README: from the directory holding mynets.py
+        env=os.environ | {"PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(tmp_path / "run")
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]

@@ -222,12 +222,27 @@ def test_resume_refuses_what_it_cannot_continue_with_one_line(tmp_path, capsys):
     assert "config.yaml is not the config its checkpoint.pt was written with" in said
 
 
-def test_resume_refuses_ray_when_clients_keep_state_the_server_cannot_read(tmp_path, capsys):
-    run_dir = _run_dir(tmp_path, "engine=ray", "client.optimizer_state=keep")
+@pytest.mark.parametrize("engine", ["ray", "deployment"])
+def test_resume_refuses_engines_whose_clients_keep_state_the_server_cannot_read(
+    engine, tmp_path, capsys
+):
+    run_dir = _run_dir(tmp_path, f"engine={engine}", "client.optimizer_state=keep")
+    if engine == "deployment":
+        (run_dir / "config.yaml").write_text(
+            (run_dir / "config.yaml").read_text().replace("shared_dir: false", "shared_dir: true")
+        )
     save_checkpoint(run_dir / CHECKPOINT, {"config": "{}", "round": 1})
     said = _refusal(capsys, f"resume={run_dir}")
-    assert "engine=ray cannot be resumed (client.optimizer_state=keep)" in said
+    assert f"engine={engine} cannot be resumed (client.optimizer_state=keep)" in said
     assert "inprocess and vectorized can" in said
+
+
+def test_resume_of_a_deployment_whose_server_wrote_elsewhere_says_why_there_is_nothing(
+    tmp_path, capsys
+):
+    said = _refusal(capsys, f"resume={_run_dir(tmp_path, 'engine=deployment')}")
+    assert "holds no checkpoint.pt: engine=deployment writes checkpoints here only with " in said
+    assert "engine.shared_dir=true" in said
 
 
 def test_a_config_that_does_not_validate_is_named(tmp_path, capsys):

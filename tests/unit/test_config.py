@@ -33,7 +33,7 @@ def _raw(**sections):
         ),
         (_raw(strategy={"name": "fedfoo"}), "strategy", "fedavg, fedavgm"),
         (_raw(data={"name": "cifar"}), "data", "synthetic, mnist1d, digits"),
-        (_raw(model={"name": "resnet"}), "model", "logreg, mlp, cnn1d"),
+        (_raw(model={"name": "vgg"}), "model", "logreg, mlp, cnn1d, cnn, resnet"),
         (_raw(model={"name": "mlp", "norm": "instance"}), "model.norm", "none, batch"),
         (_raw(model={"memory_format": "nhwc"}), "model.memory_format", "auto, contiguous"),
         (_raw(model={"name": "cnn"}), "model", "logreg, mlp, cnn1d with data=digits"),
@@ -52,7 +52,11 @@ def _raw(**sections):
         ),
         (_raw(data={"name": "digits", "test_fraction": 0}), "data.test_fraction", "> 0.0"),
         (_raw(engine={"name": "spark"}), "engine", "inprocess, ray"),
-        (_raw(client={"batch_sise": 3}), "client.batch_sise", "batch_size, epochs"),
+        (
+            _raw(client={"batch_sise": 3}),
+            "client.batch_sise",
+            "batch_size, bucket_by_length, epochs",
+        ),
         (_raw(rounds=0), "rounds", ">= 1"),
         (
             _raw(client={"batch_size": 1}, model={"name": "mlp", "norm": "batch"}),

@@ -50,11 +50,25 @@ def test_node_keys_are_an_openssh_ec_pair(tmp_path):
     assert stat.S_IMODE(keys.private_key.stat().st_mode) == 0o600
 
 
-def test_run_config_carries_the_config_exactly():
+def test_run_config_carries_the_config_exactly(tmp_path):
     cfg = tiny_config(engine={"app_dir": 'a "b" \\ ü'})
-    parsed = tomli.loads(run_config_toml(cfg))
-    assert parsed == {"fedbatch-config": cfg.to_json(), "output-dir": ""}
+    parsed = tomli.loads(run_config_toml(cfg, tmp_path))
+    assert parsed == {"fedbatch-config": cfg.to_json(), "output-dir": "", "resume": False}
     assert json.loads(parsed["fedbatch-config"])["engine"]["app_dir"] == 'a "b" \\ ü'
+
+
+def test_a_shared_run_directory_is_where_the_server_writes_and_resumes(tmp_path):
+    cfg = tiny_config(engine={"name": "deployment", "shared_dir": True})
+    run_dir = tmp_path / 'a "run" ü'
+    parsed = tomli.loads(run_config_toml(cfg, run_dir, resume=True))
+    assert parsed["output-dir"] == str(run_dir.resolve())
+    assert parsed["resume"] is True
+    streamed = RunDirectory(tmp_path, rounds=1, shared=True)  # the ServerApp writes the files
+    assert streamed.take(ROW_LINE + json.dumps({"round": 1, "test_accuracy": 0.5}) + "\n")
+    assert streamed.take(SUMMARY_LINE + json.dumps({"rounds_completed": 1}))
+    streamed.close()
+    assert streamed.summary == {"rounds_completed": 1}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_streamed_rows_and_summary_become_the_run_directory_files(tmp_path, capsys):

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 import fedbatch
-from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, OVERRIDES_KEY
+from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, OVERRIDES_KEY, RESUME_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -65,7 +65,8 @@ def test_requires_python_is_flowers():
 def test_flwr_run_finds_the_apps_and_every_run_config_key():
     """Flower drops a `--run-config` key that pyproject does not declare."""
     app = PYPROJECT["tool"]["flwr"]["app"]
-    assert app["config"] == {CONFIG_KEY: "", OVERRIDES_KEY: "", OUTPUT_KEY: ""}
+    expected = {CONFIG_KEY: "", OVERRIDES_KEY: "", OUTPUT_KEY: "", RESUME_KEY: False}
+    assert app["config"] == expected
     for reference in app["components"].values():
         module, _, attribute = reference.partition(":")
         assert hasattr(importlib.import_module(module), attribute)

@@ -72,7 +72,7 @@ def test_validating_built_in_names_imports_neither_torch_nor_flower():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "model='vgg' is invalid: allowed one of logreg, mlp, cnn1d, cnn, resnet",
+        "model='vgg' is invalid: allowed one of logreg, mlp, cnn1d, cnn, resnet, gru, transformer",
         "[]",
     ]
 
@@ -161,7 +161,8 @@ def test_a_users_config_dir_adds_options_with_target():
         check_overrides(["model=tiny"])
     assert (
         str(info.value)
-        == "model='tiny' is invalid: allowed one of cnn, cnn1d, custom, logreg, mlp, resnet"
+        == "model='tiny' is invalid: allowed one of cnn, cnn1d, custom, gru, logreg, mlp, resnet, "
+        "transformer"
     )
 
 

@@ -87,7 +87,7 @@ def test_a_key_no_yaml_names_can_still_be_set():
         ({"model": {"name": "mlp", "hidden": [8, 0]}}, "model.hidden[1]=0 is invalid: "
          "allowed an integer >= 1"),
         ({"partition": {"name": "pathological"}}, "partition='pathological' is invalid: "
-         "allowed one of iid, dirichlet, shards, quantity"),
+         "allowed one of iid, dirichlet, shards, quantity, natural"),
         ({"stream": {"name": "poisson", "duty": 1.5}}, "stream.duty=1.5 is invalid: "
          "allowed a number > 0.0 and <= 1.0"),
         ({"clock": {"name": "devices", "devices": [{"throughput": 0}]}},
@@ -136,7 +136,7 @@ def test_internal_keys_are_not_yaml_keys():
     internal = {k for k, info in _all_fields(RunConfig) if extra(info, "internal")}
     assert internal == {
         "model.target", "model.kwargs", "strategy.params", "strategy.target",
-        "client.optimizer_target", "client.optimizer_kwargs",
+        "client.optimizer_target", "client.optimizer_kwargs", "data.ids",
     }  # fmt: skip
     assert not internal & {f"{g}.{k}" for g in SECTIONS for k in defaults(SECTIONS[g])}
 

@@ -1,0 +1,135 @@
+"""Text as next-character prediction: a generated corpus or the lines of a local file.
+
+Any list of strings becomes a task (`encode_texts`): each string is one sequence of at most
+`data.max_length` characters. The vocabulary is the characters of the whole corpus, sorted,
+after two special ids: PAD (0, filling rows after their end) and BOUNDARY (1, the
+sequence's start as input and its end as target). A sequence of n characters c_1..c_n is a
+row of n + 1 positions:
+
+    inputs  [BOUNDARY, c_1, ..., c_n, PAD, ...]      (x, int64, PAD = 0)
+    targets [c_1, ..., c_n, BOUNDARY, -100, ...]     (y, int64, -100: padding, ignored)
+
+so a causal model predicts each next character and the end, and the loss and accuracy
+count real tokens only (`ignore_index=-100`, PyTorch's default). Rows are padded to the
+longest sequence of the corpus; training trims each batch to its own longest row.
+
+The generated corpus (`data.path` null) is English-like sentences from a small grammar,
+seeded: `det adj* noun verb det adj* noun (prep det adj* noun)* .`, with 0-6
+prepositional phrases, so lengths spread from about 20 to 150 characters. Within a word
+the next character is nearly certain, between words the grammar narrows the choice: a
+small recurrent model learns much of it in a few rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fedbatch.checks import ConfigError
+from fedbatch.config import DataConfig
+from fedbatch.data.datasets import Arrays, _random_split
+
+PAD, BOUNDARY, IGNORE_INDEX = 0, 1, -100
+SPECIAL_TOKENS = 2
+
+DETERMINERS = ("the", "a", "every", "some", "no")
+ADJECTIVES = ("big", "small", "red", "old", "quick", "lazy", "green", "quiet")
+NOUNS = ("cat", "dog", "bird", "fox", "mouse", "horse", "tree", "river", "house", "child")
+VERBS = ("sees", "chases", "likes", "finds", "follows", "hears", "watches")
+PREPOSITIONS = ("near", "under", "behind", "over", "with", "beside")
+MAX_PHRASES = 6
+
+
+def _longest(words: Sequence[str]) -> int:
+    return max(map(len, words))
+
+
+_NOUN_PHRASE = _longest(DETERMINERS) + 2 * (1 + _longest(ADJECTIVES)) + 1 + _longest(NOUNS)
+LONGEST_GENERATED = (  # characters of the longest sentence the grammar can make
+    2 * _NOUN_PHRASE + _longest(VERBS) + 2
+    + MAX_PHRASES * (_longest(PREPOSITIONS) + _NOUN_PHRASE + 2) + 1
+)  # fmt: skip
+
+
+def generated_sentences(count: int, rng: np.random.Generator) -> list[str]:
+    """`count` sentences of the built-in grammar, drawn from `rng`."""
+
+    def pick(words: Sequence[str]) -> str:
+        return words[int(rng.integers(len(words)))]
+
+    def noun_phrase() -> str:
+        adjectives = [pick(ADJECTIVES) for _ in range(int(rng.integers(3)))]
+        return " ".join([pick(DETERMINERS), *adjectives, pick(NOUNS)])
+
+    sentences = []
+    for _ in range(count):
+        words = [noun_phrase(), pick(VERBS), noun_phrase()]
+        for _ in range(int(rng.integers(MAX_PHRASES + 1))):
+            words += [pick(PREPOSITIONS), noun_phrase()]
+        sentences.append(" ".join(words) + ".")
+    return sentences
+
+
+def read_lines(path: str, limit: int) -> list[str]:
+    """The first `limit` non-empty lines of a UTF-8 text file, without line ends."""
+    file = Path(path).expanduser()
+    try:
+        with file.open(encoding="utf-8") as handle:
+            lines = []
+            for line in handle:
+                if line.strip():
+                    lines.append(line.rstrip("\r\n"))
+                    if len(lines) == limit:
+                        break
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("data.path", path, f"a readable UTF-8 text file ({error})") from None
+    if len(lines) < 2:
+        raise ConfigError("data.path", path, "a text file with at least 2 non-empty lines")
+    return lines
+
+
+def vocabulary(texts: Sequence[str]) -> dict[str, int]:
+    """Each character of the corpus, sorted, to its id (after the special ids)."""
+    chars = sorted(set("".join(texts)))
+    return {char: SPECIAL_TOKENS + i for i, char in enumerate(chars)}
+
+
+def encode_texts(
+    texts: Sequence[str], max_length: int, vocab: dict[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(inputs, targets, vocabulary size) of the strings, each cut to `max_length` chars."""
+    vocab = vocab or vocabulary(texts)
+    cut = [t[:max_length] for t in texts]
+    width = max(len(t) for t in cut) + 1
+    x = np.full((len(cut), width), PAD, dtype=np.int64)
+    y = np.full((len(cut), width), IGNORE_INDEX, dtype=np.int64)
+    for row, sequence in enumerate(cut):
+        ids = [vocab[c] for c in sequence]
+        x[row, : len(ids) + 1] = [BOUNDARY, *ids]
+        y[row, : len(ids) + 1] = [*ids, BOUNDARY]
+    return x, y, SPECIAL_TOKENS + len(vocab)
+
+
+def text(cfg: DataConfig, seed: int) -> Arrays:
+    """The `text` dataset: the lines of `data.path`, or the generated corpus."""
+    rng = np.random.default_rng(seed)
+    if cfg.path is None:
+        texts = generated_sentences(cfg.num_samples, rng)
+    else:
+        texts = read_lines(cfg.path, cfg.num_samples)
+    return text_task(texts, cfg, rng)
+
+
+def text_task(texts: Sequence[str], cfg: DataConfig, rng: np.random.Generator) -> Arrays:
+    """Any strings (a file's lines, a Hugging Face text column) as the next-character task:
+    encoded with `data.max_length`, split with a seeded random `data.test_fraction`."""
+    x, y, vocab_size = encode_texts(texts, cfg.max_length)
+    return *_random_split(x, y, cfg, rng), vocab_size
+
+
+def partition_labels(y: np.ndarray) -> np.ndarray:
+    """What label-skewed partitions split by: the label, or a sequence's first target
+    (its first character)."""
+    return y if y.ndim == 1 else y[:, 0]
