@@ -67,7 +67,13 @@ class DataConfig:
         "arrays: .npz or .pt; text: a UTF-8 text file, a sequence per line, null: generated)",
     )
     max_length: Int = key(256, ge=1, only=("text",), doc="characters kept per sequence")
-    split: Str = key("train", only=("hf",), doc="the split to train on")
+    column: Str | None = key(
+        None,
+        only=("text",),
+        doc="data.path read as data=hf reads it (parquet, csv, json, arrow, a Hub id): its "
+        "column of strings, a sequence per row; null: data.path is a text file",
+    )
+    split: Str = key("train", only=("hf", "text"), doc="the split to train on")
     test_split: Str | None = key(
         None, only=("hf",), doc="the split to test on; null: hold out data.test_fraction"
     )

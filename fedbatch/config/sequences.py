@@ -20,6 +20,8 @@ def check_sequences(cfg: Any) -> None:
     if sequence_model and not text:
         allowed = f"a classifier (not {', '.join(SEQUENCE_MODELS)}) with data={cfg.data.name}"
         raise ConfigError("model", cfg.model.name, allowed + "; they need data=text")
+    if text and cfg.data.column is not None and cfg.data.path is None:
+        raise ConfigError("data.column", cfg.data.column, "null unless data.path is set")
     if cfg.client.bucket_by_length and not text:
         raise ConfigError("client.bucket_by_length", True, "false unless data=text")
     if text and cfg.stream.streaming:

@@ -112,11 +112,33 @@ def encode_texts(
     return x, y, SPECIAL_TOKENS + len(vocab)
 
 
+def read_column(path: str, split_name: str, column: str, limit: int) -> list[str]:
+    """The first `limit` non-empty strings of a dataset's column (`data.column`), the
+    dataset opened as `data=hf` opens it."""
+    from fedbatch.data.hub import open_splits, split
+
+    train = split(open_splits(path), "data.split", split_name)
+    if column not in train.column_names:
+        raise ConfigError(
+            "data.column", column, "one of the columns " + ", ".join(train.column_names)
+        )
+    if train.features[column].dtype not in ("string", "large_string"):
+        raise ConfigError("data.column", column, "a column of strings")
+    values = train.select_columns([column])[column]
+    texts = [value for value in values if value and value.strip()][:limit]
+    if len(texts) < 2:
+        raise ConfigError("data.column", column, "a column with at least 2 non-empty strings")
+    return texts
+
+
 def text(cfg: DataConfig, seed: int) -> Arrays:
-    """The `text` dataset: the lines of `data.path`, or the generated corpus."""
+    """The `text` dataset: the generated corpus, the lines of `data.path`, or its column
+    `data.column`."""
     rng = np.random.default_rng(seed)
     if cfg.path is None:
         texts = generated_sentences(cfg.num_samples, rng)
+    elif cfg.column is not None:
+        texts = read_column(cfg.path, cfg.split, cfg.column, cfg.num_samples)
     else:
         texts = read_lines(cfg.path, cfg.num_samples)
     return text_task(texts, cfg, rng)

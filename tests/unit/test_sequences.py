@@ -19,6 +19,7 @@ from fedbatch.data.text import (
     PAD,
     encode_texts,
     generated_sentences,
+    text,
 )
 from fedbatch.local.minibatches import bucketed_batches, epoch_batches
 from fedbatch.local.noise import exact_noise
@@ -254,3 +255,37 @@ def test_a_sequence_model_too_large_is_refused_by_its_width():
     check_model_fits(cfg, (50,), 30, memory=parameters * BYTES_PER_PARAMETER)
     with pytest.raises(ConfigError, match=r"model\.width=8 .*942 parameters"):
         check_model_fits(cfg, (50,), 30, memory=parameters * BYTES_PER_PARAMETER - 1)
+
+
+def _text_arrays(**data) -> list[np.ndarray]:
+    cfg = tiny_config(data={"name": "text", "num_samples": 40, **data}, model={"name": "gru"})
+    return [np.asarray(part) for part in text(cfg.data, seed=5)]
+
+
+def test_a_dataset_column_is_the_same_task_as_a_text_file_of_its_strings(tmp_path):
+    import pandas as pd
+
+    strings = [f"row {i}: " + "xyz" * (i % 5) for i in range(30)]
+    frame = pd.DataFrame({"sentence": strings, "label": range(30)})
+    frame.to_parquet(tmp_path / "corpus.parquet")
+    (tmp_path / "corpus.txt").write_text("\n".join(strings) + "\n", encoding="utf-8")
+    from_column = _text_arrays(path=str(tmp_path / "corpus.parquet"), column="sentence")
+    from_file = _text_arrays(path=str(tmp_path / "corpus.txt"))
+    assert len(from_column) == len(from_file) == 5  # x, y, x_test, y_test, vocabulary
+    for column_part, file_part in zip(from_column, from_file, strict=True):
+        np.testing.assert_array_equal(column_part, file_part)
+
+
+def test_a_bad_text_column_is_one_line_naming_data_column(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"sentence": ["ab", "cd"], "n": [1, 2]}).to_parquet(tmp_path / "c.parquet")
+    path = str(tmp_path / "c.parquet")
+    with pytest.raises(ConfigError, match=r"data.column='missing' is invalid: .*sentence"):
+        _text_arrays(path=path, column="missing")
+    with pytest.raises(
+        ConfigError, match=r"data.column='n' is invalid: allowed a column of strings"
+    ):
+        _text_arrays(path=path, column="n")
+    with pytest.raises(ConfigError, match=r"data.column='sentence' is invalid: .*null unless"):
+        tiny_config(data={"name": "text", "column": "sentence"}, model={"name": "gru"})
