@@ -109,7 +109,12 @@ def test_kept_state_trains_as_one_optimizer_and_reset_as_fresh_ones(tmp_path, op
     start_reset, final_reset = _start_and_final(_one_client(optimizer, "reset"), tmp_path / "reset")
     assert _max_difference(start, start_reset) == 0.0
     fresh_each_round = _plain_loop(kept, start, optimizer, lrs, fresh_every=STEPS)
-    assert _max_difference(final_reset, fresh_each_round) < 1e-5
+    # A fresh Adagrad's first step is lr·g/(|g| + 1e-10) per coordinate: on gradients near
+    # 1e-10 the summation order's last digits move it by a relative amount far above
+    # float32's (1.3e-5 = 1.3e-4·lr measured on this CPU, under 1e-5 on CI's); a kept
+    # state's steps are damped by earlier ones. Still 10× under the state's own effect.
+    tolerance = 1e-4 if optimizer == "adagrad" else 1e-5
+    assert _max_difference(final_reset, fresh_each_round) < tolerance
     assert _max_difference(final_reset, final) > 1e-3  # the state matters
 
 
