@@ -34,6 +34,7 @@ from fedbatch.deploy.federation import flower_command
 from fedbatch.engine import EngineError
 from fedbatch.federated.run_config import CONFIG_KEY, OUTPUT_KEY, RESUME_KEY
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+from fedbatch.metrics.endings import INTERRUPTED, LOST
 from fedbatch.metrics.interrupts import Interrupted
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE, write_summary
 from fedbatch.metrics.trackers import trackers_for
@@ -76,6 +77,7 @@ class RunDirectory:
         self.summary_path = None if shared else out_dir / "summary.json"
         self.summary: dict[str, Any] | None = None
         self.trackers: list[Callback] = []  # `logger`: they run here, where the rows arrive
+        self.last_round = 0
 
     def take(self, line: str) -> bool:
         """Keep `line` if it is a row or the summary (and say so)."""
@@ -102,13 +104,19 @@ class RunDirectory:
         if self.metrics is not None:
             self.metrics.write(json.dumps(values) + "\n")
             self.metrics.flush()
+        self.last_round = values["round"]
         for tracker in self.trackers:
             tracker.on_round_end(RoundState(values["round"], None, values))
         accuracy = values.get("test_accuracy")
         shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
         print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
 
-    def close(self) -> None:
+    def close(self, ended: str = LOST) -> None:
+        """Close the files; trackers left without a summary end as `ended` (`interrupted`,
+        or `lost`: the run failed before its summary came back), not as runs under way."""
+        if self.summary is None:
+            for tracker in self.trackers:
+                tracker.on_run_end(RunOutcome(self.last_round, ended, 0.0))
         if self.metrics is not None:
             self.metrics.close()
 
@@ -119,7 +127,7 @@ STARTED = re.compile(r"Successfully started run (\d+)")
 def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
     """Run `flwr run --stream`, keeping rows and summary, passing other output through;
     stop the run on Ctrl-C."""
-    run_id = None
+    run_id, ended = None, LOST
     # Unbuffered: `flwr` writes the streamed log without flushing, and rows must arrive
     # as they happen, not when the run ends.
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -137,6 +145,7 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
             run_id = started.group(1) if started else run_id
         return process.wait()
     except (KeyboardInterrupt, Interrupted):
+        ended = INTERRUPTED
         if run_id is not None:  # best effort: the SuperLink may be going down as well
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 subprocess.run([flower_command("flwr"), "stop", run_id, federation], timeout=30)
@@ -145,7 +154,7 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
         if process.poll() is None:
             process.kill()
             process.wait()
-        run_dir.close()
+        run_dir.close(ended)
 
 
 def run(

@@ -19,6 +19,7 @@ EXIT_BAD_INPUT = 2  # a config or override refused before anything ran
 EXIT_DIVERGED = 3
 EXIT_NO_TRAINING = 4
 INTERRUPTED = "interrupted"
+LOST = "lost"  # a deployment's run that ended before its summary came back (trackers only)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fedbatch.checks import ConfigError
 from fedbatch.config.logger import TRACK_EXTRA, LoggerConfig
 from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+from fedbatch.metrics.endings import INTERRUPTED, LOST
 from fedbatch.metrics.sink import JsonlSink
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ class MlflowTracker(Callback):
         for name in RUN_FILES:
             if (self.run_dir / name).is_file():
                 client.log_artifact(run_id, str(self.run_dir / name))
-        status = "KILLED" if outcome.stopped_because == "interrupted" else "FINISHED"
+        status = {INTERRUPTED: "KILLED", LOST: "FAILED"}.get(outcome.stopped_because, "FINISHED")
         client.set_terminated(run_id, status)
 
     def state_dict(self) -> dict[str, Any]:

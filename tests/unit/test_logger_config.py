@@ -13,6 +13,7 @@ from fedbatch.config.compose import OverrideError, compose_config
 from fedbatch.config.logger import LoggerConfig
 from fedbatch.engine.deployment import RunDirectory
 from fedbatch.metrics import trackers
+from fedbatch.metrics.callbacks import Callback, RunOutcome
 from fedbatch.metrics.sink import ROW_LINE, SUMMARY_LINE
 from fedbatch.simulate import validate
 from tests.conftest import tiny_raw
@@ -82,3 +83,22 @@ def test_a_deployment_writes_its_trackers_from_the_streamed_rows(tmp_path):
         ["0", "0.25", ""],
         ["1", "0.5", "1.5"],
     ]
+
+
+class Outcomes(Callback):
+    def __init__(self) -> None:
+        self.ended: list[RunOutcome] = []
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        self.ended.append(outcome)
+
+
+@pytest.mark.parametrize("ended", ["interrupted", "lost"])
+def test_a_deployment_s_trackers_end_even_when_no_summary_comes_back(tmp_path, ended):
+    run_dir = RunDirectory(tmp_path, rounds=5)
+    outcomes = Outcomes()
+    run_dir.trackers = [outcomes]
+    run_dir.take(ROW_LINE + json.dumps({"round": 0, "test_accuracy": 0.1}))
+    run_dir.take(ROW_LINE + json.dumps({"round": 1, "test_accuracy": 0.2}))
+    run_dir.close(ended)
+    assert outcomes.ended == [RunOutcome(1, ended, 0.0)]
