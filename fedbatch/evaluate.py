@@ -22,16 +22,22 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from fedbatch.config import ConfigError, RunConfig, build_config
 from fedbatch.config.compose import OverrideError
+from fedbatch.config.sections import FILE_DATASETS
 from fedbatch.run_dir import CONFIG, MODEL_FILE, SUMMARY
 from fedbatch.simulate import fail
+
+if TYPE_CHECKING:
+    from fedbatch.data.datasets import Dataset
+    from fedbatch.federated.workload import Workload
 
 EVALUATIONS = "evaluations.jsonl"
 FIXED_SECTION = "model"  # what the weights in the file were trained as
@@ -114,6 +120,7 @@ def evaluate_run(
     samples the run trained on (`trained_on`; null for the run's own held-out set)."""
     import torch
 
+    from fedbatch.data.datasets import load_dataset
     from fedbatch.federated.checkpoint import load_model_file
     from fedbatch.federated.evaluation import ServerEvaluation
     from fedbatch.federated.records import state_to_arrays
@@ -121,6 +128,9 @@ def evaluate_run(
     from fedbatch.local.trainer import evaluate
 
     workload = build_workload(cfg)
+    own = (cfg.data, cfg.seed) == (run.data, run.seed)
+    if not own and cfg.data.name in FILE_DATASETS:
+        _use_run_classes(workload, load_dataset(run.data, run.seed))
     evaluation = ServerEvaluation(workload)
     model = evaluation.model
     found = load_model_file(run_dir / MODEL_FILE)
@@ -134,7 +144,6 @@ def evaluate_run(
         at = _run_end(run_dir)
     x, y = evaluation.test_set(at)
     loss, accuracy = evaluate(model, x, y, cfg.eval.batch_size)
-    own = (cfg.data, cfg.seed) == (run.data, run.seed)
     trained_on = None if own else _trained_on(run, workload.x_test.cpu().numpy())
     return {
         "test_accuracy": accuracy,
@@ -142,6 +151,33 @@ def evaluate_run(
         "num_samples": len(y),
         "trained_on": trained_on,
     }
+
+
+def _use_run_classes(workload: Workload, trained: Dataset) -> None:
+    """The user's own data numbers its classes from the labels it holds (sorted, over
+    train and test): other data can number them otherwise. Its test labels become the
+    run's class indices; a label the run never had is refused."""
+    import torch
+
+    data = workload.dataset
+    known = trained.class_values or tuple(range(trained.num_classes))
+    labels = data.class_values or tuple(range(data.num_classes))
+    index = {label: i for i, label in enumerate(known)}
+    present = np.unique(data.y_test)
+    unknown = [labels[i] for i in present if labels[i] not in index]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        raise OverrideError(
+            f"data.label: the test set holds {len(unknown)} label(s) the run never had "
+            f"({shown}); the run's classes are {', '.join(map(repr, known))}"
+        )
+    to_run = np.full(len(labels), -1, dtype=np.int64)
+    for i in present:
+        to_run[i] = index[labels[i]]
+    y_test = to_run[data.y_test]
+    workload.dataset = replace(data, y_test=y_test, num_classes=trained.num_classes,
+                               class_values=trained.class_values)  # fmt: skip
+    workload.y_test = torch.as_tensor(y_test, device=workload.y_test.device)
 
 
 def _trained_on(run: RunConfig, x: np.ndarray) -> int:

@@ -113,10 +113,19 @@ FLAT_MODELS = ("cnn1d",)
 def check_model_input(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
     """The user's own data: its sample shape is known once loaded."""
     name = cfg.model.name
-    if name in IMAGE_MODELS and len(input_shape) != 3:
-        fits = ", ".join(m for m in CLASSIFIERS if m not in IMAGE_MODELS)
-        allowed = f"one of {fits} for samples of shape {input_shape}"
-        raise ConfigError("model", name, f"{allowed} ({name} needs (C, H, W) images)")
+    fits = [m for m in CLASSIFIERS if _takes(m, input_shape)]
+    if name in CLASSIFIERS and name not in fits:
+        needs = "(C, H, W) images" if name in IMAGE_MODELS else "flat samples of shape (d,)"
+        allowed = f"one of {', '.join(fits)} for samples of shape {input_shape}"
+        raise ConfigError("model", name, f"{allowed} ({name} needs {needs})")
+
+
+def _takes(model: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether a built-in classifier can take samples of this shape (logreg and mlp
+    flatten any sample)."""
+    if model in IMAGE_MODELS:
+        return len(input_shape) == 3
+    return model not in FLAT_MODELS or len(input_shape) == 1
 
 
 def _check_combinations(cfg: RunConfig) -> None:

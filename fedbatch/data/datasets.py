@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Dataset:
     input_shape: tuple[int, ...]
     # Per training sample, the code of its natural id (data.ids), for partition=natural.
     train_ids: np.ndarray | None = None
+    # The user's own data: the label each class index stands for (None: the index itself).
+    class_values: tuple[Any, ...] | None = None
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -71,7 +74,8 @@ def _relevant(cfg: DataConfig) -> DataConfig:
 
 @lru_cache(maxsize=8)
 def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
-    x_train, y_train, x_test, y_test, num_classes, *ids = DATASETS.resolve(cfg.name)(cfg, seed)
+    x_train, y_train, x_test, y_test, num_classes, *extra = DATASETS.resolve(cfg.name)(cfg, seed)
+    ids, values = (*extra, None, None)[:2]
     return Dataset(
         name=cfg.name,
         x_train=_frozen(x_train, _input_dtype(x_train)),
@@ -80,7 +84,8 @@ def _load_cached(cfg: DataConfig, seed: int) -> Dataset:
         y_test=_frozen(y_test, np.int64),
         num_classes=num_classes,
         input_shape=tuple(int(d) for d in x_train.shape[1:]),
-        train_ids=_frozen(ids[0], np.int64) if ids and ids[0] is not None else None,
+        train_ids=_frozen(ids, np.int64) if ids is not None else None,
+        class_values=values,
     )
 
 

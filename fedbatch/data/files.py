@@ -43,7 +43,7 @@ def hf(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
     _has_column(columns, "data.label", cfg.label)
     if cfg.ids is not None:
         _has_column(columns, "partition.by", cfg.ids)
-    y = _column(train, cfg.label)
+    y = _labels(train, cfg.label, cfg.split)
     class_indices(y, y[:0])  # a label column that is no class label: before the features
     features = list(cfg.features) or [c for c in columns if c not in (cfg.label, cfg.ids)]
     for name in features:
@@ -53,8 +53,14 @@ def hf(cfg: DataConfig, seed: int) -> tuple[Any, ...]:
     label_type = train.features[cfg.label]
     classes = label_type.num_classes if isinstance(label_type, datasets.ClassLabel) else None
     ids = _column(train, cfg.ids) if cfg.ids is not None else None
-    given = None if test is None else (_features(test, features), _column(test, cfg.label))
-    split_arrays = _train_test(_features(train, features), y, ids, given, cfg.test_fraction, seed)
+    given = None
+    if test is not None:
+        given = (
+            _features(test, features, cfg.test_split),
+            _labels(test, cfg.label, cfg.test_split),
+        )
+    x = _features(train, features, cfg.split)
+    split_arrays = _train_test(x, y, ids, given, cfg.test_fraction, seed)
     return _finish(cfg, *split_arrays, classes)
 
 
@@ -108,22 +114,56 @@ def _column(table: Any, name: str) -> np.ndarray:
     return np.asarray(table.with_format("numpy", columns=[name])[:][name])
 
 
-def _features(table: Any, names: list[str]) -> np.ndarray:
+def missing(values: np.ndarray) -> int:
+    """How many of `values` are null (None in an object column) or NaN."""
+    if values.dtype.kind == "f":
+        return int(np.isnan(values).sum())
+    if values.dtype == object:
+        return sum(v is None or (isinstance(v, float) and v != v) for v in values.ravel())
+    return 0
+
+
+def _require(table: Any, name: str, key: str, split_name: str) -> None:
+    if name not in table.column_names:
+        raise ConfigError(key, name, f"a column of every split (the {split_name} split has no "
+                          f"column {name!r}; it has {', '.join(table.column_names)})")  # fmt: skip
+
+
+def _present(table: Any, name: str, key: str, split_name: str) -> np.ndarray:
+    """Column `name` of the split, refused in one line naming `key` when the split lacks
+    it or holds missing values in it (they would otherwise become a class or a number)."""
+    _require(table, name, key, split_name)
+    values = _column(table, name)
+    count = missing(values)
+    if count:
+        raise ConfigError(key, name, f"a column without missing values (column {name!r} has "
+                          f"{count} missing values in split {split_name})")  # fmt: skip
+    return values
+
+
+def _labels(table: Any, name: str, split_name: str) -> np.ndarray:
+    return _present(table, name, "data.label", split_name)
+
+
+def _features(table: Any, names: list[str], split_name: str) -> np.ndarray:
     """(n, d) floats from numeric columns, or (n, C, H, W) floats in [0, 1] from images."""
     import datasets
+
+    for name in names:
+        _require(table, name, "data.features", split_name)
 
     images = [n for n in names if isinstance(table.features[n], datasets.Image)]
     if images and len(names) > 1:
         raise ConfigError("data.features", names, "numeric columns or one image column")
     if images:
-        pixels = _column(table, images[0])
+        pixels = _present(table, images[0], "data.features", split_name)
         if pixels.dtype == object:
             raise ConfigError("data.features", images[0], "an image column of one size")
         pixels = pixels[:, None] if pixels.ndim == 3 else np.moveaxis(pixels, -1, 1)
         return pixels.astype(np.float32) / 255.0
     columns = []
     for name in names:
-        values = _column(table, name)
+        values = _present(table, name, "data.features", split_name)
         if values.dtype.kind not in "biuf":
             allowed = f"numeric columns or one image column ({name!r} holds {values.dtype})"
             raise ConfigError("data.features", name, allowed)
@@ -154,6 +194,14 @@ def class_indices(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Labels as class indices and their count: non-negative integers as they are,
     anything else (strings, booleans, negative integers) by its rank in sorted order."""
+    train, test, count, _ = labelled(y_train, y_test, classes)
+    return train, test, count
+
+
+def labelled(
+    y_train: np.ndarray, y_test: np.ndarray, classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int, tuple[Any, ...] | None]:
+    """`class_indices`, and the label each index stands for (None: the integer itself)."""
     y_all = np.concatenate([y_train, y_test])
     if y_all.dtype.kind == "f":
         if not np.all(np.isfinite(y_all) & (y_all == np.round(y_all))):
@@ -162,16 +210,17 @@ def class_indices(
         y_all = y_all.astype(np.int64)
     if y_all.dtype.kind not in "iubUSO":
         raise ConfigError("data.label", str(y_all.dtype), LABELS)
+    values: tuple[Any, ...] | None = None
     if y_all.dtype.kind in "iu" and (len(y_all) == 0 or y_all.min() >= 0):
         codes, count = y_all.astype(np.int64), int(y_all.max()) + 1
     else:
-        values, codes = np.unique(y_all.astype(str) if y_all.dtype == object else y_all,
+        unique, codes = np.unique(y_all.astype(str) if y_all.dtype == object else y_all,
                                   return_inverse=True)  # fmt: skip
-        count = len(values)
+        count, values = len(unique), tuple(unique.tolist())
     count = max(count, classes or 0)
     if count < 2:
         raise ConfigError("data.label", f"{count} class", LABELS + " with at least 2 classes")
-    return codes[: len(y_train)], codes[len(y_train) :], count
+    return codes[: len(y_train)], codes[len(y_train) :], count, values
 
 
 def _finish(
@@ -183,11 +232,12 @@ def _finish(
     ids: np.ndarray | None,
     classes: int | None,
 ) -> tuple[Any, ...]:
-    """Class indices, float32 samples (standardised with data.normalize), id codes."""
+    """Class indices, float32 samples (standardised with data.normalize), id codes, and
+    the label of each class index (None: integer labels, each its own index)."""
     if x.shape[1:] != x_test.shape[1:]:
         raise ConfigError("data.path", cfg.path, f"train and test samples of one shape, "
                           f"not {x.shape[1:]} and {x_test.shape[1:]}")  # fmt: skip
-    y, y_test, num_classes = class_indices(y, y_test, classes)
+    y, y_test, num_classes, values = labelled(y, y_test, classes)
     x, x_test = np.asarray(x, dtype=np.float32), np.asarray(x_test, dtype=np.float32)
     if cfg.normalize:
         axes = (0, *range(2, x.ndim))  # per feature, or per channel of (n, C, H, W)
@@ -196,4 +246,4 @@ def _finish(
         x, x_test = (x - mean) / std, (x_test - mean) / std
     if ids is not None:
         ids = np.unique(ids.astype(str) if ids.dtype == object else ids, return_inverse=True)[1]
-    return x, y, x_test, y_test, num_classes, ids
+    return x, y, x_test, y_test, num_classes, ids, values

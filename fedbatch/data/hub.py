@@ -12,7 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -39,14 +43,44 @@ def open_splits(path: str | None) -> dict[str, datasets.Dataset]:
     local = path.startswith((".", "/", "~")) or place.suffix.lower() in BUILDERS
     if not place.exists() and (local or not HUB_ID.fullmatch(path)):
         raise ConfigError("data.path", path, FORMS + " (no such file or directory)")
+    hub_id = not place.exists()
+    if hub_id and _offline():
+        raise ConfigError("data.path", path, FORMS + f" (no local path {path!r}, and the Hub "
+                          "is offline: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)")  # fmt: skip
     datasets.disable_progress_bars()
     try:
-        loaded = _load(place, path)
+        with _quiet() if hub_id else contextlib.nullcontext():
+            loaded = _load(place, path)
     except Exception as error:  # the library's reasons are many; its first line says which
-        raise ConfigError("data.path", path, f"{FORMS} ({one_line(error)})") from None
+        why = one_line(error)
+        if hub_id:
+            why = f"no local path {path!r}, and the Hub has no dataset {path!r}: {why}"
+        raise ConfigError("data.path", path, f"{FORMS} ({why})") from None
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded)
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The Hub libraries' retry warnings off while a name is tried as a Hub id: a
+    mistyped local directory ends in one line, not a dozen."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets", "fsspec")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _load(place: Path, path: str) -> datasets.Dataset | datasets.DatasetDict:

@@ -14,16 +14,17 @@ import importlib.util
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from fedbatch.checks import ConfigError
 from fedbatch.config.logger import TRACK_EXTRA, LoggerConfig
-from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
+from fedbatch.metrics.callbacks import Callback, ResumeError, RoundState, RunOutcome
 from fedbatch.metrics.endings import INTERRUPTED, LOST
-from fedbatch.metrics.sink import JsonlSink
+from fedbatch.metrics.sink import _clean
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -76,16 +77,62 @@ def flat_config(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[s
             yield name, json.dumps(value)
 
 
-class CsvSink(JsonlSink):
-    """`metrics.csv`: the rows of metrics.jsonl as a table (empty cells for null)."""
+class CsvSink(Callback):
+    """`metrics.csv`: the rows of metrics.jsonl as a table under one header that holds
+    every column seen so far (empty cells for null and NaN). A row with a new column
+    (per-layer grad norms first appear in round 1) rewrites the file, atomically, under
+    the wider header; any other row is appended. Resumed from a checkpoint, it keeps the
+    rows the checkpoint had seen (the later ones are played again)."""
 
-    def encode(self, row: dict[str, Any], *, first: bool) -> bytes:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        if first:
-            writer.writerow(row)
-        writer.writerow(["" if value is None else value for value in row.values()])
-        return text.getvalue().encode()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+
+    def on_round_end(self, state: RoundState) -> None:
+        row = {key: _clean(value) for key, value in state.row.items()}
+        self.rows.append(row)
+        new = [key for key in row if key not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="", encoding="utf-8") as file:
+                self._writer(file).writerow(row)
+
+    def _writer(self, file: IO[str]) -> csv.DictWriter[str]:
+        return csv.DictWriter(file, self.columns, restval="", lineterminator="\n")
+
+    def _rewrite(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("w", newline="", encoding="utf-8") as file:
+            writer = self._writer(file)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(partial, self.path)  # a reader never sees half a table
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": len(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        held = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        if "bytes" in state:  # a checkpoint of the appending table: its rows up to there
+            held = held.encode()[: state["bytes"]].decode()
+        reader = csv.DictReader(io.StringIO(held))
+        rows = list(reader)
+        count = state.get("rows", len(rows))
+        if len(rows) < count:
+            raise ResumeError(
+                f"{self.path} holds {len(rows)} rows, fewer than the {count} its checkpoint "
+                "saw: not the run the checkpoint belongs to"
+            )
+        self.columns, self.rows = list(reader.fieldnames or []), rows[:count]
+        if self.rows:
+            self._rewrite()
+        else:
+            self.columns = []
+            self.path.unlink(missing_ok=True)
 
 
 class TensorBoardTracker(Callback):
