@@ -135,6 +135,9 @@ def _present(table: Any, name: str, key: str, split_name: str) -> np.ndarray:
     _require(table, name, key, split_name)
     values = _column(table, name)
     count = missing(values)
+    if count and count == len(values):  # a file of a split lacks it: read as all null
+        raise ConfigError(key, name, f"a column of every split (the {split_name} split has "
+                          f"no column {name!r}: all {count} values missing)")  # fmt: skip
     if count:
         raise ConfigError(key, name, f"a column without missing values (column {name!r} has "
                           f"{count} missing values in split {split_name})")  # fmt: skip
