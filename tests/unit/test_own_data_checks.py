@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedbatch.config import ConfigError, DataConfig, build_config
+from fedbatch.config import ConfigError, DataConfig, RunConfig, build_config
 from fedbatch.config.compose import compose_raw
 from fedbatch.config.run import check_model_input
 from fedbatch.data.datasets import load_dataset
@@ -108,7 +108,7 @@ def test_the_command_line_exits_2_with_one_line(tmp_path: Path) -> None:
 # --- models that cannot take the samples ---------------------------------------------------
 
 
-def _config(model: str):  # noqa: ANN202
+def _config(model: str) -> RunConfig:
     return build_config(compose_raw(["data=arrays", "data.path=mine.npz", f"model={model}"]))
 
 
