@@ -17,7 +17,7 @@ from fedbatch.metrics.callbacks import (
 )
 
 
-def _clean(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -26,7 +26,7 @@ def _clean(value: Any) -> Any:
 
 def row_json(row: dict[str, Any]) -> str:
     """A metrics.jsonl row: one line of JSON, non-finite numbers as null."""
-    return json.dumps({k: _clean(v) for k, v in row.items()})
+    return json.dumps({k: finite_or_none(v) for k, v in row.items()})
 
 
 FINAL_PROBES = ("final_sharpness", "final_hessian_top")
@@ -110,23 +110,23 @@ class SummaryFile(Callback):
     def on_run_end(self, outcome: RunOutcome) -> None:
         last, monitor = self.last_row, self.monitor
         self.summary = {
-            "test_accuracy": _clean(last.get("test_accuracy")),
-            "test_loss": _clean(last.get("test_loss")),
-            "train_loss": _clean(last.get("train_loss")),
-            "global_train_loss": _clean(last.get("global_train_loss")),
-            "generalization_gap": _clean(last.get("generalization_gap")),
-            "best_test_accuracy": _clean(monitor.best_accuracy),
+            "test_accuracy": finite_or_none(last.get("test_accuracy")),
+            "test_loss": finite_or_none(last.get("test_loss")),
+            "train_loss": finite_or_none(last.get("train_loss")),
+            "global_train_loss": finite_or_none(last.get("global_train_loss")),
+            "generalization_gap": finite_or_none(last.get("generalization_gap")),
+            "best_test_accuracy": finite_or_none(monitor.best_accuracy),
             "best_round": monitor.best_round,
-            "best_test_loss": _clean(monitor.best_loss),
+            "best_test_loss": finite_or_none(monitor.best_loss),
             "rounds_completed": outcome.rounds_completed,
             "rounds_trained": monitor.rounds_trained,
             "rounds_to_target": monitor.rounds_to_target,
             "steps_to_target": monitor.steps_to_target,
             "examples_to_target": monitor.examples_to_target,
             "virtual_seconds_to_target": monitor.virtual_seconds_to_target,
-            "virtual_seconds": _clean(last.get("virtual_seconds")),
-            "noise_scale_global": _clean(last.get("noise_scale_global")),
-            "noise_scale_local": _clean(last.get("noise_scale_local")),
+            "virtual_seconds": finite_or_none(last.get("virtual_seconds")),
+            "noise_scale_global": finite_or_none(last.get("noise_scale_global")),
+            "noise_scale_local": finite_or_none(last.get("noise_scale_local")),
             "stopped_because": outcome.stopped_because,
             "client_error": self.first_error,
             **{f"{key}_total": count for key, count in self.totals.items()},
@@ -134,7 +134,7 @@ class SummaryFile(Callback):
         }
         for key in FINAL_PROBES:  # only when the run probed its final model
             if last.get(key) is not None:
-                self.summary[key] = _clean(last[key])
+                self.summary[key] = finite_or_none(last[key])
         if self.path is not None:
             write_summary(self.path, self.summary)
 

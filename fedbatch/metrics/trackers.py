@@ -24,7 +24,7 @@ from fedbatch.checks import ConfigError
 from fedbatch.config.logger import TRACK_EXTRA, LoggerConfig
 from fedbatch.metrics.callbacks import Callback, ResumeError, RoundState, RunOutcome
 from fedbatch.metrics.endings import INTERRUPTED, LOST
-from fedbatch.metrics.sink import _clean
+from fedbatch.metrics.sink import finite_or_none
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -90,7 +90,7 @@ class CsvSink(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_round_end(self, state: RoundState) -> None:
-        row = {key: _clean(value) for key, value in state.row.items()}
+        row = {key: finite_or_none(value) for key, value in state.row.items()}
         self.rows.append(row)
         new = [key for key in row if key not in self.columns]
         if new:
