@@ -19,9 +19,10 @@ NOT_ON_THE_DEFAULT_PATH = ("flwr_datasets", "datasets", "seaborn", "matplotlib",
 
 # The whole default run in a fresh interpreter, as `python -m fedbatch.simulate` does it;
 # at exit (cli() ends by sys.exit), the top-level packages it imported.
-DEFAULT_RUN = """
+TOP_LEVEL = "json.dumps(sorted({m.split('.')[0] for m in sys.modules}))"
+DEFAULT_RUN = f"""
 import atexit, json, sys
-atexit.register(lambda: print("MODULES", json.dumps(sorted({m.split(".")[0] for m in sys.modules}))))
+atexit.register(lambda: print("MODULES", {TOP_LEVEL}))
 sys.argv = ["fedbatch.simulate", "rounds=1", "progress=off", "hydra.run.dir=" + sys.argv[1]]
 from fedbatch.simulate import cli
 cli()
@@ -46,9 +47,9 @@ def test_default_run_imports_no_library_it_does_not_use(tmp_path):
 
 def test_plain_loop_process_imports_neither_flower_nor_hydra():
     """The `startup` case's baseline is a plain PyTorch loop: its runner module alone."""
-    code = "import sys, fedbatch.bench.runners; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    code = f"import json, sys, fedbatch.bench.runners; print({TOP_LEVEL})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    imported = set(eval(out.stdout))  # a printed list of names
+    imported = set(json.loads(out.stdout))
     assert "torch" in imported
     assert imported.isdisjoint({"flwr", "hydra", "omegaconf", *NOT_ON_THE_DEFAULT_PATH})
 
