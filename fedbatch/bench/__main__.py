@@ -91,8 +91,11 @@ def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str
             else:
                 runs[runner].append(run_once(*case.runner_config(runner)))
     results = {runner: summarize(runs[runner], cfg) for runner in runners}
-    for result in results.values() if loads else ():
+    for runner, result in results.items() if loads else ():
         result["load_median"] = statistics.median(loads)
+        result["seconds_each"] = [r["seconds"] for r in runs[runner]]  # in repeat order
+        cpu = [r["cpu_seconds"] for r in runs[runner]]
+        result["cpu_seconds"], result["cpu_seconds_median"] = min(cpu), statistics.median(cpu)
     plain = results.get("plain", {})
     baseline, round_baseline = plain.get("seconds"), plain.get("round_seconds_median")
     for result in results.values():
@@ -183,6 +186,20 @@ def print_table(case: BenchCase, results: dict[str, Any], console: Console) -> N
     console.print(table)
 
 
+def print_startup_lines(results: dict[str, Any], console: Console) -> None:
+    """Whole processes: the ratio of the medians, CPU seconds (min, median), the load."""
+    plain = results.get("plain", {})
+    for runner, r in results.items():
+        cpu_ratio = r["cpu_seconds"] / plain["cpu_seconds"] if plain else float("nan")
+        console.print(
+            f"{runner}: wall ratio of the medians {r['ratio_median']:.2f}; CPU s min "
+            f"{r['cpu_seconds']:.2f}, median {r['cpu_seconds_median']:.2f}, "
+            f"ratio (min) {cpu_ratio:.2f}"
+        )
+    load = next(iter(results.values()))["load_median"]
+    console.print(f"median 1-min load average during the runs: {load:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedbatch.bench", description=__doc__)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
@@ -217,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = results
         print_table(case, results, console)
         if case.argv:
-            ratios = ", ".join(f"{r} {v['ratio_median']:.2f}" for r, v in results.items())
-            load = next(iter(results.values()))["load_median"]
-            console.print(f"ratio of the medians: {ratios}; median 1-min load average {load:.1f}")
+            print_startup_lines(results, console)
         args.out.mkdir(parents=True, exist_ok=True)  # written per case: nothing timed is lost
         (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.profile and case.argv:

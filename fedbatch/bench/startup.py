@@ -35,7 +35,8 @@ def process_command(runner: str, argv: tuple[str, ...], run_dir: Path) -> list[s
 
 
 def time_process(runner: str, argv: tuple[str, ...]) -> dict[str, Any]:
-    """Wall seconds from start to exit, peak RSS and final test accuracy of one process."""
+    """Wall seconds from start to exit, CPU seconds (user + system), peak RSS and final
+    test accuracy of one process."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, log = Path(tmp) / "run", Path(tmp) / "output"
         command = process_command(runner, argv, run_dir)
@@ -52,7 +53,13 @@ def time_process(runner: str, argv: tuple[str, ...]) -> dict[str, Any]:
             accuracy = json.loads(text.strip().splitlines()[-1])["accuracy"]
         else:
             accuracy = json.loads((run_dir / "summary.json").read_text())["test_accuracy"]
-    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "accuracy": accuracy}
+    cpu_seconds = usage.ru_utime + usage.ru_stime  # less swayed than wall time by other load
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "accuracy": accuracy,
+    }
 
 
 def machine_load() -> float:

@@ -73,3 +73,5 @@ def test_startup_case_times_both_processes_doing_the_same_run(tmp_path, monkeypa
     assert simulate["ratio"] == pytest.approx(simulate["seconds"] / plain["seconds"])
     assert plain["seconds"] > 0.5  # a whole process: at least torch's import
     assert plain["load_median"] >= 0.0
+    assert 0 < plain["cpu_seconds"] <= plain["cpu_seconds_median"]
+    assert len(simulate["seconds_each"]) == 1 and simulate["seconds_each"][0] == simulate["seconds"]
