@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedbatch.bench.cases import CASES, BenchCase
+from fedbatch.bench.startup import machine_load, profile_process, time_process
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import resolve_device
 
@@ -38,7 +39,7 @@ GPU_SHARE = 0.25
 
 # Runs of the same seed must agree on accuracy; the engines differ only by float order.
 ACCURACY_TOLERANCE = 0.01
-SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on", "vectorized")
+SAME_WORK = ("plain", "inprocess", "ray", "probes-off", "probes-on", "vectorized", "simulate")
 
 
 # Lines of each profile's text summary: the functions with the most cumulative time.
@@ -81,14 +82,26 @@ def summarize(runs: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
 def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str, Any]:
     cfg = case.config()
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
+    loads: list[float] = []
     for _ in range(repeats):
         for runner in runners:  # interleaved: every repeat sees every runner
-            runs[runner].append(run_once(*case.runner_config(runner)))
+            if case.argv:  # whole processes, start to exit
+                loads.append(machine_load())
+                runs[runner].append(time_process(runner, case.argv))
+            else:
+                runs[runner].append(run_once(*case.runner_config(runner)))
     results = {runner: summarize(runs[runner], cfg) for runner in runners}
+    for runner, result in results.items() if loads else ():
+        result["load_median"] = statistics.median(loads)
+        result["seconds_each"] = [r["seconds"] for r in runs[runner]]  # in repeat order
+        cpu = [r["cpu_seconds"] for r in runs[runner]]
+        result["cpu_seconds"], result["cpu_seconds_median"] = min(cpu), statistics.median(cpu)
     plain = results.get("plain", {})
     baseline, round_baseline = plain.get("seconds"), plain.get("round_seconds_median")
     for result in results.values():
         result["ratio"] = result["seconds"] / baseline if baseline else None
+        median = plain.get("seconds_median")
+        result["ratio_median"] = result["seconds_median"] / median if median else None
         rounds = result.get("round_seconds_median")
         result["round_ratio"] = rounds / round_baseline if rounds and round_baseline else None
     return results
@@ -128,6 +141,8 @@ def on_device(case: BenchCase, device: str) -> BenchCase:
     """The case with every runner on `device` (`auto`: CUDA when present), Ray actors
     included."""
     device = resolve_device(device).type
+    if case.argv:
+        return replace(case, argv=(*case.argv, f"device={device}"))
     raw = case.raw | {"device": device}
     if device == "cuda":
         raw["engine"] = {"num_gpus": GPU_SHARE} | dict(case.raw.get("engine", {}))
@@ -171,6 +186,20 @@ def print_table(case: BenchCase, results: dict[str, Any], console: Console) -> N
     console.print(table)
 
 
+def print_startup_lines(results: dict[str, Any], console: Console) -> None:
+    """Whole processes: the ratio of the medians, CPU seconds (min, median), the load."""
+    plain = results.get("plain", {})
+    for runner, r in results.items():
+        cpu_ratio = r["cpu_seconds"] / plain["cpu_seconds"] if plain else float("nan")
+        console.print(
+            f"{runner}: wall ratio of the medians {r['ratio_median']:.2f}; CPU s min "
+            f"{r['cpu_seconds']:.2f}, median {r['cpu_seconds_median']:.2f}, "
+            f"ratio (min) {cpu_ratio:.2f}"
+        )
+    load = next(iter(results.values()))["load_median"]
+    console.print(f"median 1-min load average during the runs: {load:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedbatch.bench", description=__doc__)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
@@ -204,9 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             to_profile = {r: case.runner_config(r) for r in runners if r not in NOT_PROFILED}
         report[name] = results
         print_table(case, results, console)
+        if case.argv:
+            print_startup_lines(results, console)
         args.out.mkdir(parents=True, exist_ok=True)  # written per case: nothing timed is lost
         (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-        if args.profile:
+        if args.profile and case.argv:
+            for runner in runners:
+                profile_process(runner, case.argv, args.out / "profiles", PROFILE_TOP)
+        elif args.profile:
             profile_runs(case, to_profile, args.out)
             console.print(f"profiles: {args.out / 'profiles'}/{name}-*.prof and .txt")
     console.print(f"wrote {args.out / 'bench.json'}")

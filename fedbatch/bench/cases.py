@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedbatch.config import RunConfig, build_config
+from fedbatch.config.compose import compose_config
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,12 @@ class BenchCase:
     registered: tuple[int, ...] = field(default=())  # scale case: registered client counts
     # Runner variants: name → (runner, config sections replaced for that runner).
     variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # Whole-process case: `python -m fedbatch.simulate` overrides of the run (raw unused).
+    argv: tuple[str, ...] = ()
 
     def config(self, **top: Any) -> RunConfig:
+        if self.argv:
+            return compose_config([*self.argv, "progress=off"])
         return build_config(self.raw | {"progress": "off"} | top)
 
     def runner_config(self, runner: str) -> tuple[str, RunConfig]:
@@ -104,4 +109,13 @@ PROBES = BenchCase(
     variants=_EQUAL_WORK | {"probes-on": ("inprocess", {"monitor": _PROBES_ON})},
 )
 
-CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES)}
+STARTUP = BenchCase(
+    name="startup",
+    description="whole processes, start to exit: the default experiment, 1 round "
+    "(`python -m fedbatch.simulate rounds=1`) against the plain loop's process",
+    raw={},
+    runners=("plain", "simulate"),
+    argv=("rounds=1",),
+)
+
+CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES, STARTUP)}

@@ -25,9 +25,9 @@ import torch
 from fedbatch.bench.bare import bare_local_sgd
 from fedbatch.bench.rounds import ROUND_SECONDS, record_round_ends
 from fedbatch.config import RunConfig, config_from_json
-from fedbatch.federated.sampling import sample_clients
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.trainer import evaluate
+from fedbatch.seeding import sample_clients
 
 
 def plain(cfg: RunConfig, workload: Workload) -> float:

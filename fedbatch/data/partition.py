@@ -8,9 +8,10 @@ into the training set.
 Schemes (`PartitionConfig.name`):
 
 - `iid`: equal sizes (±1) of a random permutation. This is exactly what `IidPartitioner`
-  returns (contiguous `Dataset.shard`s of the shuffled rows), obtained through
-  `SizePartitioner`, which exposes its assignment: `IidPartitioner.load_partition` costs
-  about 1.3 ms of Hugging Face overhead per call, i.e. 13 s for 10,000 clients.
+  returns (contiguous `Dataset.shard`s of the shuffled rows), computed in numpy: the
+  default run then imports neither `datasets` nor `flwr_datasets` (about 1 s of
+  start-up), and `IidPartitioner.load_partition` would cost about 1.3 ms of Hugging Face
+  overhead per call, i.e. 13 s for 10,000 clients.
 - `dirichlet`: `DirichletPartitioner` label skew (alpha, min_partition_size,
   self_balancing=True so that sizes stay close and label skew is what alpha controls).
 - `shards`: `ShardPartitioner` (McMahan et al.): rows sorted by label, cut into shards,
@@ -35,19 +36,16 @@ import hashlib
 import io
 import warnings
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    GroupedNaturalIdPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-    ShardPartitioner,
-    SizePartitioner,
-)
 
 from fedbatch.config import PARTITIONS, ConfigError, PartitionConfig
+
+if TYPE_CHECKING:  # imported when a scheme needs them: `datasets` and `flwr_datasets`
+    # (whose __init__ pulls its plotting module: seaborn, scipy) cost ~1 s at start-up
+    import datasets
+    from flwr_datasets.partitioner import Partitioner
 
 # Independent random streams derived from the one seed.
 _SHUFFLE, _PARTITIONER, _SIZES = 0, 1, 2
@@ -99,12 +97,11 @@ def _partition_cached(
 ) -> tuple[np.ndarray, ...]:
     n = len(labels.array)
     _check_feasible(cfg, n, num_partitions)
-    # The label column holds the natural ids for partition=natural (`partition_indices`).
-    table = datasets.Dataset.from_dict({"idx": np.arange(n), "label": labels.array})
-    table = table.shuffle(seed=_subseed(seed, _SHUFFLE))
-    partitioner = _make_partitioner(cfg, n, num_partitions, seed)
-    partitioner.dataset = table
-    parts = _read_partitions(partitioner, cfg, num_partitions)
+    parts = (
+        _iid_split(n, num_partitions, seed)
+        if cfg.name == "iid"
+        else _library_split(labels, cfg, num_partitions, seed)
+    )
     for part in parts:
         part.sort()
         part.flags.writeable = False
@@ -113,6 +110,30 @@ def _partition_cached(
             "num_clients", num_partitions, f"fewer clients: partition={cfg.name} left one empty"
         )
     return tuple(parts)
+
+
+def _iid_split(n: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Exactly `SizePartitioner(_balanced_sizes)` on the shuffled rows, without importing
+    Hugging Face `datasets` and `flwr_datasets` (the default run's start-up): contiguous
+    runs of the permutation `Dataset.shuffle(seed)` draws (numpy's `default_rng(seed)`).
+    tests/unit/test_partition_lazy.py checks it against the library's."""
+    order = np.random.default_rng(_subseed(seed, _SHUFFLE)).permutation(n)
+    return np.split(order, np.cumsum(_balanced_sizes(n, num_partitions))[:-1])
+
+
+def _library_split(
+    labels: _Labels, cfg: PartitionConfig, num_partitions: int, seed: int
+) -> list[np.ndarray]:
+    """The partitioner's assignment of the shuffled (`idx`, `label`) rows, as `idx` values."""
+    import datasets
+
+    n = len(labels.array)
+    # The label column holds the natural ids for partition=natural (`partition_indices`).
+    table = datasets.Dataset.from_dict({"idx": np.arange(n), "label": labels.array})
+    table = table.shuffle(seed=_subseed(seed, _SHUFFLE))
+    partitioner = _make_partitioner(cfg, n, num_partitions, seed)
+    partitioner.dataset = table
+    return _read_partitions(partitioner, cfg, num_partitions)
 
 
 def _subseed(seed: int, stream: int) -> int:
@@ -140,9 +161,15 @@ def _check_feasible(cfg: PartitionConfig, n: int, num_partitions: int) -> None:
 
 
 def _make_partitioner(cfg: PartitionConfig, n: int, num_partitions: int, seed: int) -> Partitioner:
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        GroupedNaturalIdPartitioner,
+        NaturalIdPartitioner,
+        ShardPartitioner,
+        SizePartitioner,
+    )
+
     part_seed = _subseed(seed, _PARTITIONER)
-    if cfg.name == "iid":
-        return SizePartitioner(_balanced_sizes(n, num_partitions))
     if cfg.name == "quantity":
         rng = np.random.default_rng(_subseed(seed, _SIZES))
         sizes = _quantity_sizes(n, num_partitions, cfg.alpha, cfg.min_partition_size, rng)

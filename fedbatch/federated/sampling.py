@@ -8,18 +8,8 @@ strategy is shown exactly those nodes: its own sampling then picks all of them.
 
 from __future__ import annotations
 
-import numpy as np
-
 from fedbatch.federated.nodes import GridView, PartitionedGrid
-from fedbatch.seeding import derive_seed
-
-
-def sample_clients(
-    seed: int, server_round: int, population: int, count: int, phase: str = "train"
-) -> list[int]:
-    """`count` distinct client indices out of `population`, sorted; a pure function."""
-    rng = np.random.default_rng(derive_seed(seed, "sample", server_round, phase))
-    return sorted(int(i) for i in rng.choice(population, size=count, replace=False))
+from fedbatch.seeding import sample_clients
 
 
 class SampledNodesGrid(GridView):

@@ -96,9 +96,11 @@ def build_workload(cfg: RunConfig) -> Workload:
     # else runs, e.g. other sweep jobs or Ray actors, and small models gain little from it.
     torch.set_num_threads(cfg.engine.threads)
     dataset = load_dataset(cfg.data, cfg.seed)
-    # Torch imports its compiler stack (about a second) when the first optimizer is built;
-    # pay it here, with the data, rather than inside the first round's measured time (and
-    # after the data: importing it first would raise the peak RSS by its 70 MB).
+    # Torch imports its compiler stack, torch._dynamo (1.4-2.5 s here), when the first
+    # optimizer is built (torch.optim's methods are wrapped by torch._disable_dynamo, which
+    # imports it on first call), so every run pays it, a plain PyTorch loop too. Pay it
+    # here, with the data, rather than inside the first round's measured time (and after
+    # the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     labels = partition_labels(dataset.y_train)
     partitions = partition_indices(

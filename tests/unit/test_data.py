@@ -193,15 +193,19 @@ def test_partitions_deterministic_per_seed(cfg: PartitionConfig, digit_labels: n
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_iid_sizes_balanced_and_equal_to_iid_partitioner(digit_labels: np.ndarray) -> None:
-    n, k, seed = len(digit_labels), 7, 5
+@pytest.mark.parametrize(("k", "seed"), [(7, 5), (10, 0), (1437, 3)])
+def test_iid_sizes_balanced_and_equal_to_iid_partitioner(
+    digit_labels: np.ndarray, k: int, seed: int
+) -> None:
+    # fedbatch splits iid in numpy (no Hugging Face import); the library's split must agree
+    n = len(digit_labels)
     parts = partition_indices(digit_labels, PartitionConfig(name="iid"), k, seed)
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n
     table = datasets.Dataset.from_dict({"idx": np.arange(n), "label": digit_labels})
     reference = IidPartitioner(num_partitions=k)
     reference.dataset = table.shuffle(seed=fb_partition._subseed(seed, fb_partition._SHUFFLE))
-    for i in (0, 3, k - 1):
+    for i in sorted({0, 3, k // 2, k - 2, k - 1}):
         np.testing.assert_array_equal(parts[i], np.sort(reference.load_partition(i)["idx"]))
 
 
