@@ -3,6 +3,7 @@ the clients' sequence lengths, against a hand computation over every token."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -50,7 +51,7 @@ def _reply(texts: list[str]) -> RecordDict:
 def _pairs(text: str) -> list[tuple[int, int]]:
     """(input, target) of each real token: BOUNDARY → first, ..., last → BOUNDARY."""
     ids = [1, *(VOCAB[c] for c in text), 1]
-    return list(zip(ids[:-1], ids[1:], strict=True))
+    return list(itertools.pairwise(ids))
 
 
 def test_train_metrics_weigh_by_real_tokens_across_clients():
@@ -76,17 +77,16 @@ def test_train_metrics_weigh_by_real_tokens_across_clients():
 
 
 def test_eval_metrics_weigh_by_tokens_and_others_by_samples():
-    def reply(**values: float) -> RecordDict:
-        return RecordDict({"metrics": MetricRecord(values)})
+    def reply(examples: int, loss: float, accuracy: float, **counts: int) -> RecordDict:
+        values = {"num-examples": examples, "eval_loss": loss, "eval_accuracy": accuracy}
+        return RecordDict({"metrics": MetricRecord(values | counts)})
 
-    text = [reply(**{"num-examples": 3, "eval_loss": 1.0, "eval_accuracy": 0.5, "eval_tokens": 7}),
-            reply(**{"num-examples": 2, "eval_loss": 2.0, "eval_accuracy": 0.25, "eval_tokens": 18})]  # fmt: skip
+    text = [reply(3, 1.0, 0.5, eval_tokens=7), reply(2, 2.0, 0.25, eval_tokens=18)]
     out = aggregate_client_metrics(text, "num-examples")
     assert out["eval_loss"] == pytest.approx((7 * 1.0 + 18 * 2.0) / 25)
     assert out["eval_accuracy"] == pytest.approx((7 * 0.5 + 18 * 0.25) / 25)
     assert out["eval_tokens"] == 25
-    images = [reply(**{"num-examples": 3, "eval_loss": 1.0, "train_loss": 1.0, "examples_seen": 1}),
-              reply(**{"num-examples": 2, "eval_loss": 2.0, "train_loss": 2.0, "examples_seen": 3})]  # fmt: skip
+    images = [reply(3, 1.0, 0.5), reply(2, 2.0, 0.25)]  # no token counts: by samples
     out = aggregate_client_metrics(images, "num-examples")
     assert out["eval_loss"] == pytest.approx((3 * 1.0 + 2 * 2.0) / 5)
-    assert out["train_loss"] == pytest.approx((1 * 1.0 + 3 * 2.0) / 4)
+    assert out["eval_accuracy"] == pytest.approx((3 * 0.5 + 2 * 0.25) / 5)
