@@ -131,6 +131,8 @@ def evaluate_run(
     own = (cfg.data, cfg.seed) == (run.data, run.seed)
     if not own and cfg.data.name in FILE_DATASETS:
         _use_run_classes(workload, load_dataset(run.data, run.seed))
+    if not own and cfg.data.name == "text":
+        _use_run_vocabulary(workload, run)
     evaluation = ServerEvaluation(workload)
     model = evaluation.model
     found = load_model_file(run_dir / MODEL_FILE)
@@ -178,6 +180,30 @@ def _use_run_classes(workload: Workload, trained: Dataset) -> None:
     workload.dataset = replace(data, y_test=y_test, num_classes=trained.num_classes,
                                class_values=trained.class_values)  # fmt: skip
     workload.y_test = torch.as_tensor(y_test, device=workload.y_test.device)
+
+
+def _use_run_vocabulary(workload: Workload, run: RunConfig) -> None:
+    """Text numbers characters from the corpus it reads: other text would number them
+    otherwise. It is encoded with the run's vocabulary (rebuilt from the run's own corpus)
+    and row width instead; a character outside it is refused (ConfigError)."""
+    import torch
+
+    from fedbatch.data.datasets import load_dataset
+    from fedbatch.data.text import run_vocabulary, text_in_vocabulary
+
+    width = load_dataset(run.data, run.seed).input_shape[0]
+    cfg = workload.cfg
+    vocab = run_vocabulary(run.data, run.seed)
+    x_train, y_train, x_test, y_test, vocab_size = text_in_vocabulary(
+        cfg.data, cfg.seed, vocab, width
+    )
+    workload.dataset = replace(
+        workload.dataset, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        num_classes=vocab_size, input_shape=(width,),
+    )  # fmt: skip
+    device = workload.y_test.device
+    workload.x_test = torch.as_tensor(x_test, device=device)
+    workload.y_test = torch.as_tensor(y_test, device=device)
 
 
 def _trained_on(run: RunConfig, x: np.ndarray) -> int:

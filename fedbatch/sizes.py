@@ -66,7 +66,9 @@ def check_data_fits(cfg: RunConfig, memory: int | None = None) -> None:
     if data.name == "text" and data.path is None:  # input and target rows of the corpus
         from fedbatch.data.text import LONGEST_GENERATED
 
-        features = 2 * (min(data.max_length, LONGEST_GENERATED) + 1)
+        width = min(data.max_length, LONGEST_GENERATED) + 1
+        pieces = -(-(LONGEST_GENERATED + 1) // width)  # rows of a sentence cut into pieces
+        features = 2 * pieces * width
     if features is None:
         return
     memory = memory or physical_memory()

@@ -1,17 +1,20 @@
 """Text as next-character prediction: a generated corpus or the lines of a local file.
 
-Any list of strings becomes a task (`encode_texts`): each string is one sequence of at most
-`data.max_length` characters. The vocabulary is the characters of the whole corpus, sorted,
-after two special ids: PAD (0, filling rows after their end) and BOUNDARY (1, the
-sequence's start as input and its end as target). A sequence of n characters c_1..c_n is a
-row of n + 1 positions:
+Any list of strings becomes a task (`encode_texts`): each string is one sequence, or, when
+longer than `data.max_length` characters, consecutive pieces of it (`pieces`). The
+vocabulary is the characters of the whole corpus, sorted, after two special ids: PAD (0,
+filling rows after their end) and BOUNDARY (1, the sequence's start as input and its end
+as target). A sequence of n characters c_1..c_n is a row of n + 1 positions:
 
     inputs  [BOUNDARY, c_1, ..., c_n, PAD, ...]      (x, int64, PAD = 0)
     targets [c_1, ..., c_n, BOUNDARY, -100, ...]     (y, int64, -100: padding, ignored)
 
 so a causal model predicts each next character and the end, and the loss and accuracy
-count real tokens only (`ignore_index=-100`, PyTorch's default). Rows are padded to the
-longest sequence of the corpus; training trims each batch to its own longest row.
+count real tokens only (`ignore_index=-100`, PyTorch's default). A longer line's n + 1
+(input, target) pairs are cut into rows of `data.max_length` + 1 positions: each piece's
+last target is the true next character (the next piece's first input), and only the
+line's last piece ends with BOUNDARY. Rows are padded to the longest row of the corpus;
+training trims each batch to its own longest row.
 
 The generated corpus (`data.path` null) is English-like sentences from a small grammar,
 seeded: `det adj* noun verb det adj* noun (prep det adj* noun)* .`, with 0-6
@@ -22,7 +25,7 @@ small recurrent model learns much of it in a few rounds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,19 +99,28 @@ def vocabulary(texts: Sequence[str]) -> dict[str, int]:
     return {char: SPECIAL_TOKENS + i for i, char in enumerate(chars)}
 
 
+def pieces(ids: Sequence[int], max_length: int) -> Iterator[tuple[list[int], list[int]]]:
+    """(inputs, targets) of one line's rows: its len(ids) + 1 next-character pairs in
+    consecutive windows of `max_length` + 1, so no pair is lost or invented at a cut."""
+    inputs, targets = [BOUNDARY, *ids], [*ids, BOUNDARY]
+    window = max_length + 1
+    for start in range(0, len(inputs), window):
+        yield inputs[start : start + window], targets[start : start + window]
+
+
 def encode_texts(
     texts: Sequence[str], max_length: int, vocab: dict[str, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(inputs, targets, vocabulary size) of the strings, each cut to `max_length` chars."""
+    """(inputs, targets, vocabulary size) of the strings, longer ones in pieces of
+    `max_length` characters (`pieces`)."""
     vocab = vocab or vocabulary(texts)
-    cut = [t[:max_length] for t in texts]
-    width = max(len(t) for t in cut) + 1
-    x = np.full((len(cut), width), PAD, dtype=np.int64)
-    y = np.full((len(cut), width), IGNORE_INDEX, dtype=np.int64)
-    for row, sequence in enumerate(cut):
-        ids = [vocab[c] for c in sequence]
-        x[row, : len(ids) + 1] = [BOUNDARY, *ids]
-        y[row, : len(ids) + 1] = [*ids, BOUNDARY]
+    rows = [row for t in texts for row in pieces([vocab[c] for c in t], max_length)]
+    width = max(len(inputs) for inputs, _ in rows)
+    x = np.full((len(rows), width), PAD, dtype=np.int64)
+    y = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    for row, (inputs, targets) in enumerate(rows):
+        x[row, : len(inputs)] = inputs
+        y[row, : len(targets)] = targets
     return x, y, SPECIAL_TOKENS + len(vocab)
 
 
@@ -131,17 +143,20 @@ def read_column(path: str, split_name: str, column: str, limit: int) -> list[str
     return texts
 
 
+def corpus(cfg: DataConfig, rng: np.random.Generator) -> list[str]:
+    """The strings of the `text` dataset: generated from `rng`, a file's lines or a column."""
+    if cfg.path is None:
+        return generated_sentences(cfg.num_samples, rng)
+    if cfg.column is not None:
+        return read_column(cfg.path, cfg.split, cfg.column, cfg.num_samples)
+    return read_lines(cfg.path, cfg.num_samples)
+
+
 def text(cfg: DataConfig, seed: int) -> Arrays:
     """The `text` dataset: the generated corpus, the lines of `data.path`, or its column
     `data.column`."""
     rng = np.random.default_rng(seed)
-    if cfg.path is None:
-        texts = generated_sentences(cfg.num_samples, rng)
-    elif cfg.column is not None:
-        texts = read_column(cfg.path, cfg.split, cfg.column, cfg.num_samples)
-    else:
-        texts = read_lines(cfg.path, cfg.num_samples)
-    return text_task(texts, cfg, rng)
+    return text_task(corpus(cfg, rng), cfg, rng)
 
 
 def text_task(texts: Sequence[str], cfg: DataConfig, rng: np.random.Generator) -> Arrays:
@@ -149,6 +164,33 @@ def text_task(texts: Sequence[str], cfg: DataConfig, rng: np.random.Generator) -
     encoded with `data.max_length`, split with a seeded random `data.test_fraction`."""
     x, y, vocab_size = encode_texts(texts, cfg.max_length)
     return *_random_split(x, y, cfg, rng), vocab_size
+
+
+def run_vocabulary(cfg: DataConfig, seed: int) -> dict[str, int]:
+    """The char → id mapping a run of this data config and seed trained with."""
+    return vocabulary(corpus(cfg, np.random.default_rng(seed)))
+
+
+def text_in_vocabulary(cfg: DataConfig, seed: int, vocab: dict[str, int], width: int) -> Arrays:
+    """The `text` dataset of `cfg` encoded with a trained model's vocabulary and row width
+    (another text to evaluate it on); a character outside the vocabulary is refused,
+    since it has no unknown id."""
+    rng = np.random.default_rng(seed)
+    texts = corpus(cfg, rng)
+    missing = sorted(set("".join(texts)) - vocab.keys())
+    if missing:
+        shown = " ".join(map(repr, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise ConfigError(
+            "data.path",
+            cfg.path,
+            f"text in the run's vocabulary of {len(vocab)} characters: this one holds "
+            f"{len(missing)} character(s) outside it ({shown})",
+        )
+    x, y, _ = encode_texts(texts, min(cfg.max_length, width - 1), vocab)
+    padding = ((0, 0), (0, width - x.shape[1]))
+    x = np.pad(x, padding, constant_values=PAD)
+    y = np.pad(y, padding, constant_values=IGNORE_INDEX)
+    return *_random_split(x, y, cfg, rng), SPECIAL_TOKENS + len(vocab)
 
 
 def partition_labels(y: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ NUM_EXAMPLES = "num-examples"
 # the client's dataset size (num-examples, FedAvg's weight).
 SUMMED = ("steps", "examples_seen", "data_seconds", "compute_seconds", "samples_arrived")
 SUMMED += ("samples_trained", "wait_seconds", "prequential_samples")
+SUMMED += ("tokens_seen", "token_slots", "eval_tokens")  # text only
 MAXED = ("grad_norm_max",)
 MEAN_WEIGHTS = {
     "train_loss": "examples_seen",
@@ -38,7 +39,16 @@ MEAN_WEIGHTS = {
     "prequential_loss": "prequential_samples",
     "prequential_accuracy": "prequential_samples",
     "tokens_per_step": "steps",
-    "padding_fraction": "examples_seen",
+}
+# Text: loss and accuracy are means over real tokens, so they weigh by the client's real
+# tokens, and its padding share by the positions it computed (giving 1 − Σtokens/Σslots).
+# Used where every reply carries the count (text replies do, others never).
+TOKEN_WEIGHTS = {
+    "train_loss": "tokens_seen",
+    "train_accuracy": "tokens_seen",
+    "padding_fraction": "token_slots",
+    "eval_loss": "eval_tokens",
+    "eval_accuracy": "eval_tokens",
 }
 
 
@@ -148,9 +158,17 @@ def aggregate_client_metrics(records: list[RecordDict], weight_key: str) -> Metr
         elif key in MAXED:
             out[key] = max(values)
         else:
-            by = MEAN_WEIGHTS.get(key, weight_key)
+            by = _weight_of(key, metrics, weight_key)
             weights = [float(m[by]) if by in m else float(m[weight_key]) for m in metrics]
             pairs = [(v, w) for v, w in zip(values, weights, strict=True) if w > 0]
             total = sum(w for _, w in pairs)
             out[key] = sum(v * w for v, w in pairs) / total if total else float("nan")
     return out
+
+
+def _weight_of(key: str, metrics: list[MetricRecord], weight_key: str) -> str:
+    """The metric a client's `key` is weighted by across clients."""
+    tokens = TOKEN_WEIGHTS.get(key)
+    if tokens is not None and all(tokens in m for m in metrics):
+        return tokens
+    return MEAN_WEIGHTS.get(key, weight_key)

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from fedbatch.data.text import LONGEST_GENERATED
 from fedbatch.engine import inprocess
 from tests.conftest import read_rows, simulate, tiny_config
 
+# sentences never longer than max_length: one row each (not cut into pieces)
+DATA = {"name": "text", "num_samples": 240, "max_length": LONGEST_GENERATED}
 TEXT = {
-    "data": {"name": "text", "num_samples": 240, "max_length": 120, "test_fraction": 0.2},
+    "data": DATA | {"test_fraction": 0.2},
     "model": {"name": "gru", "width": 24},
     "client": {"batch_size": 8, "epochs": 1, "optimizer": "adam", "lr": 0.01},
     "num_clients": 4,

@@ -30,11 +30,30 @@ from tests.conftest import tiny_config
 
 def test_encoding_shifts_targets_and_pads_by_hand():
     x, y, vocabulary = encode_texts(["ab", "c", "bca"], max_length=2)
-    # vocabulary: PAD 0, BOUNDARY 1, then a=2, b=3, c=4; "bca" is cut to "bc"
+    # vocabulary: PAD 0, BOUNDARY 1, then a=2, b=3, c=4; "bca" is longer than 2: its 4
+    # pairs (B→b, b→c, c→a, a→B) in rows of 3, the first ending on the true next "a"
     assert vocabulary == 5
-    assert x.tolist() == [[1, 2, 3], [1, 4, 0], [1, 3, 4]]
-    assert y.tolist() == [[2, 3, 1], [4, 1, -100], [3, 4, 1]]
+    assert x.tolist() == [[1, 2, 3], [1, 4, 0], [1, 3, 4], [2, 0, 0]]
+    assert y.tolist() == [[2, 3, 1], [4, 1, -100], [3, 4, 2], [1, -100, -100]]
     assert (PAD, BOUNDARY, IGNORE_INDEX) == (0, 1, -100)
+
+
+def test_a_cut_line_predicts_its_true_next_characters():
+    line = "the cat sat on the mat"  # 22 characters, cut at 5: pieces of 6 positions
+    x, y, _ = encode_texts([line, "ox"], max_length=5)
+    chars = {c: i for i, c in enumerate(sorted(set(line + "ox")), start=2)}
+    ids = [chars[c] for c in line]
+    # by hand: 23 pairs (B→t, t→h, ..., t→B) in windows of 6: 6 + 6 + 6 + 5
+    assert len(x) == 5 and x.shape[1] == 6
+    assert x[0].tolist() == [BOUNDARY, *ids[:5]] and y[0].tolist() == ids[:6]
+    assert x[1].tolist() == ids[5:11] and y[1].tolist() == ids[6:12]
+    assert x[2].tolist() == ids[11:17] and y[2].tolist() == ids[12:18]
+    assert x[3].tolist() == [*ids[17:22], PAD] and y[3].tolist() == [*ids[18:22], BOUNDARY, -100]
+    for piece in range(3):  # a piece's last target is the next piece's first character
+        assert y[piece, -1] == x[piece + 1, 0] != BOUNDARY
+    real = y[:4][y[:4] != IGNORE_INDEX].tolist()
+    assert real == [*ids, BOUNDARY]  # every next character once, the end only at the end
+    assert x[4, :3].tolist() == [BOUNDARY, chars["o"], chars["x"]]
 
 
 def test_generated_corpus_is_seeded_and_spreads_lengths():
@@ -79,7 +98,9 @@ def test_masked_loss_and_accuracy_match_a_hand_computation():
     assert measured_accuracy == pytest.approx(2 / 5)
 
 
-def _corpus(count: int, seed: int, longest: int = 150) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _corpus(
+    count: int, seed: int, longest: int = LONGEST_GENERATED
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     texts = generated_sentences(count, np.random.default_rng(seed))
     x, y, vocabulary = encode_texts(texts, max_length=longest)
     return torch.from_numpy(x), torch.from_numpy(y), vocabulary

@@ -45,3 +45,14 @@ def test_a_dataset_beyond_memory_is_refused_from_its_counts():
         check_data_fits(cfg, memory=1000 * 60 * BYTES_PER_VALUE - 1)
     assert str(refused.value).startswith("data.num_samples=1000 is invalid: allowed at most 999")
     check_data_fits(tiny_config(), memory=1)  # digits: a fixed size, not generated
+
+
+@pytest.mark.parametrize(("max_length", "values"), [(256, 2 * 243), (10, 2 * 23 * 11)])
+def test_generated_text_is_sized_with_its_pieces(max_length, values):
+    # the longest sentence, 242 characters, is 243 pairs: one row of 243 positions, or,
+    # cut at 10 characters, 23 rows of 11 (22 · 11 = 242 < 243), inputs and targets
+    data = {"name": "text", "num_samples": 100, "max_length": max_length}
+    cfg = tiny_config(data=data, model={"name": "gru"})
+    check_data_fits(cfg, memory=100 * values * BYTES_PER_VALUE)  # just fits
+    with pytest.raises(ConfigError, match=r"data\.num_samples=100"):
+        check_data_fits(cfg, memory=100 * values * BYTES_PER_VALUE - 1)
