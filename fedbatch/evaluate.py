@@ -132,7 +132,7 @@ def evaluate_run(
     if not own and cfg.data.name in FILE_DATASETS:
         _use_run_classes(workload, load_dataset(run.data, run.seed))
     if not own and cfg.data.name == "text":
-        _use_run_vocabulary(workload, run)
+        _use_run_vocabulary(workload, run, run_dir / MODEL_FILE)
     evaluation = ServerEvaluation(workload)
     model = evaluation.model
     found = load_model_file(run_dir / MODEL_FILE)
@@ -182,18 +182,17 @@ def _use_run_classes(workload: Workload, trained: Dataset) -> None:
     workload.y_test = torch.as_tensor(y_test, device=workload.y_test.device)
 
 
-def _use_run_vocabulary(workload: Workload, run: RunConfig) -> None:
+def _use_run_vocabulary(workload: Workload, run: RunConfig, model_file: Path) -> None:
     """Text numbers characters from the corpus it reads: other text would number them
-    otherwise. It is encoded with the run's vocabulary (rebuilt from the run's own corpus)
-    and row width instead; a character outside it is refused (ConfigError)."""
+    otherwise. It is encoded with the run's vocabulary (saved in the model file's header;
+    rebuilt from the run's own corpus for a model saved without it) and row width instead;
+    a character outside it is refused (ConfigError)."""
     import torch
 
-    from fedbatch.data.datasets import load_dataset
-    from fedbatch.data.text import run_vocabulary, text_in_vocabulary
+    from fedbatch.data.text import text_in_vocabulary
 
-    width = load_dataset(run.data, run.seed).input_shape[0]
+    vocab, width = _run_vocabulary(run, model_file)
     cfg = workload.cfg
-    vocab = run_vocabulary(run.data, run.seed)
     x_train, y_train, x_test, y_test, vocab_size = text_in_vocabulary(
         cfg.data, cfg.seed, vocab, width
     )
@@ -204,6 +203,20 @@ def _use_run_vocabulary(workload: Workload, run: RunConfig) -> None:
     device = workload.y_test.device
     workload.x_test = torch.as_tensor(x_test, device=device)
     workload.y_test = torch.as_tensor(y_test, device=device)
+
+
+def _run_vocabulary(run: RunConfig, model_file: Path) -> tuple[dict[str, int], int]:
+    """The run's char → id mapping and row width (the model's input length)."""
+    from fedbatch.data.datasets import load_dataset
+    from fedbatch.data.text import SPECIAL_TOKENS, run_vocabulary
+    from fedbatch.federated.checkpoint import model_file_metadata
+    from fedbatch.federated.saving import VOCABULARY_KEY, WIDTH_KEY
+
+    header = model_file_metadata(model_file)
+    if VOCABULARY_KEY not in header:
+        return run_vocabulary(run.data, run.seed), load_dataset(run.data, run.seed).input_shape[0]
+    chars = json.loads(header[VOCABULARY_KEY])
+    return {char: SPECIAL_TOKENS + i for i, char in enumerate(chars)}, int(header[WIDTH_KEY])
 
 
 def _trained_on(run: RunConfig, x: np.ndarray) -> int:

@@ -207,14 +207,24 @@ def _reason(error: Exception) -> str:
     return (named or lines or [type(error).__name__])[0]
 
 
-def save_model_file(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-    """The final global model as safetensors (tensors by state-dict key)."""
+def save_model_file(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """The final global model as safetensors (tensors by state-dict key), with string
+    `metadata` in its header (e.g. a text model's vocabulary)."""
     from safetensors.torch import save_file
 
     owned = {key: tensor.detach().cpu().clone().contiguous() for key, tensor in tensors.items()}
-    _replace_atomically(
-        path, lambda temporary: save_file(owned, str(temporary), metadata={"format": "pt"})
-    )
+    header = {"format": "pt", **(metadata or {})}
+    _replace_atomically(path, lambda temporary: save_file(owned, str(temporary), metadata=header))
+
+
+def model_file_metadata(path: Path) -> dict[str, str]:
+    """The string metadata in a `model.safetensors` header (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        return dict(file.metadata() or {})
 
 
 def load_model_file(path: Path) -> dict[str, torch.Tensor]:

@@ -9,9 +9,10 @@ its summary says how it ended, and there is nothing left to resume.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flwr.app import RecordDict
 
@@ -27,6 +28,13 @@ from fedbatch.federated.checkpoint import (
 from fedbatch.federated.records import array_to_tensor
 from fedbatch.metrics.callbacks import Callback, RunOutcome
 from fedbatch.run_dir import CHECKPOINT, MODEL_FILE
+
+if TYPE_CHECKING:
+    from fedbatch.federated.workload import Workload
+
+# model.safetensors' header key of a text model's characters, in id order from SPECIAL_TOKENS.
+VOCABULARY_KEY = "vocabulary"
+WIDTH_KEY = "row_width"  # its rows' length: a Transformer's positions
 
 
 @runtime_checkable
@@ -118,15 +126,36 @@ def run_checkpoint(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
 
 
 class FinalModelFile(Callback):
-    """Writes the global model the run ends with to `model.safetensors`."""
+    """Writes the global model the run ends with to `model.safetensors`; a text model's
+    vocabulary goes into its header (`VOCABULARY_KEY`), so the model reads text without
+    the corpus it was trained on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, workload: Workload) -> None:
         self.path = path
+        self.workload = workload
 
     def on_run_end(self, outcome: RunOutcome) -> None:
         if outcome.arrays is not None:
             tensors = {key: array_to_tensor(array) for key, array in outcome.arrays.items()}
-            save_model_file(self.path, tensors)
+            save_model_file(self.path, tensors, self._metadata())
+
+    def _metadata(self) -> dict[str, str]:
+        cfg = self.workload.cfg
+        if cfg.data.name != "text":
+            return {}
+        from fedbatch.data.text import run_vocabulary
+
+        chars = list(run_vocabulary(cfg.data, cfg.seed))
+        width = self.workload.dataset.input_shape[0]
+        return {VOCABULARY_KEY: json.dumps(chars), WIDTH_KEY: str(width)}
 
 
-__all__ = ["MODEL_FILE", "Checkpointer", "FinalModelFile", "checkpointer_for", "run_checkpoint"]
+__all__ = [
+    "MODEL_FILE",
+    "VOCABULARY_KEY",
+    "WIDTH_KEY",
+    "Checkpointer",
+    "FinalModelFile",
+    "checkpointer_for",
+    "run_checkpoint",
+]

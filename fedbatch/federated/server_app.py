@@ -57,7 +57,7 @@ def standard_callbacks(
     if out_dir is not None:
         callbacks.append(JsonlSink(out_dir / "metrics.jsonl"))
         if cfg.save.model:
-            callbacks.append(FinalModelFile(out_dir / MODEL_FILE))
+            callbacks.append(FinalModelFile(out_dir / MODEL_FILE, workload))
     callbacks.append(summary)
     if out_dir is not None:  # after the summary and the model, which they report
         callbacks += trackers_for(cfg.logger, out_dir, asdict(cfg), summary)

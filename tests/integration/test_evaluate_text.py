@@ -60,3 +60,29 @@ def test_characters_outside_the_vocabulary_are_one_line(run_dir, tmp_path, capsy
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert "2 character(s) outside it ('z' 'é')" in lines[0], lines[0]
+
+
+def test_the_model_file_carries_its_vocabulary(run_dir, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as file:
+        header = file.metadata()
+    assert header["vocabulary"] == '["a", "b", "c"]'
+    assert int(header["row_width"]) == max(len(line) for line in RUN_LINES) + 1
+
+
+def test_a_changed_corpus_file_does_not_renumber_the_characters(run_dir, tmp_path):
+    from fedbatch.data.datasets import _load_cached
+
+    other = tmp_path / "other.txt"
+    other.write_text("acca\n" * 20, encoding="utf-8")
+    corpus = run_dir.parent / "run.txt"
+    before = main([str(run_dir), f"data.path={other}"])
+    original = corpus.read_text(encoding="utf-8")
+    corpus.write_text("0\n" + original, encoding="utf-8")  # rebuilt, it would make a=3
+    _load_cached.cache_clear()
+    try:
+        assert main([str(run_dir), f"data.path={other}"]) == before
+    finally:
+        corpus.write_text(original, encoding="utf-8")
+        _load_cached.cache_clear()
