@@ -23,6 +23,7 @@ back over a local socket, as its two messages carry them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -44,6 +45,8 @@ from fedbatch.federated.timing import TIMING_ENV
 
 NODES = 2
 PARTS = ("polling", "flower_startup", "fedbatch_imports", "data", "training", "reply", "server")
+# The ClientApp's parts again in its own CPU seconds, which a busy machine sways less.
+CPU_PARTS = ("flower_startup", "fedbatch_imports", "data", "training")
 
 
 def deploy_command(argv: tuple[str, ...], run_dir: Path, workdir: Path) -> list[str]:
@@ -88,6 +91,10 @@ def split_rounds(rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> lis
             "reply": c["returned"] - c["trained"],
         }
         split["server"] = seconds[server_round] - (arrived - exchange["sent"])
+        marks = ("imports_start", "handler", "data", "trained")
+        split["cpu_flower_startup"] = c["imports_start_cpu"]  # from the process's start
+        for part, (begin, end) in zip(CPU_PARTS[1:], itertools.pairwise(marks), strict=True):
+            split[f"cpu_{part}"] = c[f"{end}_cpu"] - c[f"{begin}_cpu"]
         parts.append(split)
     return parts
 
@@ -141,7 +148,8 @@ def bench_deployment(
     for _ in range(repeats):
         parts += split_rounds(*run_deployment(argv))
         inprocess += run_once("inprocess", cfg).get("round_seconds", [])
-    median = {part: statistics.median(p[part] for p in parts) for part in ("round", *PARTS)}
+    names = ("round", *PARTS, *(f"cpu_{part}" for part in CPU_PARTS))
+    median = {name: statistics.median(p[name] for p in parts) for name in names}
     transfer = transfer_seconds(cfg)
     inprocess_round = statistics.median(inprocess)
     ours = median["round"] - median["polling"]
@@ -165,7 +173,8 @@ def print_deployment(results: dict[str, Any], console: Console) -> None:
         f"steady-state rounds: round {r['round']:.2f} s"
     )
     for part in PARTS:
-        console.print(f"  {part:<17} {r[part]:6.2f} s")
+        cpu = f"  ({r[f'cpu_{part}']:.2f} CPU s)" if part in CPU_PARTS else ""
+        console.print(f"  {part:<17} {r[part]:6.2f} s{cpu}")
     console.print(
         f"round without polling {r['round_without_polling']:.2f} s; in-process round "
         f"{r['inprocess_round']:.3f} s + transfer {1000 * r['transfer']:.1f} ms; ratio "

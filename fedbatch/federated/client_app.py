@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedbatch.config import RunConfig
-from fedbatch.federated import IMPORTS_STARTED
+from fedbatch.federated import IMPORTS_STARTED, IMPORTS_STARTED_CPU
 from fedbatch.federated.client_metrics import train_metrics, with_stream
 from fedbatch.federated.client_optimizer import load_optimizer_state, save_optimizer_state
 from fedbatch.federated.client_privacy import client_side_clipping
@@ -158,7 +158,8 @@ def _device_limits(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    timeline = ClientTimeline.begin(msg.metadata.message_id, "train", IMPORTS_STARTED)
+    imports = (IMPORTS_STARTED, IMPORTS_STARTED_CPU)
+    timeline = ClientTimeline.begin(msg.metadata.message_id, "train", imports)
     task = setup_task(msg, context)
     timeline.mark("data")
     faults = ClientFaults.draw(task.workload.cfg, task.partition_id, task.server_round)

@@ -57,13 +57,17 @@ class ClientTimeline:
         self.fields = fields
 
     @classmethod
-    def begin(cls, message_id: str, message_type: str, imports_started: float) -> ClientTimeline:
+    def begin(
+        cls, message_id: str, message_type: str, imports_started: tuple[float, float]
+    ) -> ClientTimeline:
+        """`imports_started`: (wall, CPU) times; each mark `m` also notes `m_cpu`, this
+        process's CPU seconds, which a busy machine sways less than wall time."""
         if timing_file() is None:
             return cls(None)
-        now = time.time()
         fields: dict[str, Any] = {"kind": "client", "message_id": message_id}
         fields |= {"type": message_type, "process_start": process_started()}
-        fields |= {"imports_start": imports_started, "handler": now}
+        fields |= {"imports_start": imports_started[0], "imports_start_cpu": imports_started[1]}
+        fields |= {"handler": time.time(), "handler_cpu": time.process_time()}
         timeline = cls(fields)
         atexit.register(timeline.write)
         return timeline
@@ -71,6 +75,7 @@ class ClientTimeline:
     def mark(self, name: str, **values: Any) -> None:
         if self.fields is not None:
             self.fields[name] = time.time()
+            self.fields[f"{name}_cpu"] = time.process_time()
             self.fields |= values
 
     def write(self) -> None:
