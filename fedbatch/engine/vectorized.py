@@ -19,8 +19,7 @@ from flwr.app import Message, MessageType, RecordDict
 
 from fedbatch.config import RunConfig
 from fedbatch.engine.inprocess import InProcessGrid
-from fedbatch.federated.client_app import Task, setup_task
-from fedbatch.federated.client_metrics import train_metrics
+from fedbatch.federated.client_app import Task, setup_task, train_metrics
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
