@@ -77,10 +77,12 @@ def split_rounds(rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> lis
     seconds = {row["round"]: row["seconds"] for row in rows if row["round"] > 0}
     parts = []
     for server_round, exchange in enumerate(exchanges, start=1):
-        if server_round == 1 or server_round not in seconds:
+        if server_round == 1 or server_round not in seconds or not exchange["replies"]:
             continue
         message_id, arrived = max(exchange["replies"].items(), key=lambda item: item[1])
-        c = clients[message_id]
+        c = clients.get(message_id)
+        if c is None:  # its process did not exit normally: no line
+            continue
         split = {
             "round": seconds[server_round],
             "polling": c["process_start"] - exchange["sent"] + arrived - c["returned"],
