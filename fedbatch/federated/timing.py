@@ -4,7 +4,7 @@ With `FEDBATCH_TIMING=<file>` in the environment (the launcher's environment rea
 SuperNodes and, through them, every ClientApp process), each ClientApp process and each
 reply wait of the server append one JSON line to `<file>`: wall-clock times
 (`time.time()`, comparable on one machine). Without it nothing is measured or written.
-Standard library only: a ClientApp process imports this before torch.
+Standard library only; `fedbatch.federated` notes when its import began, before torch.
 """
 
 from __future__ import annotations
