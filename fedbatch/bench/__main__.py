@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedbatch.bench.cases import CASES, BenchCase
+from fedbatch.bench.deployment import bench_deployment, print_deployment
 from fedbatch.bench.startup import machine_load, profile_process, time_process
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import resolve_device
@@ -218,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     for name in args.case or ["small"]:
         case = on_device(CASES[name], args.device)
-        if case.registered:
+        if case.runners == ("deployment",):
+            results = bench_deployment(case.argv, args.repeats, run_once)
+            to_profile = {}
+        elif case.registered:
             results = bench_scale(case, args.repeats)
             to_profile = {
                 f"inprocess@{n}": ("inprocess", case.config(num_clients=n)) for n in case.registered
@@ -232,12 +236,18 @@ def main(argv: list[str] | None = None) -> int:
             problems += check_same_work(results)
             to_profile = {r: case.runner_config(r) for r in runners if r not in NOT_PROFILED}
         report[name] = results
-        print_table(case, results, console)
-        if case.argv:
+        deployed = "deployment" in results  # its own report, and nothing to profile
+        if deployed:
+            print_deployment(results, console)
+        else:
+            print_table(case, results, console)
+        if case.argv and not deployed:
             print_startup_lines(results, console)
         args.out.mkdir(parents=True, exist_ok=True)  # written per case: nothing timed is lost
         (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-        if args.profile and case.argv:
+        if args.profile and deployed:
+            console.print("deployment: not profiled (its rounds run in Flower's processes)")
+        elif args.profile and case.argv:
             for runner in runners:
                 profile_process(runner, case.argv, args.out / "profiles", PROFILE_TOP)
         elif args.profile:

@@ -118,4 +118,13 @@ STARTUP = BenchCase(
     argv=("rounds=1",),
 )
 
-CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES, STARTUP)}
+DEPLOYMENT = BenchCase(
+    name="deployment",
+    description="`deploy local --nodes 2`, 4 rounds: a steady-state round split into "
+    "Flower's polling, process start-up, data and training, against an in-process round",
+    raw={},
+    runners=("deployment",),
+    argv=("rounds=4",),  # `--nodes 2` sets num_clients=clients_per_round=2
+)
+
+CASES = {case.name: case for case in (SMALL, PFL, SCALE, PROBES, STARTUP, DEPLOYMENT)}

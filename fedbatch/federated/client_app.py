@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedbatch.config import RunConfig
+from fedbatch.federated import IMPORTS_STARTED, IMPORTS_STARTED_CPU
 from fedbatch.federated.client_metrics import train_metrics, with_stream
 from fedbatch.federated.client_optimizer import load_optimizer_state, save_optimizer_state
 from fedbatch.federated.client_privacy import client_side_clipping
@@ -32,6 +33,7 @@ from fedbatch.federated.records import (
     state_to_arrays,
     tensor_to_array,
 )
+from fedbatch.federated.timing import ClientTimeline
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.batch_sizing import DeviceLimit, NoiseEstimate, RoundPlan
 from fedbatch.local.instruments import mean_gradient, measure_at_weights
@@ -45,6 +47,7 @@ from fedbatch.seeding import derive_seed
 
 app = ClientApp(mods=[client_side_clipping])
 LOCAL_NORMS = "fedbn"  # context.state record holding this client's own BatchNorm layers
+DATA_CACHE = "data-cache"  # node config: the directory keeping this node's prepared data
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,14 @@ class Task:
 
 def setup_task(msg: Message, context: Context) -> Task:
     config = msg.content["config"]
-    device = context.node_config.get("device")  # a SuperNode's own, from --node-config
+    node = context.node_config  # a SuperNode's own `device` and `data-cache`, if any
+    device, data_cache = node.get("device"), node.get(DATA_CACHE)
     try:  # the run's config and model import its `_target_` classes, if any
-        workload = workload_for(str(config["run-config"]), None if device is None else str(device))
+        workload = workload_for(
+            str(config["run-config"]),
+            None if device is None else str(device),
+            None if data_cache is None else str(data_cache),
+        )
         model = workload.model()
     except TargetImportError as error:  # this node's failure, one line: say where it must be
         where = " (on this node: every SuperNode must import it, installed or on PYTHONPATH)"
@@ -151,7 +159,10 @@ def _device_limits(
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    imports = (IMPORTS_STARTED, IMPORTS_STARTED_CPU)
+    timeline = ClientTimeline.begin(msg.metadata.message_id, "train", imports)
     task = setup_task(msg, context)
+    timeline.mark("data")
     faults = ClientFaults.draw(task.workload.cfg, task.partition_id, task.server_round)
     faults.crash()
     # The real clock starts here: a deployment's fresh ClientApp process builds its data
@@ -217,6 +228,7 @@ def train(msg: Message, context: Context) -> Message:
         result = train_local(
             model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
         )
+    timeline.mark("trained", partition=task.partition_id, round=task.server_round)
     if cfg.model.fedbn:
         _save_local_norms(model, context)
     if keep_state:
@@ -230,6 +242,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics["client_seconds"] = time.perf_counter() - started
     arrays = state_to_arrays(faults.reply_state(model, start))
     content = RecordDict({"arrays": arrays, "metrics": metrics})
+    timeline.mark("returned")
     return Message(content=content, reply_to=msg)
 
 

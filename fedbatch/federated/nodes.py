@@ -18,9 +18,13 @@ from flwr.serverapp import Grid
 
 from fedbatch.compat import ErrorCode, Run
 from fedbatch.config import RunConfig
+from fedbatch.federated.timing import server_exchange
 
 DESCRIBE = f"{MessageType.QUERY}.describe"
-POLL_SECONDS = 0.2  # between pulls of replies, and between looks for SuperNodes
+POLL_SECONDS = 0.2  # between looks for SuperNodes
+# Between pulls of replies: a round waits half of it on average after its last reply,
+# and a pull is one small request to the SuperLink.
+REPLY_POLL_SECONDS = 0.05
 
 
 class GridView(Grid):
@@ -81,17 +85,23 @@ class PartitionedGrid(GridView):
             return sorted(replies, key=lambda reply: order.index(reply.metadata.src_node_id))
         for message in sent:  # expired, a late message is not started and a late reply dropped
             message.metadata.ttl = timeout
+        sent_at = time.time()
         ids = list(self.inner.push_messages(sent))
         pending = set(ids)
         replies: list[Message] = []
+        arrived: dict[str, float] = {}  # reply times, for `timing`
         deadline = time.monotonic() + timeout
         # Our own polling: Flower's sleeps 3 s between pulls, which a round pays each time.
         while pending and time.monotonic() < deadline:
             pulled = list(self.inner.pull_messages([i for i in ids if i in pending]))
             replies += pulled
-            pending -= {reply.metadata.reply_to_message_id for reply in pulled}
+            answered = {reply.metadata.reply_to_message_id for reply in pulled}
+            arrived |= dict.fromkeys(answered, time.time())
+            pending -= answered
             if pending and not pulled:
-                time.sleep(POLL_SECONDS)
+                time.sleep(REPLY_POLL_SECONDS)
+        if sent:
+            server_exchange(sent_at, sent[0].metadata.message_type, arrived)
         # In the order sent, whatever the order of arrival: aggregation sums in one order.
         position = {message_id: i for i, message_id in enumerate(ids)}
         replies.sort(key=lambda reply: position[reply.metadata.reply_to_message_id])

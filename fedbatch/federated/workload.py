@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.data.datasets import Dataset, load_dataset
 from fedbatch.data.drift import DriftTransform
+from fedbatch.data.node_cache import Prepared, prepared_data
 from fedbatch.data.partition import partition_indices
 from fedbatch.data.stream import ClientStream
 from fedbatch.data.text import partition_labels
@@ -91,21 +93,28 @@ class Workload:
         return self._model
 
 
-def build_workload(cfg: RunConfig) -> Workload:
+def _build_data(cfg: RunConfig) -> Prepared:
+    dataset = load_dataset(cfg.data, cfg.seed)
+    labels = partition_labels(dataset.y_train)
+    partitions = partition_indices(
+        labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
+    )
+    return dataset, partitions
+
+
+def build_workload(cfg: RunConfig, data_cache: Path | None = None) -> Workload:
+    """The run's workload; its data and partitions from (or into) `data_cache`, when
+    given (`fedbatch.data.node_cache`)."""
     # Torch's default (one thread per core) oversubscribes the cores as soon as anything
     # else runs, e.g. other sweep jobs or Ray actors, and small models gain little from it.
     torch.set_num_threads(cfg.engine.threads)
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset, partitions = prepared_data(cfg, data_cache, lambda: _build_data(cfg))
     # Torch imports its compiler stack, torch._dynamo (1.4-2.5 s here), when the first
     # optimizer is built (torch.optim's methods are wrapped by torch._disable_dynamo, which
     # imports it on first call), so every run pays it, a plain PyTorch loop too. Pay it
     # here, with the data, rather than inside the first round's measured time (and after
     # the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    labels = partition_labels(dataset.y_train)
-    partitions = partition_indices(
-        labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
-    )
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
@@ -130,10 +139,13 @@ def build_workload(cfg: RunConfig) -> Workload:
 
 
 @lru_cache(maxsize=2)
-def workload_for(config_json: str, device: str | None = None) -> Workload:
+def workload_for(
+    config_json: str, device: str | None = None, data_cache: str | None = None
+) -> Workload:
     """The process-wide workload of the run whose configuration is `config_json`, on
-    `device` when given (a SuperNode's own device) instead of the config's."""
+    `device` when given (a SuperNode's own device) instead of the config's, its data kept
+    in the directory `data_cache` when given (a SuperNode's own)."""
     cfg = config_from_json(config_json)
     if device is not None:
         cfg = replace(cfg, device=device)
-    return build_workload(cfg)
+    return build_workload(cfg, None if data_cache is None else Path(data_cache))
