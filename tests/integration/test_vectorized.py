@@ -109,3 +109,20 @@ def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
     inprocess, vectorized, batched = _both(tiny_config(**extra), tmp_path)
     assert batched == 0
     assert vectorized == inprocess
+
+
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_a_cnn_is_batched_by_grouped_convolutions(tmp_path, norm):
+    # Unequal partitions: padded rows and idle steps go through the grouped layers too.
+    cfg = build_config(
+        tiny_raw(rounds=2)
+        | {
+            "data": {"name": "images", "num_samples": 240},
+            "partition": {"name": "quantity"},
+            "model": {"name": "cnn", "channels": [4, 8], "kernel_size": 3, "norm": norm,
+                      "groups": 2, "memory_format": "channels_last"},
+        }
+    )  # fmt: skip
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
