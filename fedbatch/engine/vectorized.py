@@ -1,8 +1,9 @@
 """The vectorized engine: the in-process engine, training a round's clients all at once.
 
-`VectorizedGrid` answers every train message whose work is plain SGD on a model that
+`VectorizedGrid` answers every train message whose work is local training with one of
+torch.optim's SGD, Adam, AdamW, RMSprop or Adagrad (fresh each round) on a model that
 treats samples independently (`ineligible` lists what else there is) by one batched run
-over the clients (`local/vectorized.py`: stacked weights, a vmapped forward pass), with the
+over the clients (`local/vectorized.py`: stacked weights, one batched forward pass), with the
 ClientApp's own plan, shuffles and metrics, and builds for each message the reply the
 ClientApp would build. Evaluate and query messages and ineligible rounds go through the
 ClientApp one message at a time, as on the in-process engine.
@@ -24,10 +25,12 @@ from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
 from fedbatch.local.plan import LocalPlan
-from fedbatch.local.vectorized import ClientSteps, SGDRule, stack_params, train_clients
+from fedbatch.local.stacked_optim import ADAPTIVE, AdaptiveRule, SGDRule, UpdateRule
+from fedbatch.local.vectorized import ClientSteps, stack_params, train_clients
 
 log = logging.getLogger(__name__)
 SGD_RULES = ("sgd", "momentum", "nesterov")
+BATCHED_OPTIMIZERS = SGD_RULES + ADAPTIVE
 
 
 def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
@@ -39,7 +42,7 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
     model may hold BatchNorm or dropout its config does not show: ruled out too."""
     client, model = cfg.client, cfg.model
     checks = [
-        (client.optimizer not in SGD_RULES, f"client.optimizer={client.optimizer}"),
+        (client.optimizer not in BATCHED_OPTIMIZERS, f"client.optimizer={client.optimizer}"),
         (client.precision != "fp32", f"client.precision={client.precision}"),
         (client.accumulate != 1, f"client.accumulate={client.accumulate}"),
         (client.optimizer_state == "keep", "client.optimizer_state=keep"),
@@ -64,7 +67,9 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
     return [reason for failed, reason in checks if failed]
 
 
-def sgd_rule(cfg: RunConfig) -> SGDRule:
+def update_rule(cfg: RunConfig) -> UpdateRule:
+    if cfg.client.optimizer in ADAPTIVE:
+        return AdaptiveRule(cfg.client.optimizer)
     if cfg.client.optimizer == "sgd":
         return SGDRule()
     return SGDRule(cfg.client.momentum, nesterov=cfg.client.optimizer == "nesterov")
@@ -140,7 +145,7 @@ class VectorizedGrid(InProcessGrid):
             model,
             stack_params(starts),
             [client_steps(task, plan) for (_, task), plan in zip(tasks, plans, strict=True)],
-            sgd_rule(self.cfg),
+            update_rule(self.cfg),
             grad_norms=any(bool(task.config["grad-norms"]) for _, task in tasks),
         )
         state = model.state_dict()

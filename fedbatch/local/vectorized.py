@@ -7,9 +7,10 @@ client-grouped convolutions (a few clients per pass on the CPU), any other model
 `torch.func.functional_call` under `vmap`; then one backward pass. A step's batches are
 padded to the widest with rows of loss weight 0, so each client's gradient is its own
 batch's mean-loss gradient; a client with fewer steps idles through all-padding steps at
-learning rate 0, which leave its weights unchanged. The update is `torch.optim.SGD`'s
-(weight decay, momentum, Nesterov). Only for models whose forward pass treats samples
-independently: no BatchNorm, no dropout.
+learning rate 0, which leave its weights unchanged (and its optimizer state stale, unused
+after). The update is torch.optim's SGD (weight decay, momentum, Nesterov), Adam, AdamW,
+RMSprop or Adagrad (`stacked_optim.py`). Only for models whose forward pass treats
+samples independently: no BatchNorm, no dropout.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from fedbatch.local.grouped import client_chunks, groupable, grouped_logits
+from fedbatch.local.stacked_optim import SGDRule, UpdateRule, update
 from fedbatch.local.trainer import LocalResult
 
 Params = dict[str, torch.Tensor]
@@ -39,14 +41,6 @@ class ClientSteps:
     batches: Sequence[torch.Tensor]  # row indices into x, one per step
     lrs: Sequence[float]  # one per step
     weight_decay: float = 0.0
-
-
-@dataclass(frozen=True)
-class SGDRule:
-    """torch.optim.SGD's momentum (dampening 0), shared by the clients."""
-
-    momentum: float = 0.0
-    nesterov: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +100,7 @@ def train_clients(
     model: nn.Module,
     start: Params,
     clients: Sequence[ClientSteps],
-    rule: SGDRule | None = None,
+    rule: UpdateRule | None = None,
     *,
     grad_norms: bool = True,
 ) -> tuple[Params, list[LocalResult]]:
@@ -123,7 +117,7 @@ def train_clients(
     decay = torch.tensor([c.weight_decay for c in clients], device=plan.x.device)
     decayed = any(c.weight_decay for c in clients)
     params = {key: value.detach().clone() for key, value in start.items()}
-    buffers: Params = {}
+    state: dict[str, Params] = {}
     model.train()
     for s in range(len(plan.index)):
         rows = plan.index[s]
@@ -137,7 +131,7 @@ def train_clients(
             norm = per_tensor.pow(2).sum(dim=0).sqrt()
             norm_sum += norm
             norm_max = torch.maximum(norm_max, norm)
-        _sgd_step(params, grads, buffers, plan.lrs[s], decay if decayed else None, rule)
+        update(params, grads, state, s + 1, plan.lrs[s], decay if decayed else None, rule)
     trained = {key: value.detach() for key, value in params.items()}
     return trained, _results(clients, loss_sum, correct, norm_sum, norm_max, grad_norms)
 
@@ -212,32 +206,6 @@ def _laid_out_as(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if grad.stride() == param.stride():
         return param
     return torch.empty_like(grad).copy_(param)
-
-
-@torch.no_grad()
-def _sgd_step(
-    params: Params,
-    grads: Params,
-    buffers: Params,
-    lr: torch.Tensor,
-    decay: torch.Tensor | None,
-    rule: SGDRule,
-) -> None:
-    """torch.optim.SGD's step for every client at once (per-client LR and weight decay),
-    in place; `buffers` holds the momentum buffers after the first step."""
-    for key, param in params.items():
-        shape = (-1,) + (1,) * (param.dim() - 1)
-        update = grads[key]
-        if decay is not None:
-            update = update + decay.view(shape) * param
-        if rule.momentum:
-            buffer = buffers.get(key)
-            if buffer is None:
-                buffer = buffers[key] = update.clone()
-            else:
-                buffer.mul_(rule.momentum).add_(update)
-            update = update + rule.momentum * buffer if rule.nesterov else buffer
-        param.addcmul_(lr.view(shape), update, value=-1.0)
 
 
 def _results(

@@ -56,6 +56,9 @@ ELIGIBLE = {
         "partition": {"name": "dirichlet", "alpha": 0.3},
         "batch": {"per_client": [8, 16, 24]},
     },
+    **{f"{name}-decay": {"client": {"optimizer": name, "lr": 0.01, "weight_decay": 0.01},
+                         "partition": {"name": "quantity"}}
+       for name in ("adam", "adamw", "rmsprop", "adagrad")},
 }  # fmt: skip
 
 
@@ -102,8 +105,8 @@ def test_rounds_with_probes_and_client_evaluation_go_through_the_client_app(tmp_
 
 @pytest.mark.parametrize(
     "extra",
-    [{"model": {"norm": "batch"}}, {"client": {"optimizer": "adam", "lr": 0.01}}],
-    ids=["batchnorm", "adam"],
+    [{"model": {"norm": "batch"}}, {"client": {"optimizer": "lars", "lr": 0.01}}],
+    ids=["batchnorm", "lars"],
 )
 def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
     inprocess, vectorized, batched = _both(tiny_config(**extra), tmp_path)
