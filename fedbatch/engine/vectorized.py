@@ -26,17 +26,20 @@ from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
 from fedbatch.local.plan import LocalPlan
 from fedbatch.local.stacked_optim import ADAPTIVE, AdaptiveRule, SGDRule, UpdateRule
+from fedbatch.local.trainer import uses_batchnorm
 from fedbatch.local.vectorized import ClientSteps, stack_params, train_clients
 
 log = logging.getLogger(__name__)
 SGD_RULES = ("sgd", "momentum", "nesterov")
 BATCHED_OPTIMIZERS = SGD_RULES + ADAPTIVE
+GROUPED_MODELS = ("cnn", "cnn1d", "mlp")  # BatchNorm: per client, in `grouped.py`
 
 
 def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
     """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
-    empty when they can. FedBN and ghost batches need BatchNorm, drift needs a stream,
-    memory-split micro-batches and step limits need the clock: all ruled out below. A kept
+    empty when they can. BatchNorm is batched for the models `grouped.py` runs, not with
+    FedBN or ghost batches; drift needs a stream, memory-split micro-batches and step
+    limits need the clock: all ruled out below. A kept
     optimizer state lives in the ClientApp's context.state, so every round of such a run
     goes through the ClientApp (batching some rounds would leave it stale). A `_target_`
     model may hold BatchNorm or dropout its config does not show: ruled out too."""
@@ -46,7 +49,12 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (client.precision != "fp32", f"client.precision={client.precision}"),
         (client.accumulate != 1, f"client.accumulate={client.accumulate}"),
         (client.optimizer_state == "keep", "client.optimizer_state=keep"),
-        (model.norm == "batch", "model.norm=batch"),
+        (
+            model.norm == "batch" and model.name not in GROUPED_MODELS,
+            f"model.norm=batch with model={model.name}",
+        ),
+        (model.ghost_batch is not None, "model.ghost_batch (ghost BatchNorm)"),
+        (model.fedbn, "model.fedbn=true"),
         (model.target is not None, f"model._target_={model.target}"),
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),
@@ -85,6 +93,7 @@ def client_steps(task: Task, plan: LocalPlan) -> ClientSteps:
             task.generator("shuffle"),
             epochs=cfg.client.epochs,
             steps=cfg.client.steps,
+            min_batch=2 if uses_batchnorm(task.model) else 1,  # as the trainer folds them
         )
     )
     steps = range(len(batches))
@@ -137,7 +146,8 @@ class VectorizedGrid(InProcessGrid):
                 tasks.append((msg, task))
                 plans.append(task.plan())
                 # One model object holds each message's weights in turn: keep copies.
-                starts.append({k: p.detach().clone() for k, p in task.model.named_parameters()})
+                own = [*task.model.named_parameters(), *task.model.named_buffers()]
+                starts.append({key: value.detach().clone() for key, value in own})
         if not tasks:
             return {}
         model = tasks[0][1].model

@@ -20,6 +20,7 @@ gradients route through the same elements): the same numbers, on a quarter of th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -30,8 +31,9 @@ Params = dict[str, torch.Tensor]
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)
 POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
 ELEMENTWISE = (nn.Identity, nn.ReLU, nn.Tanh, nn.GELU, nn.SiLU, nn.Sigmoid, nn.LeakyReLU)
-SPATIAL = (*CONVOLUTIONS, *POOLS, *ELEMENTWISE, nn.GroupNorm, nn.Flatten)
-DENSE = (nn.Linear, *ELEMENTWISE)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+SPATIAL = (*CONVOLUTIONS, *POOLS, *ELEMENTWISE, *BATCH_NORMS, nn.GroupNorm)
+DENSE = (nn.Linear, *ELEMENTWISE, nn.BatchNorm1d)
 ROWS_PER_PASS = 64  # on the CPU: 5–10 clients of B=10 ran fastest on the pfl CNN
 
 Layer = tuple[str, nn.Module]
@@ -60,25 +62,43 @@ def leaf_layers(model: nn.Module) -> list[Layer] | None:
 
 
 def groupable(model: nn.Module) -> bool:
-    """Whether `grouped_logits` can run `model`: convolutions, then a Flatten, then dense
-    layers, all of the kinds above (no BatchNorm, no dropout)."""
+    """Whether `grouped_logits` can run `model`: spatial layers, a Flatten, dense layers,
+    all of the kinds above (BatchNorm with running statistics and a momentum, no ghost
+    batches; no dropout), with a convolution or a BatchNorm (other models: vmap)."""
     layers = _after_unflatten(leaf_layers(model))
-    if layers is None or not any(isinstance(m, CONVOLUTIONS) for _, m in layers):
+    if layers is None:
         return False
     flattens = [i for i, (_, m) in enumerate(layers) if type(m) is nn.Flatten]
     if len(flattens) != 1:
         return False
     before, after = layers[: flattens[0]], layers[flattens[0] + 1 :]
-    convs_ok = all(isinstance(m, SPATIAL) and type(m) is not nn.Flatten for _, m in before)
-    convs_ok = convs_ok and all(
-        m.padding_mode == "zeros" for _, m in before if isinstance(m, CONVOLUTIONS)
+    kinds_ok = all(_known(m, SPATIAL) for _, m in before) and all(
+        _known(m, DENSE) for _, m in after
     )
-    return convs_ok and all(isinstance(m, DENSE) for _, m in after)
+    return kinds_ok and any(isinstance(m, (*CONVOLUTIONS, *BATCH_NORMS)) for _, m in layers)
 
 
-def grouped_logits(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
+def _known(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
+    if isinstance(module, CONVOLUTIONS):
+        return module.padding_mode == "zeros"
+    if isinstance(module, BATCH_NORMS):  # exactly these classes: not a ghost BatchNorm
+        return (type(module) in BATCH_NORMS and module.track_running_stats
+                and module.momentum is not None and type(module) in kinds)  # fmt: skip
+    return isinstance(module, kinds)
+
+
+def grouped_logits(
+    model: nn.Module,
+    params: Params,
+    x: torch.Tensor,
+    buffers: Params | None = None,
+    real: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits (k, rows, classes) of k clients' copies of `model` with stacked weights
-    `params` ({name: [k, ...]}) on their inputs `x` (k, rows, *sample shape)."""
+    `params` ({name: [k, ...]}) on their inputs `x` (k, rows, *sample shape). BatchNorm
+    layers normalize each client's batch by its rows where `real` (k, rows; default all)
+    is true, and update that client's running statistics in `buffers` (stacked as
+    `params`) in place, as `model.train()` does; a client with no real rows keeps its."""
     layers = leaf_layers(model)
     assert layers is not None
     if _after_unflatten(layers) is not layers:  # cnn1d: samples unflattened to (1, length)
@@ -91,6 +111,11 @@ def grouped_logits(model: nn.Module, params: Params, x: torch.Tensor) -> torch.T
         if type(module) is nn.Flatten:
             h = h.reshape(rows, k, -1).transpose(0, 1)
             spatial = False
+        elif isinstance(module, BATCH_NORMS):
+            assert buffers is not None, "BatchNorm needs the clients' running statistics"
+            mask = torch.ones(k, rows, dtype=torch.bool, device=h.device) if real is None else real
+            statistics = _weights(buffers, name)
+            h = batch_norm(module, _weights(params, name), statistics, h, mask, spatial)
         elif spatial:
             h = _spatial(module, _weights(params, name), h, k)
         elif isinstance(module, nn.Linear):
@@ -144,6 +169,44 @@ def _spatial(module: nn.Module, weights: Params, h: torch.Tensor, k: int) -> tor
             module.eps,
         )
     return module(h)
+
+
+def batch_norm(
+    module: nn.Module,
+    weights: Params,
+    statistics: Params,
+    h: torch.Tensor,
+    real: torch.Tensor,
+    spatial: bool,
+) -> torch.Tensor:
+    """`module`'s training-mode BatchNorm for each client, over its real rows only, on
+    activations (rows, k·C, *spatial) or (k, rows, C)."""
+    k, rows = real.shape
+    # (rows, k, C, positions): statistics per client and channel over axes 0 and 3.
+    z = h.reshape(rows, k, -1, math.prod(h.shape[2:])) if spatial else h.transpose(0, 1)[..., None]
+    mask = real.T[:, :, None, None].to(z.dtype)
+    count = real.sum(dim=1) * z.shape[3]
+    if z.shape[3] == 1 and bool((count == 1).any()):
+        raise ValueError("BatchNorm cannot train on a batch of one sample")
+    divisor = count.clamp(min=1)[:, None].to(z.dtype)
+    mean = (z * mask).sum(dim=(0, 3)) / divisor
+    centered = z - mean[None, :, :, None]
+    variance = (centered * mask).square().sum(dim=(0, 3)) / divisor
+    scale = torch.rsqrt(variance + module.eps)
+    if "weight" in weights:
+        scale = scale * weights["weight"]
+    out = centered * scale[None, :, :, None]
+    if "bias" in weights:
+        out = out + weights["bias"][None, :, :, None]
+    with torch.no_grad():
+        active = (count > 0)[:, None]
+        unbiased = variance * divisor / (divisor - 1).clamp(min=1)
+        for key, batch_value in (("running_mean", mean), ("running_var", unbiased)):
+            running = statistics[key]
+            updated = (1 - module.momentum) * running + module.momentum * batch_value
+            running.copy_(torch.where(active, updated, running))
+        statistics["num_batches_tracked"].add_(active[:, 0].long())
+    return out.reshape(h.shape) if spatial else out[..., 0].transpose(0, 1)
 
 
 def client_chunks(clients: int, rows: int, device: torch.device) -> Iterator[slice]:

@@ -10,7 +10,8 @@ batch's mean-loss gradient; a client with fewer steps idles through all-padding 
 learning rate 0, which leave its weights unchanged (and its optimizer state stale, unused
 after). The update is torch.optim's SGD (weight decay, momentum, Nesterov), Adam, AdamW,
 RMSprop or Adagrad (`stacked_optim.py`). Only for models whose forward pass treats
-samples independently: no BatchNorm, no dropout.
+samples independently (BatchNorm is per client over its real rows: `grouped.py`), no
+dropout.
 """
 
 from __future__ import annotations
@@ -105,10 +106,12 @@ def train_clients(
     grad_norms: bool = True,
 ) -> tuple[Params, list[LocalResult]]:
     """Train the clients from their stacked weights `start` ({name: [clients, ...]} of
-    `model`'s parameters); return the trained stacked weights and each client's result,
-    measured as the trainer measures it."""
+    `model`'s parameters, and of its BatchNorm buffers if any); return the trained stacked
+    weights (and buffers) and each client's result, measured as the trainer measures it."""
     rule = rule or SGDRule()
     plan = stack_steps(clients)
+    buffer_names = {name for name, _ in model.named_buffers()}
+    buffers = {key: value.clone() for key, value in start.items() if key in buffer_names}
 
     step_gradients = _step_gradients(model, plan.x.device)
     zeros = torch.zeros(len(clients), device=plan.x.device)
@@ -116,12 +119,15 @@ def train_clients(
     correct = torch.zeros(len(clients), dtype=torch.long, device=plan.x.device)
     decay = torch.tensor([c.weight_decay for c in clients], device=plan.x.device)
     decayed = any(c.weight_decay for c in clients)
-    params = {key: value.detach().clone() for key, value in start.items()}
+    params = {key: value.detach().clone() for key, value in start.items()
+              if key not in buffer_names}  # fmt: skip
     state: dict[str, Params] = {}
     model.train()
     for s in range(len(plan.index)):
         rows = plan.index[s]
-        loss, hits, grads = step_gradients(params, plan.x[rows], plan.y[rows], plan.weights[s])
+        loss, hits, grads = step_gradients(
+            params, buffers, plan.x[rows], plan.y[rows], plan.weights[s]
+        )
         if s == 0:  # updates that read the gradients across their memory order are slow
             params = {key: _laid_out_as(grads[key], value) for key, value in params.items()}
         loss_sum += loss * plan.sizes[s]
@@ -132,20 +138,21 @@ def train_clients(
             norm_sum += norm
             norm_max = torch.maximum(norm_max, norm)
         update(params, grads, state, s + 1, plan.lrs[s], decay if decayed else None, rule)
-    trained = {key: value.detach() for key, value in params.items()}
+    trained = {key: value.detach() for key, value in params.items()} | buffers
     return trained, _results(clients, loss_sum, correct, norm_sum, norm_max, grad_norms)
 
 
 StepGradients = Callable[
-    [Params, torch.Tensor, torch.Tensor, torch.Tensor],
+    [Params, Params, torch.Tensor, torch.Tensor, torch.Tensor],
     tuple[torch.Tensor, torch.Tensor, Params],
 ]
 
 
 def _step_gradients(model: nn.Module, device: torch.device) -> StepGradients:
-    """(stacked weights, inputs [clients, width, ...], labels, loss weights) → each client's
-    weighted loss, correct predictions and loss gradient: by grouped convolutions, a few
-    clients at a time, for a CNN `grouped.py` can run; by vmap for the rest."""
+    """(stacked weights, BatchNorm buffers, inputs [clients, width, ...], labels, loss
+    weights) → each client's weighted loss, correct predictions and loss gradient: as one
+    grouped network, a few clients at a time, for a CNN or BatchNorm model `grouped.py`
+    can run; by vmap for the rest (no buffers)."""
     if groupable(model):
         return partial(_grouped_gradients, model, device)
 
@@ -156,8 +163,8 @@ def _step_gradients(model: nn.Module, device: torch.device) -> StepGradients:
 
     losses = vmap(client_loss)
 
-    def vmapped(params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, Params]:  # fmt: skip
+    def vmapped(params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor,
+                w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Params]:  # fmt: skip
         leaves = {key: value.detach().requires_grad_() for key, value in params.items()}
         loss, hits = losses(leaves, x, y, w)
         # Clients share no weights, so the gradient of the summed losses holds each
@@ -169,13 +176,14 @@ def _step_gradients(model: nn.Module, device: torch.device) -> StepGradients:
 
 
 def _grouped_gradients(
-    model: nn.Module, device: torch.device, params: Params, x: torch.Tensor, y: torch.Tensor,
-    w: torch.Tensor,
+    model: nn.Module, device: torch.device, params: Params, buffers: Params, x: torch.Tensor,
+    y: torch.Tensor, w: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:  # fmt: skip
     losses, hits, grads = [], [], []
     for chunk in client_chunks(len(x), x.shape[1], device):
         leaves = {key: value[chunk].detach().requires_grad_() for key, value in params.items()}
-        logits = grouped_logits(model, leaves, x[chunk])
+        statistics = {key: value[chunk] for key, value in buffers.items()}  # views
+        logits = grouped_logits(model, leaves, x[chunk], statistics, w[chunk] > 0)
         loss = _weighted_loss(logits, y[chunk], w[chunk])
         grads.append(torch.autograd.grad(loss.sum(), list(leaves.values())))
         losses.append(loss.detach())

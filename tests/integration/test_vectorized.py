@@ -59,6 +59,8 @@ ELIGIBLE = {
     **{f"{name}-decay": {"client": {"optimizer": name, "lr": 0.01, "weight_decay": 0.01},
                          "partition": {"name": "quantity"}}
        for name in ("adam", "adamw", "rmsprop", "adagrad")},
+    "batchnorm-unequal-batches": {"model": {"norm": "batch"}, "partition": {"name": "quantity"},
+                                  "batch": {"per_client": [8, 16, 24]}},
 }  # fmt: skip
 
 
@@ -105,8 +107,8 @@ def test_rounds_with_probes_and_client_evaluation_go_through_the_client_app(tmp_
 
 @pytest.mark.parametrize(
     "extra",
-    [{"model": {"norm": "batch"}}, {"client": {"optimizer": "lars", "lr": 0.01}}],
-    ids=["batchnorm", "lars"],
+    [{"model": {"norm": "batch", "ghost_batch": 4}}, {"client": {"optimizer": "lars", "lr": 0.01}}],
+    ids=["ghost-batchnorm", "lars"],
 )
 def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
     inprocess, vectorized, batched = _both(tiny_config(**extra), tmp_path)
@@ -114,7 +116,7 @@ def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
     assert vectorized == inprocess
 
 
-@pytest.mark.parametrize("norm", ["none", "group"])
+@pytest.mark.parametrize("norm", ["none", "group", "batch"])
 def test_a_cnn_is_batched_by_grouped_convolutions(tmp_path, norm):
     # Unequal partitions: padded rows and idle steps go through the grouped layers too.
     cfg = build_config(

@@ -26,7 +26,7 @@ def test_eligible_config_has_no_reasons():
 def test_ineligible_config_lists_every_reason():
     cfg = tiny_config(
         client={"optimizer": "lars", "precision": "bf16", "accumulate": 2},
-        model={"norm": "batch", "dropout": 0.1, "checkpointing": True},
+        model={"norm": "batch", "ghost_batch": 4, "dropout": 0.1, "checkpointing": True},
         stream={"name": "poisson", "rate": 4.0},
         clock={"name": "devices"},
         monitor={"timing": True},
@@ -37,7 +37,7 @@ def test_ineligible_config_lists_every_reason():
         "client.optimizer=lars",
         "client.precision=bf16",
         "client.accumulate=2",
-        "model.norm=batch",
+        "model.ghost_batch (ghost BatchNorm)",
         "model.dropout=0.1",
         "model.checkpointing=true",
         "stream=poisson",
