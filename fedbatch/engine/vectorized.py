@@ -20,7 +20,7 @@ from flwr.app import Message, MessageType, RecordDict
 
 from fedbatch.config import RunConfig
 from fedbatch.engine.inprocess import InProcessGrid
-from fedbatch.federated.client_app import Task, setup_task, train_metrics
+from fedbatch.federated.client_app import Task, device_limits, setup_task, train_metrics
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
@@ -38,8 +38,9 @@ GROUPED_MODELS = ("cnn", "cnn1d", "mlp")  # BatchNorm: per client, in `grouped.p
 def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
     """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
     empty when they can. BatchNorm is batched for the models `grouped.py` runs, not with
-    FedBN or ghost batches; drift needs a stream, memory-split micro-batches and step
-    limits need the clock: all ruled out below. A kept
+    FedBN or ghost batches; drift needs a stream; `clock=real` measures each client's own
+    time: ruled out below. The virtual clock's step limits are honoured; a client whose
+    device splits B into micro-batches goes through the ClientApp, message by message. A kept
     optimizer state lives in the ClientApp's context.state, so every round of such a run
     goes through the ClientApp (batching some rounds would leave it stale). A `_target_`
     model may hold BatchNorm or dropout its config does not show: ruled out too."""
@@ -60,7 +61,7 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (model.checkpointing, "model.checkpointing=true"),
         (cfg.data.name == "text", "data=text (sequence models)"),
         (cfg.stream.streaming, f"stream={cfg.stream.name}"),
-        (cfg.clock.on, f"clock={cfg.clock.name}"),
+        (cfg.clock.name == "real", "clock=real (each client's measured time)"),
         (cfg.monitor.timing, "monitor.timing=true"),
         (cfg.privacy.side == "client" and cfg.privacy.clipping != "none", "privacy.side=client"),
         (cfg.faults.on, "faults (the ClientApp acts them out)"),
@@ -83,8 +84,19 @@ def update_rule(cfg: RunConfig) -> UpdateRule:
     return SGDRule(cfg.client.momentum, nesterov=cfg.client.optimizer == "nesterov")
 
 
-def client_steps(task: Task, plan: LocalPlan) -> ClientSteps:
-    """The client's batches and LRs, drawn as the trainer draws them (same shuffle seed)."""
+def _step_limit(cfg: RunConfig, task: Task, plan: LocalPlan) -> int | bool | None:
+    """The steps the client's virtual device leaves it (None: client.steps or its epochs),
+    or False when the device's memory needs micro-batches (or fails the client)."""
+    try:
+        micro_batch, steps = device_limits(cfg, task.config, plan)
+    except MemoryError:
+        return False
+    return False if micro_batch is not None else steps
+
+
+def client_steps(task: Task, plan: LocalPlan, steps: int | None = None) -> ClientSteps:
+    """The client's batches and LRs, drawn as the trainer draws them (same shuffle seed),
+    for `steps` steps (default: client.steps, or the client's epochs)."""
     cfg = task.workload.cfg
     batches = list(
         batch_schedule(
@@ -92,7 +104,7 @@ def client_steps(task: Task, plan: LocalPlan) -> ClientSteps:
             plan.batch_size,
             task.generator("shuffle"),
             epochs=cfg.client.epochs,
-            steps=cfg.client.steps,
+            steps=steps if steps is not None else cfg.client.steps,
             min_batch=2 if uses_batchnorm(task.model) else 1,  # as the trainer folds them
         )
     )
@@ -139,12 +151,17 @@ class VectorizedGrid(InProcessGrid):
         return replies
 
     def _batched_replies(self, messages: list[Message]) -> dict[str, Message]:
-        tasks, plans, starts = [], [], []
+        tasks, plans, starts, steps = [], [], [], []
         for msg in messages:
             task = setup_task(msg, self.contexts[msg.metadata.dst_node_id])
-            if len(task.x):  # a client without data: the ClientApp's reply
+            plan = task.plan()
+            limit = _step_limit(self.cfg, task, plan)
+            # The ClientApp's reply for a client without data or one whose device splits
+            # B into micro-batches (or fails on it).
+            if len(task.x) and limit is not False:
                 tasks.append((msg, task))
-                plans.append(task.plan())
+                plans.append(plan)
+                steps.append(limit)
                 # One model object holds each message's weights in turn: keep copies.
                 own = [*task.model.named_parameters(), *task.model.named_buffers()]
                 starts.append({key: value.detach().clone() for key, value in own})
@@ -154,7 +171,10 @@ class VectorizedGrid(InProcessGrid):
         params, results = train_clients(
             model,
             stack_params(starts),
-            [client_steps(task, plan) for (_, task), plan in zip(tasks, plans, strict=True)],
+            [
+                client_steps(task, plan, limit)
+                for (_, task), plan, limit in zip(tasks, plans, steps, strict=True)
+            ],
             update_rule(self.cfg),
             grad_norms=any(bool(task.config["grad-norms"]) for _, task in tasks),
         )

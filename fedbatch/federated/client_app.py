@@ -174,7 +174,7 @@ def _with_stream(metrics: MetricRecord, streamed: StreamRound, result: LocalResu
     return MetricRecord(values)
 
 
-def _device_limits(
+def device_limits(
     cfg: RunConfig, config: ConfigRecord, plan: LocalPlan
 ) -> tuple[int | None, int | None]:
     """The virtual device's limits: micro-batches that fit its memory (`clock.on_oom`) and,
@@ -226,7 +226,7 @@ def train(msg: Message, context: Context) -> Message:
         load_optimizer_state(optimizer, context)
     if cfg.model.dropout > 0:
         set_dropout(model, plan.dropout)
-    micro_batch, steps = _device_limits(cfg, config, plan)
+    micro_batch, steps = device_limits(cfg, config, plan)
     plan = plan.with_micro_batch(micro_batch)
     batches, streamed = None, None
     if cfg.stream.streaming:

@@ -131,3 +131,34 @@ def test_a_cnn_is_batched_by_grouped_convolutions(tmp_path, norm):
     inprocess, vectorized, batched = _both(cfg, tmp_path)
     assert batched == cfg.rounds * cfg.clients_per_round
     _assert_same(inprocess, vectorized)
+
+
+DEVICE = {
+    "name": "box", "step_overhead": 0.01, "throughput": 1000.0, "saturation": 32,
+    "memory_base": 10.0, "memory_per_sample": 0.5, "memory_cap": 100.0, "power": 5.0,
+    "bandwidth_down": 8.0, "bandwidth_up": 4.0, "latency": 0.1,
+}  # fmt: skip
+
+
+def test_the_virtual_clocks_step_limits_are_batched(tmp_path):
+    # Slow devices: 0.01 + 16/100 s a step at B=16; a 1.5 s deadline cuts their round short.
+    slow = DEVICE | {"name": "slow", "throughput": 100.0, "share": 0.5}
+    fast = DEVICE | {"name": "fast", "share": 0.5}
+    clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5,
+             "policy": "deadline_partial"}  # fmt: skip
+    cfg = tiny_config(clock=clock)
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    # Without the deadline each of the 3 clients takes 15 steps; slow ones now take fewer.
+    assert all(row["steps"] < 3 * 15 for row in inprocess[1:])
+    _assert_same(inprocess, vectorized)
+
+
+def test_clients_whose_device_splits_b_go_through_the_client_app(tmp_path):
+    # memory_cap 15: at most (15 − 10)/0.5 = 10 samples a pass, so B=16 is two micro-batches.
+    small = DEVICE | {"name": "small", "memory_cap": 15.0, "share": 0.5}
+    big = DEVICE | {"name": "big", "share": 0.5}
+    cfg = tiny_config(clock={"name": "devices", "devices": [small, big], "on_oom": "accumulate"})
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert 0 < batched < cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)

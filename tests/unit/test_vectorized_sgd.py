@@ -19,6 +19,7 @@ from tests.conftest import tiny_config
 def test_eligible_config_has_no_reasons():
     round_config = {"probes": [], "layer-norms": False, "grad-norms": True}
     assert ineligible(tiny_config()) == []
+    assert ineligible(tiny_config(clock={"name": "devices"}), round_config) == []
     for optimizer in ("momentum", "adam", "adamw", "rmsprop", "adagrad"):
         assert ineligible(tiny_config(client={"optimizer": optimizer}), round_config) == []
 
@@ -28,7 +29,7 @@ def test_ineligible_config_lists_every_reason():
         client={"optimizer": "lars", "precision": "bf16", "accumulate": 2},
         model={"norm": "batch", "ghost_batch": 4, "dropout": 0.1, "checkpointing": True},
         stream={"name": "poisson", "rate": 4.0},
-        clock={"name": "devices"},
+        clock={"name": "real"},
         monitor={"timing": True},
     )
     round_config = {"probes": ["noise_scale", "sharpness"], "layer-norms": True,
@@ -41,7 +42,7 @@ def test_ineligible_config_lists_every_reason():
         "model.dropout=0.1",
         "model.checkpointing=true",
         "stream=poisson",
-        "clock=devices",
+        "clock=real (each client's measured time)",
         "monitor.timing=true",
         "probes due this round: noise_scale, sharpness",
         "per-layer gradient norms due",
