@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedbatch.config import ModelConfig
-from fedbatch.local.grouped import Params, groupable, grouped_logits
+from fedbatch.local.grouped import Params, client_chunks, groupable, grouped_logits
 from fedbatch.local.models import build_model
 
 CNNS = {
@@ -49,7 +49,7 @@ def test_models_outside_the_grouped_layers_are_not_groupable():
     assert groupable(build_model(ModelConfig(name="mlp", hidden=[8], norm="batch"), (6,), 3))
 
 
-@pytest.mark.parametrize("name, shape", [("cnn", (2, 6, 6)), ("mlp", (6,))])
+@pytest.mark.parametrize("name, shape", [("cnn", (2, 6, 6)), ("cnn1d", (8,)), ("mlp", (6,))])
 def test_batch_norm_is_each_clients_own_over_its_real_rows(name, shape):
     """Client 0 has 5 real rows of 7, client 1 all 7, client 2 none (an idle step): each
     real row's logits and each running statistic are those of the client's own model in
@@ -81,3 +81,9 @@ def test_batch_norm_is_each_clients_own_over_its_real_rows(name, shape):
             torch.testing.assert_close(value[c], expected, rtol=1e-5, atol=1e-6)
     tracked = next(key for key in buffers if key.endswith("num_batches_tracked"))
     assert buffers[tracked].tolist() == [1, 1, 0]
+
+
+def test_client_chunks_hold_a_few_clients_on_the_cpu_and_all_on_a_gpu():
+    cpu = [(s.start, s.stop) for s in client_chunks(20, 10, torch.device("cpu"))]
+    assert cpu == [(0, 6), (6, 12), (12, 18), (18, 20)]  # 64 // 10 = 6 clients a pass
+    assert list(client_chunks(20, 10, torch.device("cuda"))) == [slice(0, 20)]
