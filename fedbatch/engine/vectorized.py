@@ -20,7 +20,13 @@ from flwr.app import Message, MessageType, RecordDict
 
 from fedbatch.config import RunConfig
 from fedbatch.engine.inprocess import InProcessGrid
-from fedbatch.federated.client_app import Task, device_limits, setup_task, train_metrics
+from fedbatch.federated.client_app import (
+    Task,
+    device_limits,
+    save_local_norms,
+    setup_task,
+    train_metrics,
+)
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
@@ -37,8 +43,9 @@ GROUPED_MODELS = ("cnn", "cnn1d", "mlp")  # BatchNorm: per client, in `grouped.p
 
 def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[str]:
     """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
-    empty when they can. BatchNorm is batched for the models `grouped.py` runs, not with
-    FedBN or ghost batches; drift needs a stream; `clock=real` measures each client's own
+    empty when they can. BatchNorm is batched for the models `grouped.py` runs (FedBN too:
+    each client's layers go to its context as the ClientApp saves them), not with ghost
+    batches; drift needs a stream; `clock=real` measures each client's own
     time: ruled out below. The virtual clock's step limits are honoured; a client whose
     device splits B into micro-batches goes through the ClientApp, message by message. A kept
     optimizer state lives in the ClientApp's context.state, so every round of such a run
@@ -55,7 +62,6 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
             f"model.norm=batch with model={model.name}",
         ),
         (model.ghost_batch is not None, "model.ghost_batch (ghost BatchNorm)"),
-        (model.fedbn, "model.fedbn=true"),
         (model.target is not None, f"model._target_={model.target}"),
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),
@@ -181,7 +187,10 @@ class VectorizedGrid(InProcessGrid):
         state = model.state_dict()
         replies = {}
         for i, ((msg, task), plan, result) in enumerate(zip(tasks, plans, results, strict=True)):
-            arrays = state_to_arrays(state | {key: value[i] for key, value in params.items()})
+            own = state | {key: value[i] for key, value in params.items()}
+            if self.cfg.model.fedbn:
+                save_local_norms(model, self.contexts[msg.metadata.dst_node_id], own)
+            arrays = state_to_arrays(own)
             metrics = train_metrics(task, plan, result, {})
             content = RecordDict({"arrays": arrays, "metrics": metrics})
             replies[msg.metadata.message_id] = Message(content, reply_to=msg)

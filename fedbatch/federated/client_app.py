@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -118,9 +118,12 @@ def _load_local_norms(model: nn.Module, record: ArrayRecord) -> None:
         state[key].copy_(array_to_tensor(array))
 
 
-def _save_local_norms(model: nn.Module, context: Context) -> None:
-    """FedBN: this client's BatchNorm layers survive the next round's global weights."""
-    state = model.state_dict()
+def save_local_norms(
+    model: nn.Module, context: Context, state: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """FedBN: this client's BatchNorm layers survive the next round's global weights
+    (`state`: its trained state dict, by default `model`'s)."""
+    state = model.state_dict() if state is None else state
     context.state[LOCAL_NORMS] = ArrayRecord(
         {key: tensor_to_array(state[key]) for key in norm_state_keys(model)}
     )
@@ -265,7 +268,7 @@ def train(msg: Message, context: Context) -> Message:
             model, optimizer, task.x, task.y, generator=task.generator("shuffle"), options=options
         )
     if cfg.model.fedbn:
-        _save_local_norms(model, context)
+        save_local_norms(model, context)
     if keep_state:
         save_optimizer_state(optimizer, context)
     metrics = train_metrics(task, plan, result, probes)

@@ -59,6 +59,9 @@ ELIGIBLE = {
     **{f"{name}-decay": {"client": {"optimizer": name, "lr": 0.01, "weight_decay": 0.01},
                          "partition": {"name": "quantity"}}
        for name in ("adam", "adamw", "rmsprop", "adagrad")},
+    # Rounds 2 and 3 start from each client's own BatchNorm layers, saved by round 1.
+    "fedbn": {"model": {"norm": "batch", "fedbn": True},
+              "strategy": {"name": "fedavg", "fraction_evaluate": 1.0}},
     "batchnorm-unequal-batches": {"model": {"norm": "batch"}, "partition": {"name": "quantity"},
                                   "batch": {"per_client": [8, 16, 24]}},
 }  # fmt: skip
