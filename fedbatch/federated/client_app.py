@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -127,15 +127,18 @@ def _load_local_norms(model: nn.Module, record: ArrayRecord) -> None:
         state[key].copy_(array_to_tensor(array))
 
 
-def _save_local_norms(model: nn.Module, context: Context) -> None:
-    """FedBN: this client's BatchNorm layers survive the next round's global weights."""
-    state = model.state_dict()
+def save_local_norms(
+    model: nn.Module, context: Context, state: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """FedBN: this client's BatchNorm layers survive the next round's global weights
+    (`state`: its trained state dict, by default `model`'s)."""
+    state = model.state_dict() if state is None else state
     context.state[LOCAL_NORMS] = ArrayRecord(
         {key: tensor_to_array(state[key]) for key in norm_state_keys(model)}
     )
 
 
-def _device_limits(
+def device_limits(
     cfg: RunConfig, config: ConfigRecord, plan: LocalPlan
 ) -> tuple[int | None, int | None]:
     """The virtual device's limits: micro-batches that fit its memory (`clock.on_oom`) and,
@@ -190,7 +193,7 @@ def train(msg: Message, context: Context) -> Message:
         load_optimizer_state(optimizer, context)
     if cfg.model.dropout > 0:
         set_dropout(model, plan.dropout)
-    micro_batch, steps = _device_limits(cfg, config, plan)
+    micro_batch, steps = device_limits(cfg, config, plan)
     plan = plan.with_micro_batch(micro_batch)
     batches, streamed = None, None
     if cfg.stream.streaming:
@@ -230,7 +233,7 @@ def train(msg: Message, context: Context) -> Message:
         )
     timeline.mark("trained", partition=task.partition_id, round=task.server_round)
     if cfg.model.fedbn:
-        _save_local_norms(model, context)
+        save_local_norms(model, context)
     if keep_state:
         save_optimizer_state(optimizer, context)
     metrics = train_metrics(task, plan, result, probes)

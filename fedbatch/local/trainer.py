@@ -42,7 +42,7 @@ class LocalResult:
     token_slots: int = 0  # text: positions computed, padding included (batch × its width)
 
 
-def _uses_batchnorm(model: nn.Module) -> bool:
+def uses_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
@@ -167,7 +167,7 @@ def train_local(
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    min_batch = 2 if _uses_batchnorm(model) else 1
+    min_batch = 2 if uses_batchnorm(model) else 1
     autocast = autocast_context(x.device, opts.precision)
     scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
     tally = StepTally(x.device, opts.grad_norms, opts.layer_norms)

@@ -1,19 +1,24 @@
-"""Many clients' local SGD at once: stacked weights, one vmapped forward pass per step.
+"""Many clients' local SGD at once: stacked weights, one batched forward pass per step.
 
 Pure torch, no Flower. The clients' weights are stacked along a new leading axis and each
-local step runs for all of them at once (`torch.func.functional_call` under `vmap`, then
-one backward pass), every client on its own batch (the trainer's shuffles) at its own
-learning rate. A step's batches are padded to the widest with rows of loss weight 0, so
-each client's gradient is its own batch's mean-loss gradient; a client with fewer steps
-idles through all-padding steps at learning rate 0, which leave its weights unchanged.
-The update is `torch.optim.SGD`'s (weight decay, momentum, Nesterov). Only for models
-whose forward pass treats samples independently: no BatchNorm, no dropout.
+local step runs for all of them at once, every client on its own batch (the trainer's
+shuffles) at its own learning rate: a CNN that `grouped.py` can run as one network with
+client-grouped convolutions (a few clients per pass on the CPU), any other model by
+`torch.func.functional_call` under `vmap`; then one backward pass. A step's batches are
+padded to the widest with rows of loss weight 0, so each client's gradient is its own
+batch's mean-loss gradient; a client with fewer steps idles through all-padding steps at
+learning rate 0, which leave its weights unchanged (and its optimizer state stale, unused
+after). The update is torch.optim's SGD (weight decay, momentum, Nesterov), Adam, AdamW,
+RMSprop or Adagrad (`stacked_optim.py`). Only for models whose forward pass treats
+samples independently (BatchNorm is per client over its real rows: `grouped.py`), no
+dropout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -21,6 +26,8 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from fedbatch.local.grouped import client_chunks, groupable, grouped_logits
+from fedbatch.local.stacked_optim import SGDRule, UpdateRule, update
 from fedbatch.local.trainer import LocalResult
 
 Params = dict[str, torch.Tensor]
@@ -35,14 +42,6 @@ class ClientSteps:
     batches: Sequence[torch.Tensor]  # row indices into x, one per step
     lrs: Sequence[float]  # one per step
     weight_decay: float = 0.0
-
-
-@dataclass(frozen=True)
-class SGDRule:
-    """torch.optim.SGD's momentum (dampening 0), shared by the clients."""
-
-    momentum: float = 0.0
-    nesterov: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,51 +101,106 @@ def train_clients(
     model: nn.Module,
     start: Params,
     clients: Sequence[ClientSteps],
-    rule: SGDRule | None = None,
+    rule: UpdateRule | None = None,
     *,
     grad_norms: bool = True,
 ) -> tuple[Params, list[LocalResult]]:
     """Train the clients from their stacked weights `start` ({name: [clients, ...]} of
-    `model`'s parameters); return the trained stacked weights and each client's result,
-    measured as the trainer measures it."""
+    `model`'s parameters, and of its BatchNorm buffers if any); return the trained stacked
+    weights (and buffers) and each client's result, measured as the trainer measures it."""
     rule = rule or SGDRule()
     plan = stack_steps(clients)
+    buffer_names = {name for name, _ in model.named_buffers()}
+    buffers = {key: value.clone() for key, value in start.items() if key in buffer_names}
 
-    def client_loss(
-        params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = functional_call(model, params, (x,))
-        loss = (F.cross_entropy(logits, y, reduction="none") * w).sum()
-        return loss, ((logits.argmax(dim=1) == y) & (w > 0)).sum()
-
-    # Clients share no weights, so the gradient of the summed losses holds each client's
-    # own; one backward through the vmapped forward is cheaper than vmap(grad(...)).
-    losses = vmap(client_loss)
+    step_gradients = _step_gradients(model, plan.x.device)
     zeros = torch.zeros(len(clients), device=plan.x.device)
     loss_sum, norm_sum, norm_max = zeros.clone(), zeros.clone(), zeros.clone()
     correct = torch.zeros(len(clients), dtype=torch.long, device=plan.x.device)
     decay = torch.tensor([c.weight_decay for c in clients], device=plan.x.device)
     decayed = any(c.weight_decay for c in clients)
-    params = {key: value.detach().clone().requires_grad_() for key, value in start.items()}
-    buffers: Params = {}
+    params = {key: value.detach().clone() for key, value in start.items()
+              if key not in buffer_names}  # fmt: skip
+    state: dict[str, Params] = {}
     model.train()
     for s in range(len(plan.index)):
         rows = plan.index[s]
-        loss, hits = losses(params, plan.x[rows], plan.y[rows], plan.weights[s])
-        tensors = torch.autograd.grad(loss.sum(), list(params.values()))
-        grads = dict(zip(params, tensors, strict=True))
+        loss, hits, grads = step_gradients(
+            params, buffers, plan.x[rows], plan.y[rows], plan.weights[s]
+        )
         if s == 0:  # updates that read the gradients across their memory order are slow
             params = {key: _laid_out_as(grads[key], value) for key, value in params.items()}
-        loss_sum += loss.detach() * plan.sizes[s]
+        loss_sum += loss * plan.sizes[s]
         correct += hits
         if grad_norms:  # the whole gradient's L2 norm: 0 on a finished client's steps
             per_tensor = torch.stack([_client_norms(g) for g in grads.values()])
             norm = per_tensor.pow(2).sum(dim=0).sqrt()
             norm_sum += norm
             norm_max = torch.maximum(norm_max, norm)
-        _sgd_step(params, grads, buffers, plan.lrs[s], decay if decayed else None, rule)
-    trained = {key: value.detach() for key, value in params.items()}
+        update(params, grads, state, s + 1, plan.lrs[s], decay if decayed else None, rule)
+    trained = {key: value.detach() for key, value in params.items()} | buffers
     return trained, _results(clients, loss_sum, correct, norm_sum, norm_max, grad_norms)
+
+
+StepGradients = Callable[
+    [Params, Params, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, torch.Tensor, Params],
+]
+
+
+def _step_gradients(model: nn.Module, device: torch.device) -> StepGradients:
+    """(stacked weights, BatchNorm buffers, inputs [clients, width, ...], labels, loss
+    weights) → each client's weighted loss, correct predictions and loss gradient: as one
+    grouped network, a few clients at a time, for a CNN or BatchNorm model `grouped.py`
+    can run; by vmap for the rest (no buffers)."""
+    if groupable(model):
+        return partial(_grouped_gradients, model, device)
+
+    def client_loss(params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        logits = functional_call(model, params, (x,))
+        return _weighted_loss(logits, y, w), _hits(logits, y, w)
+
+    losses = vmap(client_loss)
+
+    def vmapped(params: Params, buffers: Params, x: torch.Tensor, y: torch.Tensor,
+                w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Params]:  # fmt: skip
+        leaves = {key: value.detach().requires_grad_() for key, value in params.items()}
+        loss, hits = losses(leaves, x, y, w)
+        # Clients share no weights, so the gradient of the summed losses holds each
+        # client's own; one backward through the vmapped forward beats vmap(grad(...)).
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        return loss.detach(), hits, dict(zip(leaves, grads, strict=True))
+
+    return vmapped
+
+
+def _grouped_gradients(
+    model: nn.Module, device: torch.device, params: Params, buffers: Params, x: torch.Tensor,
+    y: torch.Tensor, w: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, Params]:  # fmt: skip
+    losses, hits, grads = [], [], []
+    for chunk in client_chunks(len(x), x.shape[1], device):
+        leaves = {key: value[chunk].detach().requires_grad_() for key, value in params.items()}
+        statistics = {key: value[chunk] for key, value in buffers.items()}  # views
+        logits = grouped_logits(model, leaves, x[chunk], statistics, w[chunk] > 0)
+        loss = _weighted_loss(logits, y[chunk], w[chunk])
+        grads.append(torch.autograd.grad(loss.sum(), list(leaves.values())))
+        losses.append(loss.detach())
+        hits.append(_hits(logits, y[chunk], w[chunk]))
+    stacked = [torch.cat(parts) for parts in zip(*grads, strict=True)]
+    return torch.cat(losses), torch.cat(hits), dict(zip(params, stacked, strict=True))
+
+
+def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ w·cross-entropy over the last-but-one axis of logits [..., rows, classes]."""
+    rows = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
+    return (rows.view(w.shape) * w).sum(dim=-1)
+
+
+@torch.no_grad()
+def _hits(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return ((logits.argmax(dim=-1) == y) & (w > 0)).sum(dim=-1)
 
 
 def _client_norms(stacked: torch.Tensor) -> torch.Tensor:
@@ -159,33 +213,7 @@ def _laid_out_as(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     whose forward multiplies by its transpose)."""
     if grad.stride() == param.stride():
         return param
-    return torch.empty_like(grad).copy_(param).requires_grad_()
-
-
-@torch.no_grad()
-def _sgd_step(
-    params: Params,
-    grads: Params,
-    buffers: Params,
-    lr: torch.Tensor,
-    decay: torch.Tensor | None,
-    rule: SGDRule,
-) -> None:
-    """torch.optim.SGD's step for every client at once (per-client LR and weight decay),
-    in place; `buffers` holds the momentum buffers after the first step."""
-    for key, param in params.items():
-        shape = (-1,) + (1,) * (param.dim() - 1)
-        update = grads[key]
-        if decay is not None:
-            update = update + decay.view(shape) * param
-        if rule.momentum:
-            buffer = buffers.get(key)
-            if buffer is None:
-                buffer = buffers[key] = update.clone()
-            else:
-                buffer.mul_(rule.momentum).add_(update)
-            update = update + rule.momentum * buffer if rule.nesterov else buffer
-        param.addcmul_(lr.view(shape), update, value=-1.0)
+    return torch.empty_like(grad).copy_(param)
 
 
 def _results(

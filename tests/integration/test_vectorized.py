@@ -56,6 +56,14 @@ ELIGIBLE = {
         "partition": {"name": "dirichlet", "alpha": 0.3},
         "batch": {"per_client": [8, 16, 24]},
     },
+    **{f"{name}-decay": {"client": {"optimizer": name, "lr": 0.01, "weight_decay": 0.01},
+                         "partition": {"name": "quantity"}}
+       for name in ("adam", "adamw", "rmsprop", "adagrad")},
+    # Rounds 2 and 3 start from each client's own BatchNorm layers, saved by round 1.
+    "fedbn": {"model": {"norm": "batch", "fedbn": True},
+              "strategy": {"name": "fedavg", "fraction_evaluate": 1.0}},
+    "batchnorm-unequal-batches": {"model": {"norm": "batch"}, "partition": {"name": "quantity"},
+                                  "batch": {"per_client": [8, 16, 24]}},
 }  # fmt: skip
 
 
@@ -102,10 +110,58 @@ def test_rounds_with_probes_and_client_evaluation_go_through_the_client_app(tmp_
 
 @pytest.mark.parametrize(
     "extra",
-    [{"model": {"norm": "batch"}}, {"client": {"optimizer": "adam", "lr": 0.01}}],
-    ids=["batchnorm", "adam"],
+    [{"model": {"norm": "batch", "ghost_batch": 4}}, {"client": {"optimizer": "lars", "lr": 0.01}}],
+    ids=["ghost-batchnorm", "lars"],
 )
 def test_ineligible_runs_are_the_inprocess_engine(tmp_path, extra):
     inprocess, vectorized, batched = _both(tiny_config(**extra), tmp_path)
     assert batched == 0
     assert vectorized == inprocess
+
+
+@pytest.mark.parametrize("norm", ["none", "group", "batch"])
+def test_a_cnn_is_batched_by_grouped_convolutions(tmp_path, norm):
+    # Unequal partitions: padded rows and idle steps go through the grouped layers too.
+    cfg = build_config(
+        tiny_raw(rounds=2)
+        | {
+            "data": {"name": "images", "num_samples": 240},
+            "partition": {"name": "quantity"},
+            "model": {"name": "cnn", "channels": [4, 8], "kernel_size": 3, "norm": norm,
+                      "groups": 2, "memory_format": "channels_last"},
+        }
+    )  # fmt: skip
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+
+
+DEVICE = {
+    "name": "box", "step_overhead": 0.01, "throughput": 1000.0, "saturation": 32,
+    "memory_base": 10.0, "memory_per_sample": 0.5, "memory_cap": 100.0, "power": 5.0,
+    "bandwidth_down": 8.0, "bandwidth_up": 4.0, "latency": 0.1,
+}  # fmt: skip
+
+
+def test_the_virtual_clocks_step_limits_are_batched(tmp_path):
+    # Slow devices: 0.01 + 16/100 s a step at B=16; a 1.5 s deadline cuts their round short.
+    slow = DEVICE | {"name": "slow", "throughput": 100.0, "share": 0.5}
+    fast = DEVICE | {"name": "fast", "share": 0.5}
+    clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5,
+             "policy": "deadline_partial"}  # fmt: skip
+    cfg = tiny_config(clock=clock)
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    # Without the deadline each of the 3 clients takes 15 steps; slow ones now take fewer.
+    assert all(row["steps"] < 3 * 15 for row in inprocess[1:])
+    _assert_same(inprocess, vectorized)
+
+
+def test_clients_whose_device_splits_b_go_through_the_client_app(tmp_path):
+    # memory_cap 15: at most (15 − 10)/0.5 = 10 samples a pass, so B=16 is two micro-batches.
+    small = DEVICE | {"name": "small", "memory_cap": 15.0, "share": 0.5}
+    big = DEVICE | {"name": "big", "share": 0.5}
+    cfg = tiny_config(clock={"name": "devices", "devices": [small, big], "on_oom": "accumulate"})
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert 0 < batched < cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)

@@ -10,36 +10,39 @@ from fedbatch.config import ClientConfig
 from fedbatch.engine.vectorized import ineligible
 from fedbatch.local.minibatches import batch_schedule
 from fedbatch.local.optim import build_optimizer
+from fedbatch.local.stacked_optim import AdaptiveRule, SGDRule
 from fedbatch.local.trainer import train_local
-from fedbatch.local.vectorized import ClientSteps, SGDRule, stack_params, train_clients
+from fedbatch.local.vectorized import ClientSteps, stack_params, train_clients
 from tests.conftest import tiny_config
 
 
 def test_eligible_config_has_no_reasons():
     round_config = {"probes": [], "layer-norms": False, "grad-norms": True}
     assert ineligible(tiny_config()) == []
-    assert ineligible(tiny_config(client={"optimizer": "momentum"}), round_config) == []
+    assert ineligible(tiny_config(clock={"name": "devices"}), round_config) == []
+    for optimizer in ("momentum", "adam", "adamw", "rmsprop", "adagrad"):
+        assert ineligible(tiny_config(client={"optimizer": optimizer}), round_config) == []
 
 
 def test_ineligible_config_lists_every_reason():
     cfg = tiny_config(
-        client={"optimizer": "adam", "precision": "bf16", "accumulate": 2},
-        model={"norm": "batch", "dropout": 0.1, "checkpointing": True},
+        client={"optimizer": "lars", "precision": "bf16", "accumulate": 2},
+        model={"norm": "batch", "ghost_batch": 4, "dropout": 0.1, "checkpointing": True},
         stream={"name": "poisson", "rate": 4.0},
-        clock={"name": "devices"},
+        clock={"name": "real"},
         monitor={"timing": True},
     )
     round_config = {"probes": ["noise_scale", "sharpness"], "layer-norms": True,
                     "proximal-mu": 0.1}  # fmt: skip
     assert ineligible(cfg, round_config) == [
-        "client.optimizer=adam",
+        "client.optimizer=lars",
         "client.precision=bf16",
         "client.accumulate=2",
-        "model.norm=batch",
+        "model.ghost_batch (ghost BatchNorm)",
         "model.dropout=0.1",
         "model.checkpointing=true",
         "stream=poisson",
-        "clock=devices",
+        "clock=real (each client's measured time)",
         "monitor.timing=true",
         "probes due this round: noise_scale, sharpness",
         "per-layer gradient norms due",
@@ -47,7 +50,14 @@ def test_ineligible_config_lists_every_reason():
     ]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "nesterov"])
+RULES = {
+    "sgd": SGDRule(),
+    "nesterov": SGDRule(0.9, nesterov=True),
+    **{name: AdaptiveRule(name) for name in ("adam", "adamw", "rmsprop", "adagrad")},
+}
+
+
+@pytest.mark.parametrize("optimizer", RULES)
 def test_batched_clients_train_as_the_trainer_does(optimizer):
     """Two clients with different data sizes, B, step counts, LR schedules and weight
     decay: each ends with the trainer's weights and measurements."""
@@ -72,8 +82,7 @@ def test_batched_clients_train_as_the_trainer_does(optimizer):
         )  # fmt: skip
         expected.append(({k: p.detach().clone() for k, p in model.named_parameters()}, result))
     assert len(clients[0].batches) != len(clients[1].batches)
-    rule = SGDRule(0.9, nesterov=True) if optimizer == "nesterov" else SGDRule()
-    params, results = train_clients(model, stack_params([start, start]), clients, rule)
+    params, results = train_clients(model, stack_params([start, start]), clients, RULES[optimizer])
     for c, (weights, want) in enumerate(expected):
         for name, value in weights.items():
             torch.testing.assert_close(params[name][c], value, rtol=1e-5, atol=1e-6)
