@@ -18,6 +18,7 @@ from fedbatch.config import RunConfig, config_from_json
 from fedbatch.data.datasets import Dataset, load_dataset
 from fedbatch.data.drift import DriftTransform
 from fedbatch.data.partition import partition_indices
+from fedbatch.data.partition_table import PartitionTable
 from fedbatch.data.stream import ClientStream
 from fedbatch.data.text import partition_labels
 from fedbatch.local.models import build_model, memory_format
@@ -36,7 +37,7 @@ class Workload:
     cfg: RunConfig
     dataset: Dataset
     device: torch.device
-    partitions: list[np.ndarray]
+    partitions: PartitionTable
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
