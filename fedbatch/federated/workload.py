@@ -6,6 +6,7 @@ to the same process reuse tensors and the model object instead of rebuilding the
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -42,6 +43,9 @@ class Workload:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    # Wall seconds this process spent building the data and the partitions (the benchmark's).
+    data_seconds: float = 0.0
+    partition_seconds: float = 0.0
     _indices: dict[int, torch.Tensor] = field(default_factory=dict)
     _model: nn.Module | None = None
     _streams: dict[int, ClientStream] = field(default_factory=dict)
@@ -96,17 +100,21 @@ def build_workload(cfg: RunConfig) -> Workload:
     # Torch's default (one thread per core) oversubscribes the cores as soon as anything
     # else runs, e.g. other sweep jobs or Ray actors, and small models gain little from it.
     torch.set_num_threads(cfg.engine.threads)
+    started = time.perf_counter()
     dataset = load_dataset(cfg.data, cfg.seed)
+    loaded = time.perf_counter()
     # Torch imports its compiler stack, torch._dynamo (1.4-2.5 s here), when the first
     # optimizer is built (torch.optim's methods are wrapped by torch._disable_dynamo, which
     # imports it on first call), so every run pays it, a plain PyTorch loop too. Pay it
     # here, with the data, rather than inside the first round's measured time (and after
     # the data: importing it first would raise the peak RSS by its 70 MB).
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    imported = time.perf_counter()
     labels = partition_labels(dataset.y_train)
     partitions = partition_indices(
         labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
     )
+    partitioned = time.perf_counter()
     device = resolve_device(cfg.device)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
@@ -127,6 +135,8 @@ def build_workload(cfg: RunConfig) -> Workload:
         y_train=tensor(dataset.y_train),
         x_test=tensor(dataset.x_test),
         y_test=tensor(dataset.y_test),
+        data_seconds=loaded - started,
+        partition_seconds=partitioned - imported,
     )
 
 
