@@ -121,7 +121,7 @@ def validate(raw: dict[str, Any]) -> RunConfig:
     check_model_fits(cfg, dataset.input_shape, dataset.num_classes)  # before building it
     if cfg.client.precision == "fp16" and workload.device.type != "cuda":
         raise ConfigError("client.precision", "fp16", "fp32 or bf16 without a CUDA device")
-    smallest = min(len(p) for p in workload.partitions)
+    smallest = int(workload.partitions.sizes.min())
     if cfg.model.norm == "batch" and smallest < 2:
         raise ConfigError(
             "model.norm",

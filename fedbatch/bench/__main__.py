@@ -29,6 +29,7 @@ from rich.table import Table
 
 from fedbatch.bench.cases import CASES, BenchCase
 from fedbatch.bench.deployment import bench_deployment, print_deployment
+from fedbatch.bench.scale import bench_scale, print_scale_table, scale_runs
 from fedbatch.bench.startup import machine_load, profile_process, time_process
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import resolve_device
@@ -105,23 +106,6 @@ def bench_runners(case: BenchCase, runners: list[str], repeats: int) -> dict[str
         result["ratio_median"] = result["seconds_median"] / median if median else None
         rounds = result.get("round_seconds_median")
         result["round_ratio"] = rounds / round_baseline if rounds and round_baseline else None
-    return results
-
-
-def bench_scale(case: BenchCase, repeats: int) -> dict[str, Any]:
-    """Per-round time and peak RSS of the in-process engine as registered clients grow."""
-    results: dict[str, Any] = {}
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in case.registered}
-    for _ in range(repeats):
-        for registered in case.registered:
-            runs[registered].append(run_once("inprocess", case.config(num_clients=registered)))
-    smallest: dict[str, Any] = {}
-    for registered in case.registered:
-        result = summarize(runs[registered], case.config(num_clients=registered))
-        smallest = smallest or result
-        result["ratio"] = result["seconds"] / smallest["seconds"]
-        result["round_ratio"] = result["round_seconds_median"] / smallest["round_seconds_median"]
-        results[f"inprocess@{registered}"] = result
     return results
 
 
@@ -223,10 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             results = bench_deployment(case.argv, args.repeats, run_once)
             to_profile = {}
         elif case.registered:
-            results = bench_scale(case, args.repeats)
-            to_profile = {
-                f"inprocess@{n}": ("inprocess", case.config(num_clients=n)) for n in case.registered
-            }
+            results = bench_scale(case, args.repeats, run_once)
+            to_profile = {label: ("inprocess", cfg) for label, cfg in scale_runs(case).items()}
         else:
             runners = args.runners.split(",") if args.runners else list(case.runners)
             unknown = sorted(set(runners) - set(case.runners))
@@ -240,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if deployed:
             print_deployment(results, console)
         else:
-            print_table(case, results, console)
+            (print_scale_table if case.registered else print_table)(case, results, console)
         if case.argv and not deployed:
             print_startup_lines(results, console)
         args.out.mkdir(parents=True, exist_ok=True)  # written per case: nothing timed is lost

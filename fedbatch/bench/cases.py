@@ -16,6 +16,7 @@ class BenchCase:
     raw: dict[str, Any]
     runners: tuple[str, ...] = ("plain", "inprocess", "ray", "flower", "pfl")
     registered: tuple[int, ...] = field(default=())  # scale case: registered client counts
+    per_round: tuple[int, ...] = field(default=())  # scale case: clients per round
     # Runner variants: name → (runner, config sections replaced for that runner).
     variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     # Whole-process case: `python -m fedbatch.simulate` overrides of the run (raw unused).
@@ -87,13 +88,14 @@ PFL_SHORT = BenchCase(
 
 SCALE = BenchCase(
     name="scale",
-    description="100 of N registered clients per round, 3 rounds, 2 steps of B=10 each",
+    description="100 or 1,000 of 10⁴, 10⁵ or 10⁶ registered clients per round (one "
+    "training sample each), FedAvg and FedBuff, 3 rounds, 2 steps each",
     raw={
         "seed": 0,
         "rounds": 3,
         "num_clients": 100,
         "clients_per_round": 100,
-        "data": {
+        "data": {  # num_samples: fedbatch.bench.scale sets it from the registered count
             "name": "synthetic",
             "num_samples": 200_000,
             "num_features": 20,
@@ -106,7 +108,8 @@ SCALE = BenchCase(
         "eval": {"every": 1000, "initial": False},
     },
     runners=("inprocess",),
-    registered=(100, 1_000, 10_000),
+    registered=(10_000, 100_000, 1_000_000),
+    per_round=(100, 1_000),
 )
 
 _PROBES_ON = {"grad_norm": 1, "layer_norms": True, "noise_scale": 1, "updates": 1}

@@ -2,7 +2,10 @@
 
 `python -m fedbatch.bench.runners <runner> <config-json> [PROFILE]` prints one JSON line:
 seconds (the federated work, engine start-up included, imports and data generation
-excluded), peak RSS of this process and final test accuracy. With PROFILE, the timed
+excluded), peak RSS of this process and final test accuracy; `data_seconds` and
+`partition_seconds` (generating the data, partitioning it) and, for fedbatch's engines,
+`setup_seconds`: from before the data to the round-0 row (data, partitions, engine, nodes,
+initial model: everything before the first client trains). With PROFILE, the timed
 section runs under cProfile and its stats are written there (its seconds then include
 the profiler's own cost).
 """
@@ -19,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,7 +31,30 @@ from fedbatch.bench.rounds import ROUND_SECONDS, record_round_ends
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.trainer import evaluate
+from fedbatch.metrics.callbacks import Callback, RoundState
 from fedbatch.seeding import sample_clients
+
+# perf_counter seconds when a fedbatch engine made its round-0 row: its set-up is done.
+SET_UP: list[float] = []
+
+
+class _SetUpDone(Callback):
+    def on_round_end(self, state: RoundState) -> None:
+        if state.round == 0:
+            SET_UP.append(time.perf_counter())
+
+
+def _record_set_up() -> None:
+    """Put `_SetUpDone` first among the callbacks every fedbatch run gets."""
+    from fedbatch.federated import server_app
+
+    standard = server_app.standard_callbacks
+
+    def with_recorder(*args: Any, **kwargs: Any) -> tuple[list[Callback], Any]:
+        callbacks, summary = standard(*args, **kwargs)
+        return [_SetUpDone(), *callbacks], summary
+
+    server_app.standard_callbacks = with_recorder  # type: ignore[assignment]
 
 
 def plain(cfg: RunConfig, workload: Workload) -> float:
@@ -93,6 +120,9 @@ def main(argv: list[str]) -> None:
     if runner in ENGINE_MODULES:  # imports are not part of the timing, for any runner
         import_module(ENGINE_MODULES[runner])
     cfg = config_from_json(config_json)
+    if runner in ENGINE_MODULES:
+        _record_set_up()
+    began = time.perf_counter()
     # Data generation and torch's one-off imports (paid there) are not part of the timing.
     workload = workload_for(cfg.to_json())
     profiler = cProfile.Profile() if profile else None
@@ -104,6 +134,10 @@ def main(argv: list[str]) -> None:
         profiler.dump_stats(profile[0])
     seconds = time.perf_counter() - start
     result = {"seconds": seconds, "rss_mb": peak_rss_mb(), "accuracy": accuracy}
+    result |= {"data_seconds": workload.data_seconds}
+    result |= {"partition_seconds": workload.partition_seconds}
+    if SET_UP:
+        result["setup_seconds"] = SET_UP[0] - began
     if ROUND_SECONDS:
         result["round_seconds"] = ROUND_SECONDS
     print(json.dumps(result))

@@ -14,6 +14,7 @@ import math
 import sys
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import overload
 
 import numpy as np
 from pydantic.dataclasses import dataclass
@@ -98,6 +99,11 @@ def _counts(shares: Sequence[float], total: int) -> list[int]:
 def assign_devices(classes: Sequence[DeviceClass], num_clients: int, seed: int) -> list[int]:
     """The class index of each client: exact counts by share (largest remainder), then a
     shuffle seeded by derive_seed(seed, "devices")."""
+    return [int(i) for i in _class_indices(classes, num_clients, seed)]
+
+
+def _class_indices(classes: Sequence[DeviceClass], num_clients: int, seed: int) -> np.ndarray:
+    """`assign_devices` as one numpy array (no Python int per client)."""
     shares = [c.share for c in classes]  # each > 0 (the schema's range)
     if not classes:
         raise ValueError("device classes=[] is invalid: allowed at least one class")
@@ -106,7 +112,49 @@ def assign_devices(classes: Sequence[DeviceClass], num_clients: int, seed: int) 
     counts = _counts(shares, num_clients)
     index = np.repeat(np.arange(len(classes)), counts)
     rng = np.random.default_rng(derive_seed(seed, "devices"))
-    return [int(i) for i in rng.permutation(index)]
+    return rng.permutation(index)
+
+
+class ClientDevices(Sequence[DeviceClass]):
+    """Each client's device: its class (`assign_devices`) spread around it
+    (`spread_device`), drawn the first time it is asked for. The same devices as drawing
+    them all up front, without a million objects and draws for a million clients."""
+
+    def __init__(
+        self, classes: Sequence[DeviceClass], num_clients: int, spread: float, seed: int
+    ) -> None:
+        self.classes, self.spread, self.seed = classes, spread, seed
+        self.class_of = _class_indices(classes, num_clients, seed)
+        self._drawn: dict[int, DeviceClass] = {}
+        self._mean_throughput: float | None = None
+
+    def _draw(self, client: int) -> DeviceClass:
+        device = self.classes[int(self.class_of[client])]
+        return spread_device(device, self.spread, self.seed, client)
+
+    @overload
+    def __getitem__(self, client: int) -> DeviceClass: ...
+    @overload
+    def __getitem__(self, client: slice) -> list[DeviceClass]: ...
+    def __getitem__(self, client: int | slice) -> DeviceClass | list[DeviceClass]:
+        if isinstance(client, slice):
+            return [self[c] for c in range(len(self))[client]]
+        client = range(len(self))[client]  # negative indices, and IndexError past the end
+        device = self._drawn.get(client)
+        if device is None:
+            device = self._drawn[client] = self._draw(client)
+        return device
+
+    def __len__(self) -> int:
+        return len(self.class_of)
+
+    def mean_throughput(self) -> float:
+        """The mean throughput over every client's device (summed in client order; the
+        devices are drawn for it, not kept)."""
+        if self._mean_throughput is None:
+            total = sum(self._draw(c).throughput for c in range(len(self)))
+            self._mean_throughput = total / len(self)
+        return self._mean_throughput
 
 
 def _line(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:

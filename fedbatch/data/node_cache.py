@@ -28,9 +28,11 @@ import numpy as np
 
 from fedbatch.config import RunConfig
 from fedbatch.data.datasets import Dataset
+from fedbatch.data.partition_table import PartitionTable
 
+Prepared = tuple[Dataset, PartitionTable]
 GENERATED = ("synthetic", "mnist1d", "digits", "images", "text")
-FORMAT = 1  # bump when the file's layout or the generators' output changes
+FORMAT = 2  # bump when the file's layout or the generators' output changes
 KEYS = ("data", "partition", "seed", "num_clients")
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -59,7 +61,7 @@ def cacheable(cfg: RunConfig) -> bool:
     return cfg.data.name in GENERATED
 
 
-def save(path: Path, dataset: Dataset, partitions: list[np.ndarray]) -> None:
+def save(path: Path, dataset: Dataset, partitions: PartitionTable) -> None:
     """Write `dataset` and `partitions` to `path` atomically."""
     meta = {
         "name": dataset.name,
@@ -70,10 +72,8 @@ def save(path: Path, dataset: Dataset, partitions: list[np.ndarray]) -> None:
     arrays = {name: getattr(dataset, name) for name in ARRAYS}
     if dataset.train_ids is not None:
         arrays["train_ids"] = dataset.train_ids
-    arrays["partition_sizes"] = np.array([len(p) for p in partitions], dtype=np.int64)
-    arrays["partition_indices"] = (
-        np.concatenate(partitions) if partitions else np.zeros(0, dtype=np.int64)
-    )
+    arrays["partition_offsets"] = partitions.offsets
+    arrays["partition_indices"] = partitions.indices
     arrays["meta"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -86,19 +86,17 @@ def save(path: Path, dataset: Dataset, partitions: list[np.ndarray]) -> None:
         raise
 
 
-def load(path: Path) -> tuple[Dataset, list[np.ndarray]] | None:
+def load(path: Path) -> Prepared | None:
     """The dataset and partitions in `path`, or None when it is missing or unreadable."""
     try:
         with np.load(path, allow_pickle=False) as file:
             arrays = {name: file[name] for name in file.files}
         meta = json.loads(str(arrays.pop("meta")))
-        sizes = arrays.pop("partition_sizes")
-        indices = arrays.pop("partition_indices")
+        partitions = PartitionTable(
+            arrays.pop("partition_indices"), arrays.pop("partition_offsets")
+        )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    if int(sizes.sum()) != len(indices):
-        return None
-    partitions = np.split(indices, np.cumsum(sizes)[:-1]) if len(sizes) else []
     for array in arrays.values():
         array.setflags(write=False)  # as `load_dataset` returns them
     class_values = meta["class_values"]
@@ -111,9 +109,6 @@ def load(path: Path) -> tuple[Dataset, list[np.ndarray]] | None:
         class_values=None if class_values is None else tuple(class_values),
     )
     return dataset, partitions
-
-
-Prepared = tuple[Dataset, list[np.ndarray]]
 
 
 def prepared_data(

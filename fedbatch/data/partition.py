@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedbatch.config import PARTITIONS, ConfigError, PartitionConfig
+from fedbatch.data.partition_table import PartitionTable
 
 if TYPE_CHECKING:  # imported when a scheme needs them: `datasets` and `flwr_datasets`
     # (whose __init__ pulls its plotting module: seaborn, scipy) cost ~1 s at start-up
@@ -57,13 +58,14 @@ def partition_indices(
     num_partitions: int,
     seed: int,
     ids: np.ndarray | None = None,
-) -> list[np.ndarray]:
-    """Per partition id, the sorted int64 training-row indices it holds (cached); `ids`:
-    each row's natural id (integer codes), which partition=natural splits by."""
+) -> PartitionTable:
+    """Per partition id, the sorted int64 training-row indices it holds (cached), as one
+    `PartitionTable`; `ids`: each row's natural id (integer codes), which
+    partition=natural splits by."""
     if cfg.name == "natural" and ids is None:
         raise ConfigError("partition.by", cfg.by, "a column of data=hf or an array of data=arrays")
     key = _Labels(ids if cfg.name == "natural" else labels)
-    return list(_partition_cached(key, cfg, num_partitions, seed))
+    return _partition_cached(key, cfg, num_partitions, seed)
 
 
 def natural_count(ids: np.ndarray, group_size: int | None) -> int:
@@ -94,31 +96,30 @@ class _Labels:
 @lru_cache(maxsize=16)
 def _partition_cached(
     labels: _Labels, cfg: PartitionConfig, num_partitions: int, seed: int
-) -> tuple[np.ndarray, ...]:
+) -> PartitionTable:
     n = len(labels.array)
     _check_feasible(cfg, n, num_partitions)
-    parts = (
+    table = (
         _iid_split(n, num_partitions, seed)
         if cfg.name == "iid"
-        else _library_split(labels, cfg, num_partitions, seed)
+        else PartitionTable.from_parts(_library_split(labels, cfg, num_partitions, seed))
     )
-    for part in parts:
-        part.sort()
-        part.flags.writeable = False
-    if min(len(p) for p in parts) == 0:
+    if table.sizes.min() == 0:
         raise ConfigError(
             "num_clients", num_partitions, f"fewer clients: partition={cfg.name} left one empty"
         )
-    return tuple(parts)
+    return table
 
 
-def _iid_split(n: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+def _iid_split(n: int, num_partitions: int, seed: int) -> PartitionTable:
     """Exactly `SizePartitioner(_balanced_sizes)` on the shuffled rows, without importing
     Hugging Face `datasets` and `flwr_datasets` (the default run's start-up): contiguous
     runs of the permutation `Dataset.shuffle(seed)` draws (numpy's `default_rng(seed)`).
     tests/unit/test_partition_lazy.py checks it against the library's."""
     order = np.random.default_rng(_subseed(seed, _SHUFFLE)).permutation(n)
-    return np.split(order, np.cumsum(_balanced_sizes(n, num_partitions))[:-1])
+    owner = np.empty(n, dtype=np.int64)  # partition i takes the i-th run of `order`
+    owner[order] = np.repeat(np.arange(num_partitions), _balanced_sizes(n, num_partitions))
+    return PartitionTable.from_owners(owner, num_partitions)
 
 
 def _library_split(
@@ -198,10 +199,12 @@ def _make_partitioner(cfg: PartitionConfig, n: int, num_partitions: int, seed: i
     raise ConfigError("partition", cfg.name, "one of " + ", ".join(PARTITIONS))
 
 
-def _balanced_sizes(n: int, num_partitions: int) -> list[int]:
+def _balanced_sizes(n: int, num_partitions: int) -> np.ndarray:
     """Sizes of `Dataset.shard(contiguous=True)`: the first n % k get one extra row."""
     base, extra = divmod(n, num_partitions)
-    return [base + (1 if i < extra else 0) for i in range(num_partitions)]
+    sizes = np.full(num_partitions, base, dtype=np.int64)
+    sizes[:extra] += 1
+    return sizes
 
 
 def _quantity_sizes(

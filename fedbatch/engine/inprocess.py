@@ -8,7 +8,7 @@ ClientApp pass through unchanged, so the result equals the Ray engine's for the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,43 @@ from fedbatch.federated.server_app import run_experiment
 RUN_ID = 1
 
 
+class NodeContexts(Mapping[int, Context]):
+    """Node id → its Flower Context, each built the first time it is asked for: a run
+    with a million registered nodes builds only those of the clients it samples."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.node_ids = range(2, num_nodes + 2)  # id 1 is the SuperLink's own
+        self.built: dict[int, Context] = {}
+
+    def __getitem__(self, node_id: int) -> Context:
+        context = self.built.get(node_id)
+        if context is None:
+            if node_id not in self.node_ids:
+                raise KeyError(node_id)
+            context = Context(
+                run_id=RUN_ID,
+                node_id=node_id,
+                node_config={"partition-id": node_id - 2, "num-partitions": len(self.node_ids)},
+                state=RecordDict(),
+                run_config={},
+            )
+            self.built[node_id] = context
+        return context
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.node_ids)
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+
 class InProcessGrid(Grid):
     """`num_nodes` virtual SuperNodes whose ClientApp runs in this process."""
 
     def __init__(self, num_nodes: int, client_app: ClientApp = default_client_app) -> None:
         self.client_app = client_app
         self._run = Run.create_empty(RUN_ID)
-        # Node ids start at 2: id 1 is the SuperLink's own.
-        self.contexts = {
-            node_id: Context(
-                run_id=RUN_ID,
-                node_id=node_id,
-                node_config={"partition-id": node_id - 2, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for node_id in range(2, num_nodes + 2)
-        }
+        self.contexts = NodeContexts(num_nodes)
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
         set_sender_identity(RUN_ID)  # the strategies' messages come from the SuperLink
@@ -48,11 +68,12 @@ class InProcessGrid(Grid):
     def client_states(self) -> dict[int, RecordDict]:
         """Each node's `context.state` that holds anything, copied shallowly: a client
         replaces the records in it, never changes one in place."""
-        return {node: RecordDict(dict(c.state)) for node, c in self.contexts.items() if c.state}
+        built = self.contexts.built  # a node never asked for has an empty state
+        return {node: RecordDict(dict(c.state)) for node, c in built.items() if c.state}
 
     def load_client_states(self, states: Mapping[int, RecordDict]) -> None:
-        for node, context in self.contexts.items():
-            context.state = RecordDict(dict(states.get(node, {})))
+        for node in self.contexts.built.keys() | states.keys():
+            self.contexts[node].state = RecordDict(dict(states.get(node, {})))
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -71,8 +92,8 @@ class InProcessGrid(Grid):
     ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
-    def get_node_ids(self) -> Iterable[int]:
-        return self.contexts.keys()
+    def get_node_ids(self) -> range:
+        return self.contexts.node_ids
 
     def _call(self, msg: Message) -> Message:
         try:

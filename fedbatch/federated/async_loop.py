@@ -46,6 +46,17 @@ def _record(tensors: dict[str, torch.Tensor], like: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: tensor_to_array(v.to(dtypes[k])) for k, v in tensors.items()})
 
 
+def nth_idle(rank: int, busy: set[int]) -> int:
+    """The `rank`-th client (from 0, ascending ids) not in `busy`, without listing the idle
+    ones: each busy id at or below the answer moves it one on."""
+    client = rank
+    for taken in sorted(busy):
+        if taken > client:
+            break
+        client += 1
+    return client
+
+
 class AsyncLoop(Federation):
     """The event loop's state beside the shared federation: the global model's version
     and the clients in flight. Each strategy says how many arrivals make an update
@@ -63,15 +74,11 @@ class AsyncLoop(Federation):
         self.dispatched = 0
         self.concurrency = int(self.params.get("concurrency", self.cfg.clients_per_round))
 
-    def idle(self) -> list[int]:
-        busy = {f.client for f in self.flight}
-        return [c for c in range(len(self.partition_of)) if c not in busy]
-
     def dispatch(self) -> None:
         """Start one idle client (seeded choice) on the current global model, now."""
-        idle = self.idle()
+        busy = {f.client for f in self.flight}
         rng = np.random.default_rng(derive_seed(self.cfg.seed, "async", self.dispatched))
-        client = idle[int(rng.integers(len(idle)))]
+        client = nth_idle(int(rng.integers(len(self.partition_of) - len(busy))), busy)
         self.dispatched += 1
         # Each dispatch is its own "round" for the client's seeds (shuffle, probes), and its
         # stream window starts at the virtual time it starts.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -105,7 +104,7 @@ class PooledExactNoise(Callback):
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
         self.model = workload.initial_model()
-        pooled = torch.from_numpy(np.sort(np.concatenate(workload.partitions)))
+        pooled = torch.from_numpy(workload.partitions.pooled())
         self.index = pooled.to(workload.x_train.device)
         self.start: object = None  # the weights the next round starts from
 
@@ -189,7 +188,7 @@ def _train_sample(workload: Workload) -> tuple[torch.Tensor, torch.Tensor] | Non
     cfg = workload.cfg
     if cfg.engine.name == "deployment" or cfg.eval.train_samples == 0:
         return None
-    pooled = torch.from_numpy(np.sort(np.concatenate(workload.partitions)))
+    pooled = torch.from_numpy(workload.partitions.pooled())
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-sample"))
     index = pooled[torch.randperm(len(pooled), generator=generator)[: cfg.eval.train_samples]]
     index = index.to(workload.x_train.device)

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 
 from fedbatch.config import RunConfig
 from fedbatch.federated.monitoring import RoundInstruments
+from fedbatch.federated.nodes import partition_positions
 from fedbatch.federated.rows import empty_row, reply_counts, train_values
 from fedbatch.federated.sampling import SampledNodesGrid
 from fedbatch.federated.saving import Checkpointer
@@ -43,7 +44,7 @@ class Federation:
         self.grid, self.cfg, self.callbacks = grid, cfg, callbacks
         self.checkpointer = checkpointer or Checkpointer(None, 0, None)
         self.nodes = SampledNodesGrid(grid)
-        self.partition_of = {node: i for i, node in enumerate(self.nodes.all_node_ids)}
+        self.partition_of = partition_positions(self.nodes.all_node_ids)
         self.partition_sizes = partition_sizes
         pooled_size = None if partition_sizes is None else sum(partition_sizes)
         self.instruments = RoundInstruments(cfg, pooled_size)

@@ -10,7 +10,7 @@ partition i.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
@@ -65,11 +65,11 @@ class PartitionedGrid(GridView):
     error reply, so the round goes on with the others and counts the failure.
     """
 
-    def __init__(self, grid: Grid, order: list[int], timeout: float | None) -> None:
+    def __init__(self, grid: Grid, order: Sequence[int], timeout: float | None) -> None:
         super().__init__(grid)
         self.order, self.timeout = order, timeout
 
-    def get_node_ids(self) -> list[int]:
+    def get_node_ids(self) -> Sequence[int]:
         return self.order
 
     def send_and_receive(
@@ -115,11 +115,13 @@ class PartitionedGrid(GridView):
 
 def wait_for_nodes(
     grid: Grid, count: int, timeout: float, nodes_are: str = "SuperNodes connected"
-) -> list[int]:
-    """The connected node ids, once at least `count` are connected."""
+) -> Sequence[int]:
+    """The connected node ids, once at least `count` are connected (a range stays one:
+    no list of a million registered ids)."""
     deadline = time.monotonic() + timeout
     while True:
-        nodes = list(grid.get_node_ids())
+        listed = grid.get_node_ids()
+        nodes = listed if isinstance(listed, range) else list(listed)
         if len(nodes) >= count:
             return nodes
         if time.monotonic() >= deadline:
@@ -131,7 +133,7 @@ def wait_for_nodes(
 
 
 def describe_nodes(
-    grid: Grid, nodes: list[int], timeout: float
+    grid: Grid, nodes: Sequence[int], timeout: float
 ) -> tuple[dict[int, int], list[str]]:
     """Ask each node for its `partition-id`: node id → partition id, and the errors of
     the nodes that could not say."""
@@ -148,12 +150,14 @@ def describe_nodes(
     return found, errors
 
 
-def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
+def partition_order(grid: Grid, cfg: RunConfig) -> Sequence[int]:
     """Node ids such that index i holds partition i."""
     if cfg.engine.name != "deployment":
         # Flower's simulation registers its nodes while the ServerApp starts: wait for all.
         nodes_are = "simulated nodes registered"
-        return sorted(wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout, nodes_are))
+        nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout, nodes_are)
+        ascending = isinstance(nodes, range) and nodes.step == 1
+        return nodes if ascending else sorted(nodes)
     nodes = wait_for_nodes(grid, cfg.num_clients, cfg.engine.node_timeout)
     partition_of, errors = describe_nodes(grid, nodes, cfg.engine.node_timeout)
     holders: dict[int, int] = {}
@@ -169,3 +173,28 @@ def partition_order(grid: Grid, cfg: RunConfig) -> list[int]:
         cause = f" ({errors[0]})" if errors else ""
         raise RuntimeError(f"no SuperNode answered for partition-id {missing}{cause}")
     return [holders[p] for p in range(cfg.num_clients)]
+
+
+class _RangePositions(Mapping[int, int]):
+    """The index of each node id in a range of ids, without a dict of them all."""
+
+    def __init__(self, order: range) -> None:
+        self.order = order
+
+    def __getitem__(self, node: int) -> int:
+        if node not in self.order:
+            raise KeyError(node)
+        return self.order.index(node)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def partition_positions(order: Sequence[int]) -> Mapping[int, int]:
+    """Node id → partition id, for nodes listed in partition order."""
+    if isinstance(order, range):
+        return _RangePositions(order)
+    return {node: i for i, node in enumerate(order)}

@@ -95,7 +95,7 @@ def run_experiment(
         cfg,
         callbacks,
         initial_arrays=model_to_arrays(workload.initial_model()),
-        partition_sizes=[len(p) for p in workload.partitions],
+        partition_sizes=workload.partitions.sizes.tolist(),  # Python ints, as before
         checkpointer=checkpointer_for(cfg, out_dir, grid),
         resume=resume,
     )

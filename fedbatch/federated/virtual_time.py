@@ -8,13 +8,13 @@ arrive in time to be aggregated. `VirtualTime` is the one owner of a run's virtu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, Message
 
 from fedbatch.clock.availability import crash_point, is_available
-from fedbatch.clock.devices import DeviceClass, assign_devices, spread_device
+from fedbatch.clock.devices import ClientDevices
 from fedbatch.clock.network import transfer_seconds
 from fedbatch.clock.scheduler import ClientTiming, client_timing, partial_steps, schedule_round
 from fedbatch.config import FULL_BATCH, RunConfig
@@ -36,11 +36,9 @@ class RoundClock:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.clock = cfg, cfg.clock
-        classes = assign_devices(cfg.clock.devices, cfg.num_clients, cfg.seed)
-        self.device_of: list[DeviceClass] = [
-            spread_device(cfg.clock.devices[c], cfg.clock.spread, cfg.seed, client)
-            for client, c in enumerate(classes)
-        ]
+        self.device_of = ClientDevices(
+            cfg.clock.devices, cfg.num_clients, cfg.clock.spread, cfg.seed
+        )
 
     def select_count(self, wanted: int) -> int:
         """Over-selection: ⌈K(1 + o)⌉ clients for K updates, at most every client."""
@@ -67,7 +65,7 @@ class RoundClock:
         if policy == "memory":
             return DeviceLimit("memory", device.largest_batch())
         if policy == "throughput":
-            mean = sum(d.throughput for d in self.device_of) / len(self.device_of)
+            mean = self.device_of.mean_throughput()
             return DeviceLimit("throughput", device.throughput / mean)
         return None
 
@@ -127,7 +125,7 @@ class RoundClock:
         self,
         server_round: int,
         replies: Sequence[Message],
-        partition_of: dict[int, int],
+        partition_of: Mapping[int, int],
         model_bytes: int,
         wanted: int,
     ) -> tuple[list[Message], dict[str, Any]]:

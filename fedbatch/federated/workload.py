@@ -6,6 +6,7 @@ to the same process reuse tensors and the model object instead of rebuilding the
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -20,6 +21,7 @@ from fedbatch.data.datasets import Dataset, load_dataset
 from fedbatch.data.drift import DriftTransform
 from fedbatch.data.node_cache import Prepared, prepared_data
 from fedbatch.data.partition import partition_indices
+from fedbatch.data.partition_table import PartitionTable
 from fedbatch.data.stream import ClientStream
 from fedbatch.data.text import partition_labels
 from fedbatch.local.models import build_model, memory_format
@@ -38,11 +40,14 @@ class Workload:
     cfg: RunConfig
     dataset: Dataset
     device: torch.device
-    partitions: list[np.ndarray]
+    partitions: PartitionTable
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    # Wall seconds this process spent building the data and the partitions (the benchmark's).
+    data_seconds: float = 0.0
+    partition_seconds: float = 0.0
     _indices: dict[int, torch.Tensor] = field(default_factory=dict)
     _model: nn.Module | None = None
     _streams: dict[int, ClientStream] = field(default_factory=dict)
@@ -93,12 +98,16 @@ class Workload:
         return self._model
 
 
-def _build_data(cfg: RunConfig) -> Prepared:
+def _build_data(cfg: RunConfig, seconds: dict[str, float]) -> Prepared:
+    """The run's dataset and partitions; the wall seconds of each into `seconds`."""
+    started = time.perf_counter()
     dataset = load_dataset(cfg.data, cfg.seed)
+    loaded = time.perf_counter()
     labels = partition_labels(dataset.y_train)
     partitions = partition_indices(
         labels, cfg.partition, cfg.num_clients, cfg.seed, dataset.train_ids
     )
+    seconds |= {"data": loaded - started, "partition": time.perf_counter() - loaded}
     return dataset, partitions
 
 
@@ -108,7 +117,8 @@ def build_workload(cfg: RunConfig, data_cache: Path | None = None) -> Workload:
     # Torch's default (one thread per core) oversubscribes the cores as soon as anything
     # else runs, e.g. other sweep jobs or Ray actors, and small models gain little from it.
     torch.set_num_threads(cfg.engine.threads)
-    dataset, partitions = prepared_data(cfg, data_cache, lambda: _build_data(cfg))
+    seconds = {"data": 0.0, "partition": 0.0}  # stay 0 when read from the cache
+    dataset, partitions = prepared_data(cfg, data_cache, lambda: _build_data(cfg, seconds))
     # Torch imports its compiler stack, torch._dynamo (1.4-2.5 s here), when the first
     # optimizer is built (torch.optim's methods are wrapped by torch._disable_dynamo, which
     # imports it on first call), so every run pays it, a plain PyTorch loop too. Pay it
@@ -135,6 +145,8 @@ def build_workload(cfg: RunConfig, data_cache: Path | None = None) -> Workload:
         y_train=tensor(dataset.y_train),
         x_test=tensor(dataset.x_test),
         y_test=tensor(dataset.y_test),
+        data_seconds=seconds["data"],
+        partition_seconds=seconds["partition"],
     )
 
 

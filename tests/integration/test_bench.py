@@ -10,6 +10,7 @@ import pytest
 from fedbatch.bench import __main__ as bench
 from fedbatch.bench.cases import BenchCase
 from fedbatch.bench.runners import RUNNERS
+from fedbatch.bench.scale import bench_scale, scale_config
 from fedbatch.federated.workload import workload_for
 
 TINY = BenchCase(
@@ -94,22 +95,64 @@ def test_bench_command_writes_table_and_json(tmp_path, monkeypatch):
     assert pstats.Stats(str(profiles / "tiny-inprocess.prof")).total_calls > 1000
 
 
-def test_scale_case_compares_each_registered_count_with_the_smallest(monkeypatch):
-    case = BenchCase(name="scale-tiny", description="test", raw=TINY.raw, registered=(4, 8))
-    measured = {
-        4: {"seconds": 2.0, "round_seconds": [0.5, 0.7]},
-        8: {"seconds": 3.0, "round_seconds": [0.9, 0.9]},
-    }
+def test_scale_case_compares_each_registered_count_with_the_smallest():
+    case = BenchCase(
+        name="scale-tiny", description="test", raw=TINY.raw, registered=(32, 16), per_round=(2,)
+    )
+    round_seconds = {16: [0.5, 0.7], 32: [0.9, 0.9]}
+    seen = []
 
     def run_once(runner, cfg):
         assert runner == "inprocess"
-        return measured[cfg.num_clients] | {"rss_mb": 100.0, "accuracy": 0.5}
+        seen.append((cfg.strategy.name, cfg.num_clients, cfg.data.num_samples))
+        fedbuff = cfg.strategy.name == "fedbuff"
+        return {
+            "seconds": 1.0,
+            "round_seconds": [2 * s if fedbuff else s for s in round_seconds[cfg.num_clients]],
+            "setup_seconds": 3.0,
+            "data_seconds": 1.0,
+            "partition_seconds": 0.25,
+            "rss_mb": 100.0,
+            "accuracy": 0.5,
+        }
 
-    monkeypatch.setattr(bench, "run_once", run_once)
-    results = bench.bench_scale(case, repeats=1)
-    assert results["inprocess@4"]["ratio"] == results["inprocess@4"]["round_ratio"] == 1.0
-    assert results["inprocess@8"]["ratio"] == pytest.approx(1.5)  # total seconds
-    assert results["inprocess@8"]["round_ratio"] == pytest.approx(0.9 / 0.6)  # round medians
+    results = bench_scale(case, 1, run_once)
+    # Smallest registered count first; one training sample per client after the 20% split.
+    assert seen == [
+        ("fedavg", 16, 20),
+        ("fedavg", 32, 40),
+        ("fedbuff", 16, 20),
+        ("fedbuff", 32, 40),
+    ]
+    assert list(results) == ["sync@16/2", "sync@32/2", "fedbuff@16/2", "fedbuff@32/2"]
+    for mode in ("sync", "fedbuff"):  # each mode against its own smallest registered count
+        assert results[f"{mode}@16/2"]["round_ratio"] == 1.0
+        assert results[f"{mode}@32/2"]["round_ratio"] == pytest.approx(0.9 / 0.6)
+    assert results["fedbuff@32/2"]["round_seconds_median"] == pytest.approx(1.8)
+    assert results["sync@32/2"]["partition_seconds"] == 0.25
+
+
+def test_scale_case_runs_fedbuff_with_the_round_s_clients_in_flight():
+    case = BenchCase(
+        name="scale-tiny", description="test", raw=TINY.raw, registered=(40,), per_round=(3,)
+    )
+    cfg = scale_config(case, "fedbuff", 40, 3)
+    assert cfg.strategy.name == "fedbuff" and cfg.clock.name == "devices"
+    assert cfg.strategy.set_params == {"concurrency": 3, "buffer_size": 3}
+    assert (cfg.num_clients, cfg.clients_per_round, cfg.data.num_samples) == (40, 3, 50)
+
+
+@pytest.mark.slow
+def test_scale_case_measures_set_up_partitioning_and_rounds(tmp_path):
+    case = BenchCase(
+        name="scale-tiny", description="test", raw=TINY.raw, registered=(20,), per_round=(2,)
+    )
+    results = bench_scale(case, 1, bench.run_once)
+    for label in ("sync@20/2", "fedbuff@20/2"):
+        r = results[label]
+        assert 0 < r["partition_seconds"] < r["setup_seconds"]
+        assert 0 < r["data_seconds"] < r["setup_seconds"]
+        assert r["round_seconds_median"] > 0 and r["rss_mb"] > 0
 
 
 @pytest.mark.slow

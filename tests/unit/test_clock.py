@@ -280,3 +280,20 @@ def test_spread_varies_each_clients_device_around_its_class():
     assert spread_device(base, 0.5, 1, 7) == clients[7]  # seeded per client
     ratio = [d.bandwidth_up / d.bandwidth_down for d in clients[:10]]
     assert ratio == pytest.approx([0.2] * 10)  # one network factor per client
+
+
+def test_client_devices_drawn_on_demand_equal_drawing_them_all():
+    from fedbatch.clock.devices import ClientDevices, spread_device
+
+    classes = [DeviceClass("a", share=1, throughput=500.0), DeviceClass("b", share=3)]
+    devices = ClientDevices(classes, 50, 0.4, 9)
+    eager = [
+        spread_device(classes[c], 0.4, 9, i) for i, c in enumerate(assign_devices(classes, 50, 9))
+    ]
+    assert devices._drawn == {}  # nothing drawn up front
+    assert devices[17] == eager[17] and devices[-1] == eager[49] and len(devices) == 50
+    assert list(devices._drawn) == [17, 49]
+    assert list(devices) == eager
+    assert devices.mean_throughput() == sum(d.throughput for d in eager) / 50
+    with pytest.raises(IndexError):
+        devices[50]

@@ -259,12 +259,15 @@ def test_many_clients_is_fast_enough() -> None:
     assert len(parts) == 10_000 and {len(p) for p in parts} == {2}
 
 
-def test_cached_results_are_read_only_copies_of_a_list(digit_labels: np.ndarray) -> None:
+def test_cached_results_cannot_be_changed(digit_labels: np.ndarray) -> None:
     cfg = PartitionConfig(name="iid")
     first = partition_indices(digit_labels, cfg, 4, 0)
-    first.pop()
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][0] = -1
+    with pytest.raises(ValueError, match="read-only"):
+        first.offsets[1] = 0
     second = partition_indices(digit_labels, cfg, 4, 0)
-    assert len(second) == 4 and not second[0].flags.writeable
+    assert len(second) == 4 and min(second[0]) >= 0 and not second[0].flags.writeable
 
 
 MIN_SIZE = "partition.min_partition_size"
