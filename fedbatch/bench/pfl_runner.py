@@ -1,8 +1,9 @@
 """A case's work in Apple's pfl-research (`pfl` 0.6, PyTorch backend): FedAvg in simulation.
 
 What a pfl user writes: a `FederatedDataset` whose users are our partitions, a
-`PyTorchModel` (local optimizer `client.optimizer`, built fresh per user as ours, central SGD with lr 1.0, i.e. plain averaging of
-the model deltas), `WeightByDatapoints` (so the average is weighted by examples, as ours),
+`PyTorchModel` (local optimizer `client.optimizer`, built fresh per user as ours; central
+SGD with lr 1.0, i.e. plain averaging of the model deltas), `WeightByDatapoints` (so the
+average is weighted by examples, as ours),
 `FederatedAveraging` run on a `SimulatedBackend`, no DP, no evaluation during training.
 
 Deviations from the `plain` runner:
