@@ -56,6 +56,32 @@ SMALL = BenchCase(
     variants=_EQUAL_WORK,
 )
 
+TINY = BenchCase(
+    name="tiny",
+    description="10 clients × 5 rounds × 1 epoch (20 steps), B=32, momentum SGD, "
+    "MLP 40-128-128-10 (23k params) on MNIST-1D: steps of well under a millisecond",
+    raw={
+        "seed": 0,
+        "rounds": 5,
+        "num_clients": 10,
+        "clients_per_round": 10,
+        # 8,000 samples, 20% held out: 640 per client, 20 steps of B=32 per epoch.
+        "data": {"name": "mnist1d", "num_samples": 8000},
+        "model": {"name": "mlp", "hidden": [128, 128]},
+        "client": {
+            "batch_size": 32,
+            "epochs": 1,
+            "optimizer": "momentum",
+            "momentum": 0.9,
+            "lr": 0.05,
+        },
+        "strategy": {"name": "fedavg"},
+        "eval": {"every": 1000, "initial": False},
+    },
+    runners=("plain", "inprocess", "probes-off", "vectorized", "pfl"),
+    variants=_EQUAL_WORK,
+)
+
 PFL = BenchCase(
     name="pfl",
     description="pfl-research style: 1,000 clients × 50 images (3×32×32), 50 per round, "
@@ -140,4 +166,6 @@ DEPLOYMENT = BenchCase(
     argv=("rounds=4",),  # `--nodes 2` sets num_clients=clients_per_round=2
 )
 
-CASES = {case.name: case for case in (SMALL, PFL, PFL_SHORT, SCALE, PROBES, STARTUP, DEPLOYMENT)}
+CASES = {
+    case.name: case for case in (SMALL, TINY, PFL, PFL_SHORT, SCALE, PROBES, STARTUP, DEPLOYMENT)
+}

@@ -1,8 +1,9 @@
 """A case's work in Apple's pfl-research (`pfl` 0.6, PyTorch backend): FedAvg in simulation.
 
 What a pfl user writes: a `FederatedDataset` whose users are our partitions, a
-`PyTorchModel` (local `torch.optim.SGD`, central SGD with lr 1.0, i.e. plain averaging of
-the model deltas), `WeightByDatapoints` (so the average is weighted by examples, as ours),
+`PyTorchModel` (local optimizer `client.optimizer`, built fresh per user as ours; central
+SGD with lr 1.0, i.e. plain averaging of the model deltas), `WeightByDatapoints` (so the
+average is weighted by examples, as ours),
 `FederatedAveraging` run on a `SimulatedBackend`, no DP, no evaluation during training.
 
 Deviations from the `plain` runner:
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 from fedbatch.bench.rounds import record_round_ends
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import Workload
+from fedbatch.local.optim import build_optimizer
 from fedbatch.local.trainer import batch_schedule, evaluate
 from fedbatch.seeding import derive_seed
 
@@ -125,7 +127,8 @@ def run(cfg: RunConfig, workload: Workload) -> float:
     module = _PflModule(net)
     model = PyTorchModel(
         model=module,
-        local_optimizer_create=torch.optim.SGD,
+        # A fresh local optimizer per user, as ours: client.optimizer (momentum included).
+        local_optimizer_create=lambda params, lr: build_optimizer(params, cfg.client, lr=lr),
         central_optimizer=torch.optim.SGD(module.parameters(), lr=1.0),
     )
     batch_size = None if cfg.client.batch_size == "full" else int(cfg.client.batch_size)

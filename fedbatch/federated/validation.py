@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord
 
-from fedbatch.federated.records import NUM_EXAMPLES, array_to_tensor
+from fedbatch.federated.records import NUM_EXAMPLES, array_to_numpy
 
 REJECTED = 4100  # Error.code of a reply the server refused (Flower's own codes are < 10)
 REASON = "rejected by the server: "
@@ -65,8 +65,10 @@ def _array_problem(name: str, array: Array, like: Array) -> str | None:
             f"array {name} is {array.dtype}{list(array.shape)}, "
             f"the model's is {like.dtype}{list(like.shape)}"
         )
-    values = array_to_tensor(array)
-    if values.is_floating_point() and not bool(values.isfinite().all()):
+    # numpy's isfinite is ~10x faster than torch's on a small array (a check per client
+    # per round); a numpy read of the bytes, as the aggregation reads them.
+    values = array_to_numpy(array)
+    if values.dtype.kind == "f" and not bool(np.isfinite(values).all()):
         return f"array {name} is not finite"
     return None
 
