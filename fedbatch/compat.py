@@ -3,7 +3,8 @@
 fedbatch leans on a few things Flower and Hydra do not promise to keep: how a `Message`
 learns its sender, how its id is stored, how an `Array` lays out its fields, how
 `FedAvg.aggregate_train` is built, that Flower's Ray backend uses a Ray already running,
-and how Hydra's basic sweeper expands a sweep. Each
+how Hydra's basic sweeper expands a sweep, and the environment variable that sets how
+often a SuperNode's SuperExec looks for work. Each
 lives here, small and named for what it does, and each has a guard test in
 `tests/unit/test_compat.py` that checks the behaviour fedbatch relies on (not just that the
 name exists), so an upgrade that changes one fails there, not halfway through a run.
@@ -147,3 +148,10 @@ def start_ray(init_args: dict[str, Any]) -> None:
     pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     ray.init(runtime_env=runtime_env, include_dashboard=False, **init_args)
+
+
+# A SuperNode's SuperExec looks for a message to start a ClientApp process for once a
+# second by default (flwr/supercore/superexec/run_superexec.py reads this variable; it is
+# not in Flower's documentation), so each deployed round waited half of that on average
+# before its clients started. One look is one loopback request.
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"

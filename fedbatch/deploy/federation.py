@@ -25,11 +25,9 @@ HOST = "127.0.0.1"
 CONNECTION = "local"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 STOP_SECONDS = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# A SuperNode's SuperExec looks for a message to start a ClientApp process for once a
-# second by default, so each round waited half of that on average before its clients even
-# started. Flower reads this variable (flwr/supercore/superexec/run_superexec.py); a look
-# is one loopback request. Set in the environment already, it is left as it is.
-TASK_POLL_ENV, TASK_POLL_SECONDS = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"
+# How often a SuperNode's SuperExec looks for work (`compat.SUPEREXEC_POLL_ENV`; Flower's
+# default is 1 s). Set in the environment already, it is left as it is.
+TASK_POLL_SECONDS = "0.1"
 
 
 class FederationError(RuntimeError):
@@ -83,9 +81,11 @@ class LocalFederation:
 
         Flower starts its helpers (`flower-superexec`) by name: this environment's first.
         """
+        from fedbatch.compat import SUPEREXEC_POLL_ENV
+
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         return (
-            {TASK_POLL_ENV: TASK_POLL_SECONDS}
+            {SUPEREXEC_POLL_ENV: TASK_POLL_SECONDS}
             | os.environ
             | {
                 "FLWR_HOME": str(self.home),

@@ -169,3 +169,16 @@ def test_flowers_ray_backend_leaves_a_running_ray_as_it_is(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda *a, **k: calls.append((a, k)))
     RayBackend.init_ray(object.__new__(RayBackend), {"init_args": {}})
     assert calls == []
+
+
+@pytest.mark.parametrize("seconds", ["0.1", "0.5"])
+def test_superexec_reads_its_poll_interval_from_the_variable(monkeypatch, seconds):
+    """`deploy local` shortens the SuperExec's look for work through this variable."""
+    from flwr.supercore.superexec import run_superexec
+
+    from fedbatch.compat import SUPEREXEC_POLL_ENV
+
+    monkeypatch.setenv(SUPEREXEC_POLL_ENV, seconds)
+    assert run_superexec._get_task_poll_interval() == float(seconds)
+    monkeypatch.delenv(SUPEREXEC_POLL_ENV)
+    assert run_superexec._get_task_poll_interval() == 1.0
