@@ -131,7 +131,7 @@ def evaluate_run(
     own = (cfg.data, cfg.seed) == (run.data, run.seed)
     if not own and cfg.data.name in FILE_DATASETS:
         _use_run_classes(workload, load_dataset(run.data, run.seed))
-    if not own and cfg.data.name == "text":
+    if cfg.data.name == "text":  # its own corpus too: the file may have changed since
         _use_run_vocabulary(workload, run, run_dir / MODEL_FILE)
     evaluation = ServerEvaluation(workload)
     model = evaluation.model

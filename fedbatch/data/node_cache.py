@@ -8,8 +8,8 @@ decides the data (the `data` and `partition` sections, `seed`, `num_clients`, th
 format); later processes load it. Loaded arrays are bit-identical to built ones. The file
 is written to a temporary name and renamed, so a reader never sees half of one; one that
 cannot be read back (truncated, corrupt: the zip's CRC-32 checks every member) is rebuilt.
-Only the built-in generated datasets are cached: the user's own files (`hf`, `arrays`)
-can change under the same config.
+Only the built-in generated datasets are cached: the user's own files (`hf`, `arrays`,
+`text` with a `data.path`) can change under the same config.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def cache_file(cfg: RunConfig, directory: Path) -> Path:
 
 
 def cacheable(cfg: RunConfig) -> bool:
-    return cfg.data.name in GENERATED
+    """Generated data only: `data=text` with a `data.path` reads a file that can change."""
+    return cfg.data.name in GENERATED and cfg.data.path is None
 
 
 def save(path: Path, dataset: Dataset, partitions: PartitionTable) -> None:
@@ -95,19 +96,25 @@ def load(path: Path) -> Prepared | None:
         partitions = PartitionTable(
             arrays.pop("partition_indices"), arrays.pop("partition_offsets")
         )
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        class_values = meta["class_values"]
+        dataset = Dataset(
+            name=meta["name"],
+            **{name: arrays[name] for name in ARRAYS},
+            num_classes=int(meta["num_classes"]),
+            input_shape=tuple(meta["input_shape"]),
+            train_ids=arrays.get("train_ids"),
+            class_values=None if class_values is None else tuple(class_values),
+        )
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None
+    rows = len(dataset.x_train)
+    if (
+        len(partitions.indices)
+        and not 0 <= partitions.indices.min() <= partitions.indices.max() < rows
+    ):
         return None
     for array in arrays.values():
         array.setflags(write=False)  # as `load_dataset` returns them
-    class_values = meta["class_values"]
-    dataset = Dataset(
-        name=meta["name"],
-        **{name: arrays[name] for name in ARRAYS},
-        num_classes=int(meta["num_classes"]),
-        input_shape=tuple(meta["input_shape"]),
-        train_ids=arrays.get("train_ids"),
-        class_values=None if class_values is None else tuple(class_values),
-    )
     return dataset, partitions
 
 

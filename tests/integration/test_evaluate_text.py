@@ -86,3 +86,36 @@ def test_a_changed_corpus_file_does_not_renumber_the_characters(run_dir, tmp_pat
     finally:
         corpus.write_text(original, encoding="utf-8")
         _load_cached.cache_clear()
+
+
+def test_its_own_corpus_changed_since_keeps_the_runs_numbering(run_dir):
+    """The run's own config after its file lost every 'a': rebuilt, the vocabulary
+    would shrink to b=2, c=3 (a model that no longer fits); saved, b and c keep 3 and 4."""
+    from fedbatch.data.datasets import _load_cached
+
+    corpus = run_dir.parent / "run.txt"
+    original = corpus.read_text(encoding="utf-8")
+    corpus.write_text("bcbc\ncbb\n" * 10, encoding="utf-8")
+    _load_cached.cache_clear()
+    try:
+        row = main([str(run_dir)])
+    finally:
+        corpus.write_text(original, encoding="utf-8")
+        _load_cached.cache_clear()
+    model = gru(ModelConfig(name="gru", width=8), (1,), 5).eval()
+    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    rows = {  # by hand, in the run's ids (b=3, c=4): (inputs, targets) of each line
+        "bcbc": ([1, 3, 4, 3, 4], [3, 4, 3, 4, 1]),
+        "cbb": ([1, 4, 3, 3], [4, 3, 3, 1]),
+    }
+    correct = {}
+    with torch.no_grad():
+        for line, (inputs, targets) in rows.items():
+            logits = model(torch.tensor([inputs]))
+            correct[line] = int((logits.argmax(dim=1) == torch.tensor([targets])).sum())
+    # 4 of the 20 rows are held out, k of them "bcbc" (5 tokens) and 4 - k "cbb" (4)
+    possible = [
+        (k * correct["bcbc"] + (4 - k) * correct["cbb"]) / (5 * k + 4 * (4 - k)) for k in range(5)
+    ]
+    assert row["num_samples"] == 4 and row["trained_on"] is None
+    assert any(row["test_accuracy"] == pytest.approx(value) for value in possible)

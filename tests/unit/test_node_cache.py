@@ -115,3 +115,34 @@ def test_without_a_directory_nothing_is_written(tmp_path):
     builds = Builds(cfg)
     prepared_data(cfg, None, builds)
     assert builds.calls == 1 and not any(tmp_path.iterdir())
+
+
+def test_a_file_whose_partitions_point_past_the_data_is_rebuilt(tmp_path):
+    from fedbatch.data.node_cache import save
+    from fedbatch.data.partition_table import PartitionTable
+
+    cfg = skewed()
+    dataset, parts = Builds(cfg)()
+    rows = len(dataset.x_train)
+    beyond = PartitionTable(parts.indices + rows, parts.offsets)  # valid layout, wrong rows
+    save(cache_file(cfg, tmp_path), dataset, beyond)
+    builds = Builds(cfg)
+    assert_same(prepared_data(cfg, tmp_path, builds), Builds(cfg)())
+    assert builds.calls == 1
+
+
+def test_text_read_from_a_file_is_never_cached(tmp_path):
+    """The file can change under the same config; generated text is cached."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc\nbca\ncab\n" * 10, encoding="utf-8")
+    from_file = tiny_config(data={"name": "text", "path": str(corpus)}, model={"name": "gru"})
+    cache = tmp_path / "cache"
+    builds = Builds(from_file)
+    prepared_data(from_file, cache, builds)
+    prepared_data(from_file, cache, builds)
+    assert builds.calls == 2 and not cache.exists()
+    generated = tiny_config(data={"name": "text", "num_samples": 40}, model={"name": "gru"})
+    builds = Builds(generated)
+    prepared_data(generated, cache, builds)
+    prepared_data(generated, cache, builds)
+    assert builds.calls == 1
