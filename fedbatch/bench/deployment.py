@@ -23,7 +23,6 @@ back over a local socket, as its two messages carry them.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import socket
@@ -44,23 +43,28 @@ from fedbatch.config.compose import compose_config
 from fedbatch.federated.timing import TIMING_ENV
 
 NODES = 2
-PARTS = ("polling", "flower_startup", "fedbatch_imports", "data", "training", "reply", "server")
+PARTS = ("polling", "flower_startup", "fedbatch_imports", "handoff", "data", "training", "reply")
+PARTS += ("server",)
 # The ClientApp's parts again in its own CPU seconds, which a busy machine sways less.
 CPU_PARTS = ("flower_startup", "fedbatch_imports", "data", "training")
 
 
-def deploy_command(argv: tuple[str, ...], run_dir: Path, workdir: Path) -> list[str]:
+def deploy_command(
+    argv: tuple[str, ...], run_dir: Path, workdir: Path, flags: tuple[str, ...] = ()
+) -> list[str]:
     deploy = [sys.executable, "-m", "fedbatch.deploy", "local", "--nodes", str(NODES)]
-    deploy += ["--insecure", "--workdir", str(workdir)]
+    deploy += ["--insecure", "--workdir", str(workdir), *flags]
     return [*deploy, *argv, "progress=off", f"hydra.run.dir={run_dir}"]
 
 
-def run_deployment(argv: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One deployed run: its metrics rows and its timing lines."""
+def run_deployment(
+    argv: tuple[str, ...], flags: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One deployed run (`deploy local` `flags`): its metrics rows and its timing lines."""
     with tempfile.TemporaryDirectory(prefix="fedbatch-bench-deploy-") as tmp:
         timing, run_dir = Path(tmp) / "timing.jsonl", Path(tmp) / "run"
         env = os.environ | {TIMING_ENV: str(timing)}
-        command = deploy_command(argv, run_dir, Path(tmp) / "federation")
+        command = deploy_command(argv, run_dir, Path(tmp) / "federation", flags)
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"deploy local failed:\n{(done.stdout + done.stderr)[-2000:]}")
@@ -83,22 +87,32 @@ def split_rounds(rows: list[dict[str, Any]], lines: list[dict[str, Any]]) -> lis
         c = clients.get(message_id)
         if c is None:  # its process did not exit normally: no line
             continue
-        split = {
-            "round": seconds[server_round],
-            "polling": c["process_start"] - exchange["sent"] + arrived - c["returned"],
-            "flower_startup": c["imports_start"] - c["process_start"],
-            "fedbatch_imports": c["handler"] - c["imports_start"],
-            "data": c["data"] - c["handler"],
-            "training": c["trained"] - c["data"],
-            "reply": c["returned"] - c["trained"],
-        }
+        split = {"round": seconds[server_round]}
+        split["polling"] = c["process_start"] - exchange["sent"] + arrived - c["returned"]
+        split |= client_parts(c)
         split["server"] = seconds[server_round] - (arrived - exchange["sent"])
-        marks = ("imports_start", "handler", "data", "trained")
-        split["cpu_flower_startup"] = c["imports_start_cpu"]  # from the process's start
-        for part, (begin, end) in zip(CPU_PARTS[1:], itertools.pairwise(marks), strict=True):
-            split[f"cpu_{part}"] = c[f"{end}_cpu"] - c[f"{begin}_cpu"]
         parts.append(split)
     return parts
+
+
+def client_parts(c: dict[str, Any]) -> dict[str, float]:
+    """A ClientApp process's line in parts (seconds). A process that handed its message to
+    the node's worker (`worker_*` marks, from the worker's clocks) adds the hand-off: to
+    the worker (its start, if it was not running) and back."""
+    w = "worker_" if "worker_handler" in c else ""
+    start = c[f"{w}handler"]
+    return {
+        "flower_startup": c["imports_start"] - c["process_start"],
+        "fedbatch_imports": c["handler"] - c["imports_start"],
+        "handoff": start - c["handler"] + c["returned"] - c[f"{w}returned"],
+        "data": c[f"{w}data"] - start,
+        "training": c[f"{w}trained"] - c[f"{w}data"],
+        "reply": c[f"{w}returned"] - c[f"{w}trained"],
+        "cpu_flower_startup": c["imports_start_cpu"],  # from the process's start
+        "cpu_fedbatch_imports": c["handler_cpu"] - c["imports_start_cpu"],
+        "cpu_data": c[f"{w}data_cpu"] - c[f"{w}handler_cpu"],
+        "cpu_training": c[f"{w}trained_cpu"] - c[f"{w}data_cpu"],
+    }
 
 
 def transfer_seconds(cfg: RunConfig, repeats: int = 5) -> float:
@@ -138,47 +152,55 @@ def _through_socket(payload: bytes) -> bytes:
     return b"".join(chunks)
 
 
+MODES = {"worker": (), "per-message": ("--no-worker",)}  # `deploy local` flags
+
+
 def bench_deployment(
     argv: tuple[str, ...], repeats: int, run_once: Callable[[str, RunConfig], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Deployed and in-process runs of the experiment `argv` (`deploy local` overrides),
-    interleaved: the medians of each part over every steady-state round, the target's
-    ratio."""
+    """Deployed runs of the experiment `argv` (`deploy local` overrides) with the node
+    worker and without it (a process per message), and in-process runs, interleaved: the
+    medians of each part over every steady-state round, and the target's ratios."""
     cfg = compose_config([*argv, f"num_clients={NODES}", f"clients_per_round={NODES}"])
-    parts: list[dict[str, float]] = []
+    parts: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     inprocess: list[float] = []
     for _ in range(repeats):
-        parts += split_rounds(*run_deployment(argv))
+        for mode, flags in MODES.items():
+            parts[mode] += split_rounds(*run_deployment(argv, flags))
         inprocess += run_once("inprocess", cfg).get("round_seconds", [])
-    names = ("round", *PARTS, *(f"cpu_{part}" for part in CPU_PARTS))
-    median = {name: statistics.median(p[name] for p in parts) for name in names}
     transfer = transfer_seconds(cfg)
-    inprocess_round = statistics.median(inprocess)
-    ours = median["round"] - median["polling"]
-    return {
-        "deployment": median
-        | {
-            "rounds_measured": len(parts),
-            "inprocess_round": inprocess_round,
-            "transfer": transfer,
+    baseline = statistics.median(inprocess) + transfer
+    names = ("round", *PARTS, *(f"cpu_{part}" for part in CPU_PARTS))
+    results: dict[str, Any] = {}
+    for mode, rounds in parts.items():
+        median = {name: statistics.median(p[name] for p in rounds) for name in names}
+        ours = median["round"] - median["polling"]
+        fedbatch_only = ours - median["flower_startup"]
+        results[mode] = median | {
+            "rounds_measured": len(rounds),
             "round_without_polling": ours,
-            "ratio": ours / (inprocess_round + transfer),
-            "load": os.getloadavg()[0],
+            "ratio": ours / baseline,
+            "ratio_without_flower_startup": fedbatch_only / baseline,
         }
-    }
+    results |= {"inprocess_round": statistics.median(inprocess), "transfer": transfer}
+    return {"deployment": results | {"load": os.getloadavg()[0]}}
 
 
 def print_deployment(results: dict[str, Any], console: Console) -> None:
     r = results["deployment"]
     console.print(
-        f"deployment ({NODES} loopback SuperNodes), medians of {r['rounds_measured']} "
-        f"steady-state rounds: round {r['round']:.2f} s"
+        f"deployment ({NODES} loopback SuperNodes), medians of steady-state rounds; "
+        f"in-process round {r['inprocess_round']:.3f} s + transfer "
+        f"{1000 * r['transfer']:.1f} ms; 1-min load {r['load']:.1f}"
     )
-    for part in PARTS:
-        cpu = f"  ({r[f'cpu_{part}']:.2f} CPU s)" if part in CPU_PARTS else ""
-        console.print(f"  {part:<17} {r[part]:6.2f} s{cpu}")
-    console.print(
-        f"round without polling {r['round_without_polling']:.2f} s; in-process round "
-        f"{r['inprocess_round']:.3f} s + transfer {1000 * r['transfer']:.1f} ms; ratio "
-        f"{r['ratio']:.1f} (target ≤ 2); 1-min load {r['load']:.1f}"
-    )
+    for mode in MODES:
+        m = r[mode]
+        console.print(f"{mode} ({m['rounds_measured']} rounds): round {m['round']:.2f} s")
+        for part in PARTS:
+            cpu = f"  ({m[f'cpu_{part}']:.2f} CPU s)" if part in CPU_PARTS else ""
+            console.print(f"  {part:<17} {m[part]:6.3f} s{cpu}")
+        console.print(
+            f"  round without polling {m['round_without_polling']:.2f} s: ratio "
+            f"{m['ratio']:.1f} (target ≤ 2); without Flower's process start-up too "
+            f"{m['ratio_without_flower_startup']:.1f}"
+        )

@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--device", action="append", default=[], help="SuperNode devices, round-robin"
     )
+    local.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="each message trains in a process of its own (Flower's way; slower)",
+    )
     local.add_argument("--workdir", type=Path, help="for logs, keys, FLWR_HOME (default: temp)")
     local.add_argument("--keep", action="store_true", help="keep the work dir (logs, keys)")
     credentials = commands.add_parser("credentials", help="TLS certificates and node keys")
@@ -163,7 +168,12 @@ def run_local(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         secure = not args.insecure
         with LocalFederation(
-            workdir, args.nodes, tls=secure, auth=secure, devices=tuple(args.device)
+            workdir,
+            args.nodes,
+            tls=secure,
+            auth=secure,
+            devices=tuple(args.device),
+            worker=not args.no_worker,
         ) as federation:
             env = federation.env | {RESUME_COMMAND: "python -m fedbatch.deploy local"}
             code = _run_until_stopped(command, env)

@@ -67,6 +67,7 @@ class LocalFederation:
     tls: bool = True
     auth: bool = True  # a SuperNode without a registered key cannot join
     devices: tuple[str, ...] = ()  # each SuperNode's `device`, round-robin; () = the config's
+    worker: bool = True  # False: each message trains in its own process (`worker=false`)
     port: int = field(default_factory=free_port)
     processes: list[subprocess.Popen] = field(default_factory=list)
     credentials: TlsFiles | None = None
@@ -171,12 +172,15 @@ class LocalFederation:
 
         Its log is `logs/<name>.log` (default `node-<partition>`); its prepared data is
         kept in `nodes/node-<partition>/` (`data-cache`: built by its first ClientApp
-        process, loaded by the next).
+        process, loaded by the next). Its messages run in its worker process
+        (`fedbatch.federated.node_app`) unless `worker` is off.
         """
         config = f"partition-id={partition} num-partitions={self.nodes}"
         config += f" data-cache={json.dumps(str(self.node_dir(partition)))}"
         if self.devices:
             config += f' device="{self.devices[partition % len(self.devices)]}"'
+        if not self.worker:
+            config += " worker=false"
         args = [flower_command("flower-supernode"), "--superlink", f"{HOST}:{self.port}"]
         args += ["--port", str(free_port()), "--node-config", config]
         use_tls = self.credentials is not None if tls is None else tls

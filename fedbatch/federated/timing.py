@@ -13,9 +13,13 @@ import atexit
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 TIMING_ENV = "FEDBATCH_TIMING"
+# Where a node worker's timelines go instead of the file at exit (it does not exit).
+_collectors: list[list[dict[str, Any]]] = []
 
 
 def timing_file() -> str | None:
@@ -50,8 +54,9 @@ def process_started() -> float | None:
 
 class ClientTimeline:
     """A ClientApp process's marks for one message, written when the process exits (so
-    that its exit time is in the line). `begin` notes the process start and the time
-    fedbatch's imports began (`fedbatch.federated`'s first line)."""
+    that its exit time is in the line), or, inside `collected_timelines()` (a node worker,
+    which does not exit per message), handed to the collector. `begin` notes the process
+    start and the time fedbatch's imports began (`fedbatch.federated`'s first line)."""
 
     def __init__(self, fields: dict[str, Any] | None) -> None:
         self.fields = fields
@@ -69,7 +74,10 @@ class ClientTimeline:
         fields |= {"imports_start": imports_started[0], "imports_start_cpu": imports_started[1]}
         fields |= {"handler": time.time(), "handler_cpu": time.process_time()}
         timeline = cls(fields)
-        atexit.register(timeline.write)
+        if _collectors:
+            _collectors[-1].append(fields)
+        else:
+            atexit.register(timeline.write)
         return timeline
 
     def mark(self, name: str, **values: Any) -> None:
@@ -78,10 +86,30 @@ class ClientTimeline:
             self.fields[f"{name}_cpu"] = time.process_time()
             self.fields |= values
 
+    def absorb(self, worker_line: dict[str, Any]) -> None:
+        """A node worker's marks for this message, each as `worker_<mark>` (its own
+        process's clocks: compare them with each other and with wall-clock marks)."""
+        if self.fields is not None:
+            own = ("kind", "message_id", "type", "process_start", "imports_start")
+            own += ("imports_start_cpu",)
+            self.fields |= {f"worker_{k}": v for k, v in worker_line.items() if k not in own}
+
     def write(self) -> None:
         if self.fields is not None:
             append(self.fields | {"exit": time.time()})
             self.fields = None
+
+
+@contextmanager
+def collected_timelines() -> Iterator[list[dict[str, Any]]]:
+    """The lines of the timelines begun inside, kept in the returned list (their marks
+    keep arriving until the handler returns) instead of written at exit."""
+    lines: list[dict[str, Any]] = []
+    _collectors.append(lines)
+    try:
+        yield lines
+    finally:
+        _collectors.remove(lines)
 
 
 def server_exchange(sent_at: float, phase: str, replies: dict[str, float]) -> None:

@@ -7,7 +7,12 @@ import json
 import pytest
 
 from fedbatch.bench.deployment import split_rounds
-from fedbatch.federated.timing import TIMING_ENV, ClientTimeline, server_exchange
+from fedbatch.federated.timing import (
+    TIMING_ENV,
+    ClientTimeline,
+    collected_timelines,
+    server_exchange,
+)
 
 
 def client(message_id, start, cpu=(0.0, 0.0, 0.0, 0.0), **marks):
@@ -75,3 +80,48 @@ def test_with_the_variable_each_side_appends_one_line(monkeypatch, tmp_path):
     assert line["handler"] <= line["data"] <= line["trained"] <= line["exit"]
     assert line["handler_cpu"] <= line["data_cpu"] <= line["trained_cpu"]
     assert line["process_start"] <= line["handler"]
+
+
+def test_a_node_worker_s_marks_join_the_line_of_the_process_that_handed_it_the_message(
+    monkeypatch, tmp_path
+):
+    path = tmp_path / "timing.jsonl"
+    monkeypatch.setenv(TIMING_ENV, str(path))
+    with collected_timelines() as lines:  # in the worker: kept, not written
+        worker = ClientTimeline.begin("m", "train", (0.0, 0.0))
+        worker.mark("data")
+        worker.mark("trained", round=2)
+        worker.mark("returned")
+    assert not path.exists() and lines[0]["round"] == 2
+    forwarder = ClientTimeline.begin("m", "train", (1.0, 0.5))
+    forwarder.absorb(lines[0])
+    forwarder.mark("returned")
+    forwarder.write()
+    (line,) = (json.loads(text) for text in path.read_text().splitlines())
+    assert line["worker_round"] == 2 and line["imports_start"] == 1.0
+    assert line["worker_handler"] <= line["worker_data"] <= line["worker_returned"]
+    assert line["worker_returned"] <= line["returned"]
+    assert "worker_imports_start" not in line and "worker_message_id" not in line
+
+
+def test_a_round_handed_to_a_node_worker_splits_with_the_hand_off():
+    # The forwarding process: started 101.5, imports 102.0, handler 102.25, back 103.5;
+    # the worker: handler 102.5, data 102.75, trained 103.0, returned 103.25.
+    c = {"kind": "client", "message_id": "c", "type": "train", "process_start": 101.5}
+    c |= {"imports_start": 102.0, "handler": 102.25, "returned": 103.5}
+    c |= {"imports_start_cpu": 1.0, "handler_cpu": 1.25}
+    for mark, at, cpu in (("handler", 102.5, 10.0), ("data", 102.75, 10.25)):
+        c |= {f"worker_{mark}": at, f"worker_{mark}_cpu": cpu}
+    c |= {"worker_trained": 103.0, "worker_trained_cpu": 10.5, "worker_returned": 103.25}
+    lines = [
+        {"kind": "server", "phase": "train", "sent": 0.0, "replies": {"a": 1.0}},
+        {"kind": "server", "phase": "train", "sent": 100.0, "replies": {"c": 104.0}},
+        c,
+    ]
+    rows = [{"round": 1, "seconds": 2.0}, {"round": 2, "seconds": 4.5}]
+    (split,) = split_rounds(rows, lines)
+    expected = {"polling": 1.5 + 0.5, "flower_startup": 0.5, "fedbatch_imports": 0.25}
+    expected |= {"handoff": 0.25 + 0.25, "data": 0.25, "training": 0.25, "reply": 0.25}
+    expected |= {"server": 0.5, "cpu_fedbatch_imports": 0.25, "cpu_data": 0.25}
+    assert {k: split[k] for k in expected} == pytest.approx(expected)
+    assert sum(split[k] for k in expected if not k.startswith("cpu")) == pytest.approx(4.5)
