@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedbatch.local.minibatches import PlannedBatch, batch_schedule
 from fedbatch.local.sequences import real_targets, sequence_lengths, trim_to, trim_to_longest
@@ -43,7 +44,17 @@ class LocalResult:
 
 
 def uses_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def _train_mode(model: nn.Module) -> list[nn.Module]:
+    """`model.train()`, skipped when every module is in training mode already and none
+    has its own `train` (it costs more than a step's arithmetic for a small model);
+    returns the model's modules."""
+    modules = list(model.modules())
+    if not all(m.training and type(m).train is nn.Module.train for m in modules):
+        model.train()
+    return modules
 
 
 @dataclass(frozen=True)
@@ -197,10 +208,10 @@ def train_local(
     gradients of k micro-batches of B, weighted by their sizes: the update of one k·B batch.
     """
     opts = options or TrainOptions(**option_values)
-    model.train()
+    modules = _train_mode(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    min_batch = 2 if uses_batchnorm(model) else 1
+    min_batch = 2 if any(isinstance(m, _BatchNorm) for m in modules) else 1
     autocast = autocast_context(x.device, opts.precision)
     scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
     tally = StepTally(x.device, opts.grad_norms, opts.layer_norms)
