@@ -69,9 +69,11 @@ class StepTally:
         self.steps += 1
         if self.grad_norms:
             grads = [p.grad for p in params]
-            if any(g is None for g in grads):
-                grads = [self.zero() if g is None else g for g in grads]
-            self._norms += torch._foreach_norm(grads)
+            try:  # no scan for missing gradients: the norm refuses a None
+                norms = torch._foreach_norm(grads)
+            except TypeError:  # a parameter without a gradient this step: its norm is 0
+                norms = torch._foreach_norm([self.zero() if g is None else g for g in grads])
+            self._norms += norms
             self._norm_rows += 1
         if len(self._batches) >= self.MAX_STEPS or self.held >= self.MAX_LOGITS:
             self.flush()
