@@ -185,14 +185,13 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     cfg, config, model = task.workload.cfg, task.config, task.model
     plan = task.plan()
-    probes = measure_at_weights(
-        model,
-        task.x,
-        task.y,
-        list(config["probes"]),
-        cfg.monitor,
-        plan.batch_size,
-        task.generator("probe"),
+    due = list(config["probes"])
+    probes = (
+        measure_at_weights(
+            model, task.x, task.y, due, cfg.monitor, plan.batch_size, task.generator("probe")
+        )
+        if due
+        else {}
     )
     prox_mu = float(config.get("proximal-mu", 0.0))
     anchor = [p.detach().clone() for p in model.parameters()] if prox_mu > 0.0 else None

@@ -53,15 +53,14 @@ class Federation:
         self.arrays = initial_arrays
         self.model_bytes = record_bytes(initial_arrays)
         self.started = time.perf_counter()  # the wall-clock origin of `elapsed_seconds`
-        self.config: dict[str, Any] = {"run-config": cfg.to_json()}
+        self.run_config = cfg.to_json()  # every message carries it: written once
+        self.config: dict[str, Any] = {"run-config": self.run_config}
 
     # --- messages --------------------------------------------------------------------------
 
     def plan(self, server_round: int) -> dict[str, Any]:
         """What every client is told this round: the run config and the round's plan."""
-        self.config = {"run-config": self.cfg.to_json()} | self.instruments.round_config(
-            server_round
-        )
+        self.config = {"run-config": self.run_config} | self.instruments.round_config(server_round)
         return self.config
 
     def address(self, messages: Iterable[Message]) -> list[Message]:

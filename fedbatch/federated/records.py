@@ -142,7 +142,7 @@ def state_to_arrays(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
 @torch.no_grad()
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
     """Copy global weights into `model` in place."""
-    state = model.state_dict()
+    state = model.state_dict(keep_vars=True)  # the tensors themselves: no detached views
     expected = {k for k in state if not k.endswith(_NOT_AVERAGED)}
     if set(arrays.keys()) != expected:
         raise ValueError(

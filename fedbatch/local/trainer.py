@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedbatch.local.minibatches import PlannedBatch, batch_schedule
 from fedbatch.local.sequences import real_targets, sequence_lengths, trim_to, trim_to_longest
@@ -43,7 +44,17 @@ class LocalResult:
 
 
 def uses_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def _train_mode(model: nn.Module) -> list[nn.Module]:
+    """`model.train()`, skipped when every module is in training mode already and none
+    has its own `train` (it costs more than a step's arithmetic for a small model);
+    returns the model's modules."""
+    modules = list(model.modules())
+    if not all(m.training and type(m).train is nn.Module.train for m in modules):
+        model.train()
+    return modules
 
 
 @dataclass(frozen=True)
@@ -81,21 +92,43 @@ class TokenCount:
     slots: int = 0
 
 
+def _schedule(
+    opts: TrainOptions,
+    n: int,
+    generator: torch.Generator,
+    min_batch: int,
+    lengths: torch.Tensor | None,
+) -> Iterable[PlannedBatch] | Iterator[torch.Tensor]:
+    """The round's batches: a stream's plan, or the epochs' (or steps') shuffled indices."""
+    if opts.batches is not None:
+        return opts.batches
+    return batch_schedule(
+        n,
+        opts.batch_size * opts.accumulate,
+        generator,
+        epochs=opts.epochs,
+        steps=opts.steps,
+        min_batch=min_batch,
+        lengths=lengths if opts.bucket_by_length else None,
+    )
+
+
 def _gathered(
     x: torch.Tensor,
     y: torch.Tensor,
-    schedule: Iterable[PlannedBatch],
-    prefetch: bool,
-    transform: Transform | None,
+    schedule: Iterable[PlannedBatch] | Iterator[torch.Tensor],
+    opts: TrainOptions,
     lengths: torch.Tensor | None = None,
     count: TokenCount | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(inputs, targets, fresh rows) per step; with `prefetch`, the next batch is gathered
-    meanwhile. Rows marked by a drifted concept go through `transform`. With `lengths`
-    (text), each batch is trimmed to its longest sequence and counted into `count`."""
+    """(inputs, targets, fresh rows) per step; with `opts.prefetch`, the next batch is
+    gathered meanwhile. Rows marked by a drifted concept go through `opts.transform`. With
+    `lengths` (text), each batch is trimmed to its longest sequence and counted into `count`."""
+    transform = opts.transform
 
-    def gather(batch: PlannedBatch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index = batch.index
+    def gather(batch: PlannedBatch | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        planned = isinstance(batch, PlannedBatch)
+        index = batch.index if planned else batch
         width = None
         if lengths is not None:
             rows = lengths[index.cpu()]
@@ -108,13 +141,24 @@ def _gathered(
         inputs, targets = x[index], y[index]
         if width is not None:
             inputs, targets = trim_to(inputs, targets, width)
+        if not planned:
+            return inputs, targets, 0
         if transform is not None and batch.concept is not None:
             inputs, targets = transform(inputs, targets, batch.concept.to(x.device))
         return inputs, targets, batch.fresh
 
-    if not prefetch:
-        yield from map(gather, schedule)
-        return
+    if not opts.prefetch:
+        if lengths is None and x.device.type == "cpu" and opts.batches is None:
+            # Epoch indices are CPU tensors: nothing to move, trim or transform.
+            return ((x[index], y[index], 0) for index in schedule)
+        return map(gather, schedule)
+    return _prefetched(gather, schedule)
+
+
+def _prefetched(
+    gather: Callable[[Any], tuple[torch.Tensor, torch.Tensor, int]], schedule: Iterable[Any]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """`gather` of each batch, the next one gathered in another thread meanwhile."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for batch in schedule:
@@ -164,35 +208,23 @@ def train_local(
     gradients of k micro-batches of B, weighted by their sizes: the update of one k·B batch.
     """
     opts = options or TrainOptions(**option_values)
-    model.train()
+    modules = _train_mode(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    min_batch = 2 if uses_batchnorm(model) else 1
+    min_batch = 2 if any(isinstance(m, _BatchNorm) for m in modules) else 1
     autocast = autocast_context(x.device, opts.precision)
     scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
     tally = StepTally(x.device, opts.grad_norms, opts.layer_norms)
     lrs: list[float] = []
     clock = _Clock(x.device) if opts.timing else None
-    step_size = opts.batch_size * opts.accumulate
     lengths = sequence_lengths(y)  # text: batches are trimmed, tokens counted
     count = TokenCount()
-    schedule: Iterable[PlannedBatch] = (
-        opts.batches
-        if opts.batches is not None
-        else (
-            PlannedBatch(index)
-            for index in batch_schedule(
-                len(x),
-                step_size,
-                generator,
-                epochs=opts.epochs,
-                steps=opts.steps,
-                min_batch=min_batch,
-                lengths=lengths if opts.bucket_by_length else None,
-            )
-        )
-    )
-    gathered = _gathered(x, y, schedule, opts.prefetch, opts.transform, lengths, count)
+    schedule = _schedule(opts, len(x), generator, min_batch, lengths)
+    gathered = _gathered(x, y, schedule, opts, lengths, count)
+    # Decided once, so that the common step (one pass, no proximal term) does little more
+    # than a bare loop's.
+    splits = _pass_size(opts) != opts.batch_size or opts.accumulate != 1
+    proximal_anchor = opts.anchor if opts.prox_mu > 0.0 else None
     for inputs, targets, fresh in gathered:
         if clock is not None:
             clock.data += clock.lap()
@@ -200,7 +232,7 @@ def train_local(
             lrs.append(_set_lr(optimizer, opts.lr_at(tally.steps)))
         optimizer.zero_grad(set_to_none=True)
         offset = 0
-        micro = _micro_batches(inputs, targets, opts, min_batch)
+        micro = _micro_batches(inputs, targets, opts, min_batch) if splits else ((inputs, targets),)
         split = len(micro) > 1
         total = real_targets(targets) if split else 1
         for micro_x, micro_y in micro:
@@ -209,9 +241,9 @@ def train_local(
                 loss = F.cross_entropy(logits, micro_y)
             share = real_targets(micro_y) / total if split else 1.0  # of the step's mean loss
             objective = loss * share if split else loss
-            if opts.prox_mu > 0.0 and opts.anchor is not None:
+            if proximal_anchor is not None:
                 distance = sum(
-                    (p - a).pow(2).sum() for p, a in zip(params, opts.anchor, strict=True)
+                    (p - a).pow(2).sum() for p, a in zip(params, proximal_anchor, strict=True)
                 )
                 proximal = 0.5 * opts.prox_mu * distance
                 objective = objective + (
@@ -221,7 +253,7 @@ def train_local(
             tally.add_batch(loss, logits, micro_y)
             if fresh > offset:  # test-then-train: the new rows, before this step's update
                 tally.add_prequential(logits[: fresh - offset], micro_y[: fresh - offset])
-            offset += len(micro_y)
+                offset += micro_y.shape[0]  # no later micro-batch has new rows otherwise
         if scaler is not None:
             scaler.unscale_(optimizer)
         tally.add_step(params)
@@ -259,7 +291,7 @@ def _micro_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The step's micro-batches of B (one without accumulation); a trailing one smaller
     than `min_batch` is folded into the one before, as epoch_batches does."""
-    size = min(opts.batch_size, opts.micro_batch or opts.batch_size)
+    size = _pass_size(opts)
     if opts.accumulate == 1 and size == opts.batch_size:
         return [(inputs, targets)]
     pairs = list(zip(inputs.split(size), targets.split(size), strict=True))
@@ -267,6 +299,11 @@ def _micro_batches(
         (x1, y1), (x2, y2) = pairs[-2:]
         pairs[-2:] = [(torch.cat([x1, x2]), torch.cat([y1, y2]))]
     return pairs
+
+
+def _pass_size(opts: TrainOptions) -> int:
+    """Samples per forward/backward pass."""
+    return min(opts.batch_size, opts.micro_batch or opts.batch_size)
 
 
 def autocast_context(device: torch.device, precision: str) -> AbstractContextManager[Any]:
