@@ -159,8 +159,9 @@ STARTUP = BenchCase(
 
 DEPLOYMENT = BenchCase(
     name="deployment",
-    description="`deploy local --nodes 2`, 4 rounds: a steady-state round split into "
-    "Flower's polling, process start-up, data and training, against an in-process round",
+    description="`deploy local --nodes 2`, 4 rounds, with the node worker and without: "
+    "a steady-state round split into Flower's polling, process start-up, data and "
+    "training, against an in-process round",
     raw={},
     runners=("deployment",),
     argv=("rounds=4",),  # `--nodes 2` sets num_clients=clients_per_round=2
