@@ -163,6 +163,7 @@ class NodeWorker:
 
     def _start(self) -> socket.socket:
         self.address.socket.unlink(missing_ok=True)  # a dead worker's
+        self.address.prune()
         command = [sys.executable, "-P", "-m", "fedbatch.federated.node_worker"]
         command += ["--directory", str(self.address.directory)]
         command += ["--parent", str(self.address.parent_pid), "--identity", json.dumps(identity())]

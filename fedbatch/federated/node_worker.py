@@ -106,6 +106,14 @@ class WorkerAddress:
                 "fedbatch's node workers"
             )
 
+    def prune(self) -> None:
+        """Remove the files of workers whose SuperExec is gone (a killed worker cannot
+        remove its socket; lock files stay after every worker)."""
+        for path in self.directory.glob("node-*.*"):
+            pid = path.stem.removeprefix("node-")
+            if pid.isdigit() and int(pid) != self.parent_pid and not _alive(int(pid)):
+                path.unlink(missing_ok=True)
+
 
 def answer(app: Any, request: tuple[Any, ...], own_identity: list[str]) -> tuple[Any, ...]:
     """Run one message through `app` (the real ClientApp) as its own process would."""

@@ -105,8 +105,14 @@ def test_a_dead_worker_s_socket_is_replaced_and_the_worker_leaves_with_its_node(
     address = WorkerAddress(tmp_path / "workers", parent.pid)
     address.make_directory()
     address.socket.write_bytes(b"")  # a crashed worker's leftover
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a SuperExec that has exited: its worker's files are removed
+    leftovers = [address.directory / f"node-{gone.pid}.{kind}" for kind in ("sock", "lock")]
+    for leftover in leftovers:
+        leftover.write_bytes(b"")
     assert describe(address) == 4
     assert len(worker_pids(address)) == 1
+    assert not any(leftover.exists() for leftover in leftovers)
     parent.kill()
     parent.wait()
     assert wait_for(lambda: not worker_pids(address))  # exited (here: our zombie child)
