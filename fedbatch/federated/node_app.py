@@ -78,6 +78,7 @@ def forwarding_app(address_of: Callable[[], WorkerAddress | None]) -> ClientApp:
             reply, state, worker_lines = NodeWorker(address).run(message, context)
         except WorkerUnavailable as error:  # slower, not wrong: this process runs it
             print(f"fedbatch: {error}; this message runs in its own process", file=sys.stderr)
+            timeline.discard()  # the handler run here notes its own
             return run_in_place(message, context)
         context.state = state
         for line in worker_lines:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedbatch.federated.timing import collected_timelines
+
 IDLE_SECONDS = 900.0
 WATCH_SECONDS = 0.5
 
@@ -117,8 +119,6 @@ class WorkerAddress:
 
 def answer(app: Any, request: tuple[Any, ...], own_identity: list[str]) -> tuple[Any, ...]:
     """Run one message through `app` (the real ClientApp) as its own process would."""
-    from fedbatch.federated.timing import collected_timelines
-
     asked_identity, message, context = request
     if asked_identity != own_identity:
         return (RETIRED,)

@@ -94,6 +94,10 @@ class ClientTimeline:
             own += ("imports_start_cpu",)
             self.fields |= {f"worker_{k}": v for k, v in worker_line.items() if k not in own}
 
+    def discard(self) -> None:
+        """Nothing of this timeline is written."""
+        self.fields = None
+
     def write(self) -> None:
         if self.fields is not None:
             append(self.fields | {"exit": time.time()})
