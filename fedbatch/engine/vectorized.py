@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, MessageType, RecordDict
+import torch
+from flwr.app import Context, Message, MessageType, RecordDict
 
 from fedbatch.config import RunConfig
+from fedbatch.data.stream_rounds import StreamRound
 from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.client_app import Task, device_limits, save_local_norms, setup_task
-from fedbatch.federated.client_metrics import train_metrics
+from fedbatch.federated.client_metrics import train_metrics, with_stream
+from fedbatch.federated.client_stream import save_stream_state, stream_batches
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
@@ -40,12 +44,13 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
     """Why the train messages of run `cfg` (in a round told `config`) cannot be batched;
     empty when they can. BatchNorm is batched for the models `grouped.py` runs (FedBN too:
     each client's layers go to its context as the ClientApp saves them), not with ghost
-    batches; drift needs a stream; `clock=real` measures each client's own
-    time: ruled out below. The virtual clock's step limits are honoured; a client whose
-    device splits B into micro-batches goes through the ClientApp, message by message. A kept
-    optimizer state lives in the ClientApp's context.state, so every round of such a run
-    goes through the ClientApp (batching some rounds would leave it stale). A `_target_`
-    model may hold BatchNorm or dropout its config does not show: ruled out too."""
+    batches. Streams are batched over each round's planned batches (drifted where their
+    concept says); `clock=real` measures each client's own time: ruled out below. The
+    virtual clock's step limits are honoured; a client whose device splits B into
+    micro-batches goes through the ClientApp, message by message. A kept optimizer state lives in
+    the ClientApp's context.state, so every round of such a run goes through the ClientApp
+    (batching some rounds would leave it stale). A `_target_` model may hold BatchNorm or
+    dropout its config does not show: ruled out too."""
     client, model = cfg.client, cfg.model
     checks = [
         (client.optimizer not in BATCHED_OPTIMIZERS, f"client.optimizer={client.optimizer}"),
@@ -61,7 +66,6 @@ def ineligible(cfg: RunConfig, config: Mapping[str, Any] | None = None) -> list[
         (model.dropout > 0, f"model.dropout={model.dropout}"),
         (model.checkpointing, "model.checkpointing=true"),
         (cfg.data.name == "text", "data=text (sequence models)"),
-        (cfg.stream.streaming, f"stream={cfg.stream.name}"),
         (cfg.clock.name == "real", "clock=real (each client's measured time)"),
         (cfg.monitor.timing, "monitor.timing=true"),
         (cfg.privacy.side == "client" and cfg.privacy.clipping != "none", "privacy.side=client"),
@@ -109,9 +113,40 @@ def client_steps(task: Task, plan: LocalPlan, steps: int | None = None) -> Clien
             min_batch=2 if uses_batchnorm(task.model) else 1,  # as the trainer folds them
         )
     )
-    steps = range(len(batches))
-    lrs = [plan.lr_at(s) for s in steps] if plan.lr_at is not None else [plan.lr for _ in steps]
-    return ClientSteps(task.x, task.y, batches, lrs, plan.weight_decay)
+    return ClientSteps(task.x, task.y, batches, _step_lrs(plan, len(batches)), plan.weight_decay)
+
+
+def streamed_steps(
+    task: Task, plan: LocalPlan, steps: int | None, context: Context
+) -> tuple[ClientSteps, StreamRound]:
+    """The client's round on its stream, planned as the ClientApp plans it (its stream
+    state is left for the caller to save): each step's rows, drifted where their concept
+    says, laid end to end."""
+    window = (float(task.config["window-start"]), float(task.config["window-end"]))
+    planned, streamed = stream_batches(
+        task.workload, task.partition_id, task.server_round, window, plan.effective_batch_size,
+        steps, context, advance=False,
+    )  # fmt: skip
+    drifted = task.workload.cfg.stream.drift in ("covariate", "concept")
+    xs, ys = [], []
+    for batch in planned:
+        x, y = task.x[batch.index], task.y[batch.index]
+        if drifted and batch.concept is not None:
+            x, y = task.workload.drift().apply(x, y, batch.concept)
+        xs.append(x)
+        ys.append(y)
+    ends = torch.tensor([len(y) for y in ys]).cumsum(0).tolist()
+    rows = [torch.arange(end - len(y), end) for end, y in zip(ends, ys, strict=True)]
+    data = (torch.cat(xs), torch.cat(ys)) if planned else (task.x[:0], task.y[:0])
+    fresh = [batch.fresh for batch in planned]
+    lrs = _step_lrs(plan, len(planned))
+    return ClientSteps(*data, rows, lrs, plan.weight_decay, fresh), streamed
+
+
+def _step_lrs(plan: LocalPlan, steps: int) -> list[float]:
+    if plan.lr_at is None:
+        return [plan.lr] * steps
+    return [plan.lr_at(s) for s in range(steps)]
 
 
 class VectorizedGrid(InProcessGrid):
@@ -152,44 +187,63 @@ class VectorizedGrid(InProcessGrid):
         return replies
 
     def _batched_replies(self, messages: list[Message]) -> dict[str, Message]:
-        tasks, plans, starts, steps = [], [], [], []
+        clients: list[BatchedClient] = []
         for msg in messages:
-            task = setup_task(msg, self.contexts[msg.metadata.dst_node_id])
+            context = self.contexts[msg.metadata.dst_node_id]
+            task = setup_task(msg, context)
             plan = task.plan()
             limit = _step_limit(self.cfg, task, plan)
-            # The ClientApp's reply for a client without data or one whose device splits
-            # B into micro-batches (or fails on it).
-            if len(task.x) and limit is not False:
-                tasks.append((msg, task))
-                plans.append(plan)
-                steps.append(limit)
-                # One model object holds each message's weights in turn: keep copies.
-                own = [*task.model.named_parameters(), *task.model.named_buffers()]
-                starts.append({key: value.detach().clone() for key, value in own})
-        if not tasks:
+            # The ClientApp's reply for a client without data, one whose device splits
+            # B into micro-batches (or fails on it), or one whose stream gives it no step.
+            if not len(task.x) or limit is False:
+                continue
+            streamed = None
+            if self.cfg.stream.streaming:
+                steps, streamed = streamed_steps(task, plan, limit, context)
+            else:
+                steps = client_steps(task, plan, limit)
+            if not steps.batches:
+                continue
+            # One model object holds each message's weights in turn: keep copies.
+            own = [*task.model.named_parameters(), *task.model.named_buffers()]
+            start = {key: value.detach().clone() for key, value in own}
+            clients.append(BatchedClient(msg, context, task, plan, steps, start, streamed))
+        if not clients:
             return {}
-        model = tasks[0][1].model
+        model = clients[0].task.model
         params, results = train_clients(
             model,
-            stack_params(starts),
-            [
-                client_steps(task, plan, limit)
-                for (_, task), plan, limit in zip(tasks, plans, steps, strict=True)
-            ],
+            stack_params([client.start for client in clients]),
+            [client.steps for client in clients],
             update_rule(self.cfg),
-            grad_norms=any(bool(task.config["grad-norms"]) for _, task in tasks),
+            grad_norms=any(bool(client.task.config["grad-norms"]) for client in clients),
         )
         state = model.state_dict()
         replies = {}
-        for i, ((msg, task), plan, result) in enumerate(zip(tasks, plans, results, strict=True)):
+        for i, (client, result) in enumerate(zip(clients, results, strict=True)):
             own = state | {key: value[i] for key, value in params.items()}
             if self.cfg.model.fedbn:
-                save_local_norms(model, self.contexts[msg.metadata.dst_node_id], own)
-            arrays = state_to_arrays(own)
-            metrics = train_metrics(task, plan, result, {})
-            content = RecordDict({"arrays": arrays, "metrics": metrics})
-            replies[msg.metadata.message_id] = Message(content, reply_to=msg)
+                save_local_norms(model, client.context, own)
+            metrics = train_metrics(client.task, client.plan, result, {})
+            if client.streamed is not None:
+                save_stream_state(client.context, client.streamed.state)
+                metrics = with_stream(metrics, client.streamed, result)
+            content = RecordDict({"arrays": state_to_arrays(own), "metrics": metrics})
+            replies[client.msg.metadata.message_id] = Message(content, reply_to=client.msg)
         return replies
+
+
+@dataclass(frozen=True)
+class BatchedClient:
+    """A train message answered by batched training: what its reply is built from."""
+
+    msg: Message
+    context: Context
+    task: Task
+    plan: LocalPlan
+    steps: ClientSteps
+    start: dict[str, torch.Tensor]  # its weights (and BatchNorm buffers) before the round
+    streamed: StreamRound | None
 
 
 def run(

@@ -25,7 +25,7 @@ def _load(context: Context) -> StreamState:
     return StreamState.from_arrays({key: record[key].numpy() for key in record})
 
 
-def _save(context: Context, state: StreamState) -> None:
+def save_stream_state(context: Context, state: StreamState) -> None:
     arrays = {key: Array(np.asarray(value)) for key, value in state.to_arrays().items()}
     context.state[STATE] = ArrayRecord(arrays)
 
@@ -38,10 +38,13 @@ def stream_batches(
     step_size: int,
     max_steps: int | None,
     context: Context,
+    *,
+    advance: bool = True,
 ) -> tuple[list[PlannedBatch], StreamRound]:
     """This round's batches: what has arrived in its `window` of virtual time (sent by
     the server, whose clock decides it), as planned by the stream's buffer and batching
-    rules; the client's stream state moves on."""
+    rules. The client's stream state moves on, unless `advance` is False: then the caller
+    saves `planned.state` once the round is trained (`save_stream_state`)."""
     cfg = workload.cfg
     stream = workload.stream(partition_id)
     planned = plan_stream_round(
@@ -56,7 +59,8 @@ def stream_batches(
         client=partition_id,
         server_round=server_round,
     )
-    _save(context, planned.state)
+    if advance:
+        save_stream_state(context, planned.state)
     drifted = cfg.stream.drift in ("covariate", "concept")
     device = workload.device
     batches = [

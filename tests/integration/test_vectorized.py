@@ -165,3 +165,73 @@ def test_clients_whose_device_splits_b_go_through_the_client_app(tmp_path):
     inprocess, vectorized, batched = _both(cfg, tmp_path)
     assert 0 < batched < cfg.rounds * cfg.clients_per_round
     _assert_same(inprocess, vectorized)
+
+
+ONLINE = {"name": "poisson", "rate": 3.0, "round_seconds": 10.0, "passes": 1}
+STREAMS = {
+    # Every arrival once, in batches of what is there (last ones short): prequential rows.
+    "online-available": {"stream": ONLINE | {"batching": "available"}},
+    # Epochs over a window buffer; momentum and per-client B over unequal batch counts.
+    "window-epochs": {
+        "stream": {"name": "constant", "rate": 2.0, "buffer": "window", "capacity": 25},
+        "client": {"optimizer": "momentum"},
+        "batch": {"per_client": [4, 8, 12]},
+    },
+    # Half of each online batch replayed from a reservoir; labels permuted from t = 15 s.
+    "replay-concept-drift": {
+        "stream": ONLINE | {"buffer": "reservoir", "capacity": 40, "replay_ratio": 0.5,
+                            "drift": "concept", "drift_at": 15.0},
+        "client": {"batch_size": 8},
+    },
+    # Inputs shifted over a 10 s ramp, some clients later than others; Adam.
+    "gradual-covariate-drift": {
+        "stream": {"name": "poisson", "rate": 4.0, "drift": "covariate", "drift_at": 5.0,
+                   "drift_mode": "gradual", "drift_window": 10.0},
+        "client": {"optimizer": "adam", "lr": 0.01},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", STREAMS.values(), ids=STREAMS.keys())
+def test_streaming_clients_are_batched_with_the_inprocess_rows(tmp_path, extra):
+    cfg = tiny_config(**extra)
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    assert all(row["samples_trained"] > 0 for row in inprocess[1:])
+    if cfg.stream.passes == 1:
+        assert all(0 <= row["prequential_accuracy"] <= 1 for row in inprocess[1:])
+    _assert_same(inprocess, vectorized)
+
+
+def test_stream_clients_without_a_step_go_through_the_client_app(tmp_path):
+    # Waiting for B = 64 new samples at 3 a second: no step in round 1 (29 arrived), and
+    # the stream state of a client answered by the ClientApp moves on once.
+    cfg = tiny_config(stream=ONLINE | {"name": "constant"}, client={"batch_size": 64})
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert inprocess[1]["steps"] == 0 and inprocess[3]["steps"] > 0
+    assert 0 < batched < cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+
+
+def test_streams_under_the_virtual_clocks_deadline_are_batched(tmp_path):
+    slow = DEVICE | {"name": "slow", "throughput": 100.0, "share": 0.5}
+    fast = DEVICE | {"name": "fast", "share": 0.5}
+    clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5,
+             "policy": "deadline_partial"}  # fmt: skip
+    cfg = tiny_config(clock=clock, stream={"name": "poisson", "rate": 20.0})
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+
+
+def test_a_failed_batched_round_leaves_the_streams_to_the_client_app(tmp_path, monkeypatch):
+    # Batched training plans each stream's round before it fails: the ClientApp, which
+    # then answers, must find every stream where the round began.
+    def fail(*args, **kwargs):
+        raise RuntimeError("batched training broke")
+
+    monkeypatch.setattr("fedbatch.engine.vectorized.train_clients", fail)
+    cfg = tiny_config(stream=STREAMS["online-available"]["stream"])
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == 0
+    assert vectorized == inprocess

@@ -20,6 +20,8 @@ def test_eligible_config_has_no_reasons():
     round_config = {"probes": [], "layer-norms": False, "grad-norms": True}
     assert ineligible(tiny_config()) == []
     assert ineligible(tiny_config(clock={"name": "devices"}), round_config) == []
+    stream = {"name": "poisson", "drift": "covariate", "drift_at": 5.0}
+    assert ineligible(tiny_config(stream=stream)) == []
     for optimizer in ("momentum", "adam", "adamw", "rmsprop", "adagrad"):
         assert ineligible(tiny_config(client={"optimizer": optimizer}), round_config) == []
 
@@ -41,7 +43,6 @@ def test_ineligible_config_lists_every_reason():
         "model.ghost_batch (ghost BatchNorm)",
         "model.dropout=0.1",
         "model.checkpointing=true",
-        "stream=poisson",
         "clock=real (each client's measured time)",
         "monitor.timing=true",
         "probes due this round: noise_scale, sharpness",
