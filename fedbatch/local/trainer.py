@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fedbatch.local.minibatches import PlannedBatch, batch_schedule
+from fedbatch.local.optim import loop_optimizer
 from fedbatch.local.sequences import real_targets, sequence_lengths, trim_to, trim_to_longest
 from fedbatch.local.tally import StepTally
 
@@ -225,12 +226,13 @@ def train_local(
     # than a bare loop's.
     splits = _pass_size(opts) != opts.batch_size or opts.accumulate != 1
     proximal_anchor = opts.anchor if opts.prox_mu > 0.0 else None
+    loop = loop_optimizer(optimizer)
     for inputs, targets, fresh in gathered:
         if clock is not None:
             clock.data += clock.lap()
         if opts.lr_at is not None:
             lrs.append(_set_lr(optimizer, opts.lr_at(tally.steps)))
-        optimizer.zero_grad(set_to_none=True)
+        loop.zero_grad()
         offset = 0
         micro = _micro_batches(inputs, targets, opts, min_batch) if splits else ((inputs, targets),)
         split = len(micro) > 1
@@ -261,7 +263,7 @@ def train_local(
             scaler.step(optimizer)
             scaler.update()
         else:
-            optimizer.step()
+            loop.step()
         if clock is not None:
             clock.compute += clock.lap()
     measured = tally.summary()

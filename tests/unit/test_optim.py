@@ -11,9 +11,11 @@ from torch import nn
 from fedbatch.config import ClientConfig
 from fedbatch.local.optim import (
     LARS,
+    FunctionalSGD,
     adascale_gain,
     build_optimizer,
     lars_trust_ratio,
+    loop_optimizer,
     lr_at,
     scaled_lr,
 )
@@ -223,3 +225,97 @@ def test_adascale_gain_clamps_negative_estimates():
     assert 1.0 <= adascale_gain(1e-12, 1e12, 8, 32) <= 4.0
     with pytest.raises(ValueError):
         adascale_gain(1.0, 1.0, 8, 4)
+
+
+# --- the functional SGD step ---------------------------------------------------------------
+
+SGD_SETTINGS = {
+    "plain": {},
+    "momentum-decay": {"momentum": 0.9, "weight_decay": 0.01},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "dampening-maximize": {"momentum": 0.5, "dampening": 0.3, "maximize": True},
+    "foreach": {"momentum": 0.9, "foreach": True},
+}
+
+
+def _sgd_run(step_with_functional: bool, settings: dict) -> tuple[list[torch.Tensor], dict]:
+    """Six steps of a two-group model whose second layer gets no gradient in steps 2–3
+    and whose LR changes after step 3; the weights and the optimizer's state_dict."""
+    torch.manual_seed(0)
+    first, second = nn.Linear(5, 4), nn.Linear(4, 3)
+    groups = [{"params": first.parameters()}, {"params": second.parameters(), "lr": 0.2}]
+    optimizer = torch.optim.SGD(groups, lr=0.1, **settings)
+    loop = FunctionalSGD(optimizer) if step_with_functional else optimizer
+    x = torch.randn(8, 5)
+    for i in range(6):
+        loop.zero_grad()
+        hidden = first(x).tanh()
+        out = hidden.sum() if i in (1, 2) else second(hidden).pow(2).sum()
+        out.backward()
+        if i == 3:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+        loop.step()
+    weights = [p.detach().clone() for p in (*first.parameters(), *second.parameters())]
+    return weights, optimizer.state_dict()
+
+
+@pytest.mark.parametrize("settings", SGD_SETTINGS.values(), ids=SGD_SETTINGS.keys())
+def test_functional_sgd_step_is_torch_sgd_bit_for_bit(settings):
+    # Guard for torch.optim.sgd.sgd: the same update and state as SGD.step, including a
+    # parameter without a gradient on some steps and an LR changed between steps.
+    expected_weights, expected_state = _sgd_run(False, settings)
+    weights, state = _sgd_run(True, settings)
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
+    assert state["param_groups"] == expected_state["param_groups"]
+    assert state["state"].keys() == expected_state["state"].keys()
+    for key, entry in expected_state["state"].items():
+        buffer = entry["momentum_buffer"]
+        got = state["state"][key]["momentum_buffer"]
+        assert (got is None and buffer is None) or torch.equal(got, buffer)
+
+
+def test_functional_sgd_step_continues_a_loaded_state():
+    # optimizer_state=keep saves state_dict() and loads it into next round's optimizer.
+    torch.manual_seed(1)
+    model = nn.Linear(3, 2)
+    start = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(4, 3)
+    results = []
+    for functional in (False, True):
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), start, strict=True):
+                p.copy_(value)
+        saved = None
+        for _ in range(2):  # two rounds of two steps, a fresh optimizer each round
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            if saved is not None:
+                optimizer.load_state_dict(saved)
+            loop = FunctionalSGD(optimizer) if functional else optimizer
+            for _ in range(2):
+                loop.zero_grad()
+                model(x).pow(2).sum().backward()
+                loop.step()
+            saved = optimizer.state_dict()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_the_loop_takes_the_functional_path_for_plain_sgd_only():
+    params = list(nn.Linear(2, 2).parameters())
+    assert isinstance(loop_optimizer(torch.optim.SGD(params, lr=0.1)), FunctionalSGD)
+    for other in (
+        torch.optim.Adam(params, lr=0.1),
+        torch.optim.SGD(params, lr=0.1, fused=True),
+        LARS(params, lr=0.1),
+    ):
+        assert loop_optimizer(other) is other
+
+
+def test_functional_zero_grad_clears_every_gradient_of_every_group():
+    first, second = nn.Linear(2, 2), nn.Linear(2, 1)
+    groups = [{"params": first.parameters()}, {"params": second.parameters()}]
+    loop = FunctionalSGD(torch.optim.SGD(groups, lr=0.1))
+    second(first(torch.ones(1, 2))).sum().backward()
+    loop.zero_grad()
+    assert all(p.grad is None for p in (*first.parameters(), *second.parameters()))
