@@ -82,6 +82,15 @@ TINY = BenchCase(
     variants=_EQUAL_WORK,
 )
 
+STREAM = BenchCase(
+    name="stream",
+    description="the tiny case's clients and model on streams: 64 Poisson arrivals a "
+    "virtual second, 10 s rounds, each arrival trained once (about 20 steps of B=32)",
+    raw=TINY.raw
+    | {"stream": {"name": "poisson", "rate": 64.0, "round_seconds": 10.0, "passes": 1}},
+    runners=("inprocess", "vectorized"),
+)
+
 PFL = BenchCase(
     name="pfl",
     description="pfl-research style: 1,000 clients × 50 images (3×32×32), 50 per round, "
@@ -168,5 +177,6 @@ DEPLOYMENT = BenchCase(
 )
 
 CASES = {
-    case.name: case for case in (SMALL, TINY, PFL, PFL_SHORT, SCALE, PROBES, STARTUP, DEPLOYMENT)
+    case.name: case
+    for case in (SMALL, TINY, STREAM, PFL, PFL_SHORT, SCALE, PROBES, STARTUP, DEPLOYMENT)
 }

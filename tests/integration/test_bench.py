@@ -182,3 +182,15 @@ def test_cases_run_on_the_device_asked_for_with_a_gpu_share_for_ray_actors():
     assert (on_cuda.config().device, on_cuda.config().engine.num_gpus) == ("cuda", bench.GPU_SHARE)
     own_share = BenchCase("own", "test", TINY.raw | {"engine": {"num_gpus": 1.0}})
     assert bench.on_device(own_share, "cuda").config().engine.num_gpus == 1.0
+
+
+def test_stream_case_batches_the_inprocess_engines_work():
+    from fedbatch.bench.cases import STREAM
+
+    # The stream case's arrivals on the test's small workload: each arrival trained once.
+    raw = TINY.raw | {"stream": STREAM.raw["stream"] | {"rate": 4.0}}
+    raw["client"] = TINY.raw["client"] | {"steps": None}
+    cfg = BenchCase(name="stream-tiny", description="test", raw=raw).config()
+    workload = workload_for(cfg.to_json())
+    vectorized = RUNNERS["vectorized"](cfg, workload)
+    assert vectorized == pytest.approx(RUNNERS["inprocess"](cfg, workload), rel=1e-5)

@@ -44,6 +44,15 @@ def _assert_same(expected: Rows, actual: Rows) -> None:
                 assert got[key] == value and type(got[key]) is type(value), key
 
 
+def _all_batched(cfg: RunConfig, tmp_path: Path) -> Rows:
+    """The in-process engine's rows, after checking that engine=vectorized batched every
+    train message and gave the same rows."""
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    assert batched == cfg.rounds * cfg.clients_per_round
+    _assert_same(inprocess, vectorized)
+    return inprocess
+
+
 ELIGIBLE = {
     "iid": {},
     "unequal-steps": {"partition": {"name": "quantity"}},
@@ -70,9 +79,7 @@ ELIGIBLE = {
 @pytest.mark.parametrize("extra", ELIGIBLE.values(), ids=ELIGIBLE.keys())
 def test_batched_clients_give_the_inprocess_rows(tmp_path, extra):
     cfg = tiny_config(**extra)
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
-    _assert_same(inprocess, vectorized)
+    _all_batched(cfg, tmp_path)
 
 
 def test_a_groupnorm_resnet_on_channels_last_weights_is_batched(tmp_path):
@@ -86,9 +93,7 @@ def test_a_groupnorm_resnet_on_channels_last_weights_is_batched(tmp_path):
                       "groups": 2, "memory_format": "channels_last"},
         }
     )  # fmt: skip
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
-    _assert_same(inprocess, vectorized)
+    _all_batched(cfg, tmp_path)
 
 
 def test_unequal_partitions_give_unequal_step_counts():
@@ -131,9 +136,7 @@ def test_a_cnn_is_batched_by_grouped_convolutions(tmp_path, norm):
                       "groups": 2, "memory_format": "channels_last"},
         }
     )  # fmt: skip
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
-    _assert_same(inprocess, vectorized)
+    _all_batched(cfg, tmp_path)
 
 
 DEVICE = {
@@ -150,11 +153,9 @@ def test_the_virtual_clocks_step_limits_are_batched(tmp_path):
     clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5,
              "policy": "deadline_partial"}  # fmt: skip
     cfg = tiny_config(clock=clock)
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
+    inprocess = _all_batched(cfg, tmp_path)
     # Without the deadline each of the 3 clients takes 15 steps; slow ones now take fewer.
     assert all(row["steps"] < 3 * 15 for row in inprocess[1:])
-    _assert_same(inprocess, vectorized)
 
 
 def test_clients_whose_device_splits_b_go_through_the_client_app(tmp_path):
@@ -195,12 +196,10 @@ STREAMS = {
 @pytest.mark.parametrize("extra", STREAMS.values(), ids=STREAMS.keys())
 def test_streaming_clients_are_batched_with_the_inprocess_rows(tmp_path, extra):
     cfg = tiny_config(**extra)
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
+    inprocess = _all_batched(cfg, tmp_path)
     assert all(row["samples_trained"] > 0 for row in inprocess[1:])
     if cfg.stream.passes == 1:
         assert all(0 <= row["prequential_accuracy"] <= 1 for row in inprocess[1:])
-    _assert_same(inprocess, vectorized)
 
 
 def test_stream_clients_without_a_step_go_through_the_client_app(tmp_path):
@@ -219,9 +218,7 @@ def test_streams_under_the_virtual_clocks_deadline_are_batched(tmp_path):
     clock = {"name": "devices", "devices": [slow, fast], "deadline": 1.5,
              "policy": "deadline_partial"}  # fmt: skip
     cfg = tiny_config(clock=clock, stream={"name": "poisson", "rate": 20.0})
-    inprocess, vectorized, batched = _both(cfg, tmp_path)
-    assert batched == cfg.rounds * cfg.clients_per_round
-    _assert_same(inprocess, vectorized)
+    _all_batched(cfg, tmp_path)
 
 
 def test_a_failed_batched_round_leaves_the_streams_to_the_client_app(tmp_path, monkeypatch):
