@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 
 from fedbatch.config import RunConfig
 from fedbatch.data.stream_rounds import StreamRound
 from fedbatch.engine.inprocess import InProcessGrid
-from fedbatch.federated.client_app import Task, device_limits, save_local_norms, setup_task
+from fedbatch.federated.client_app import (
+    LOCAL_NORMS,
+    Task,
+    device_limits,
+    local_norms_record,
+    setup_task,
+)
 from fedbatch.federated.client_metrics import train_metrics, with_stream
-from fedbatch.federated.client_stream import save_stream_state, stream_batches
+from fedbatch.federated.client_stream import STATE, stream_batches, stream_state_record
 from fedbatch.federated.records import state_to_arrays
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.local.minibatches import batch_schedule
@@ -143,6 +149,12 @@ def streamed_steps(
     return ClientSteps(*data, rows, lrs, plan.weight_decay, fresh), streamed
 
 
+def _lone_row_under_batchnorm(task: Task, steps: ClientSteps) -> bool:
+    """A stream's step of one row in a BatchNorm model: the ClientApp's answer (an error
+    for BatchNorm over features) for this client alone, not a failed batched round."""
+    return uses_batchnorm(task.model) and any(len(batch) < 2 for batch in steps.batches)
+
+
 def _step_lrs(plan: LocalPlan, steps: int) -> list[float]:
     if plan.lr_at is None:
         return [plan.lr] * steps
@@ -202,7 +214,7 @@ class VectorizedGrid(InProcessGrid):
                 steps, streamed = streamed_steps(task, plan, limit, context)
             else:
                 steps = client_steps(task, plan, limit)
-            if not steps.batches:
+            if not steps.batches or _lone_row_under_batchnorm(task, steps):
                 continue
             # One model object holds each message's weights in turn: keep copies.
             own = [*task.model.named_parameters(), *task.model.named_buffers()]
@@ -220,16 +232,22 @@ class VectorizedGrid(InProcessGrid):
         )
         state = model.state_dict()
         replies = {}
+        kept: list[tuple[Context, str, ArrayRecord]] = []  # what each context keeps
         for i, (client, result) in enumerate(zip(clients, results, strict=True)):
             own = state | {key: value[i] for key, value in params.items()}
             if self.cfg.model.fedbn:
-                save_local_norms(model, client.context, own)
+                kept.append((client.context, LOCAL_NORMS, local_norms_record(model, own)))
             metrics = train_metrics(client.task, client.plan, result, {})
             if client.streamed is not None:
-                save_stream_state(client.context, client.streamed.state)
+                record = stream_state_record(client.streamed.state)
+                kept.append((client.context, STATE, record))
                 metrics = with_stream(metrics, client.streamed, result)
             content = RecordDict({"arrays": state_to_arrays(own), "metrics": metrics})
             replies[client.msg.metadata.message_id] = Message(content, reply_to=client.msg)
+        # Only once every reply is built: a failure before leaves each context as the
+        # round found it, for the ClientApp that then answers.
+        for context, key, record in kept:
+            context.state[key] = record
         return replies
 
 

@@ -139,15 +139,14 @@ def _load_local_norms(model: nn.Module, record: ArrayRecord) -> None:
         state[key].copy_(array_to_tensor(array))
 
 
-def save_local_norms(
-    model: nn.Module, context: Context, state: Mapping[str, torch.Tensor] | None = None
-) -> None:
-    """FedBN: this client's BatchNorm layers survive the next round's global weights
-    (`state`: its trained state dict, by default `model`'s)."""
-    state = model.state_dict() if state is None else state
-    context.state[LOCAL_NORMS] = ArrayRecord(
-        {key: tensor_to_array(state[key]) for key in norm_state_keys(model)}
-    )
+def save_local_norms(model: nn.Module, context: Context) -> None:
+    """FedBN: this client's BatchNorm layers survive the next round's global weights."""
+    context.state[LOCAL_NORMS] = local_norms_record(model, model.state_dict())
+
+
+def local_norms_record(model: nn.Module, state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """The BatchNorm layers of `model`'s trained state dict `state`, as FedBN keeps them."""
+    return ArrayRecord({key: tensor_to_array(state[key]) for key in norm_state_keys(model)})
 
 
 def device_limits(

@@ -25,9 +25,13 @@ def _load(context: Context) -> StreamState:
     return StreamState.from_arrays({key: record[key].numpy() for key in record})
 
 
+def stream_state_record(state: StreamState) -> ArrayRecord:
+    """The record `context.state[STATE]` keeps of a client's stream state."""
+    return ArrayRecord({key: Array(np.asarray(v)) for key, v in state.to_arrays().items()})
+
+
 def save_stream_state(context: Context, state: StreamState) -> None:
-    arrays = {key: Array(np.asarray(value)) for key, value in state.to_arrays().items()}
-    context.state[STATE] = ArrayRecord(arrays)
+    context.state[STATE] = stream_state_record(state)
 
 
 def stream_batches(

@@ -168,6 +168,9 @@ class FunctionalSGD:
                 maximize=group["maximize"],
                 has_sparse_grad=any(g.is_sparse for g in grads),
                 foreach=group["foreach"],
+                # As SGD.step passes it: an explicit False keeps torch from choosing
+                # foreach on a GPU (torch versions before SGD's `fused` have no key).
+                **({"fused": group["fused"]} if "fused" in group else {}),
             )
             if momentum != 0:  # the first step makes the buffers
                 for p, buffer in zip(params, buffers, strict=True):

@@ -186,11 +186,13 @@ def test_cases_run_on_the_device_asked_for_with_a_gpu_share_for_ray_actors():
 
 def test_stream_case_batches_the_inprocess_engines_work():
     from fedbatch.bench.cases import STREAM
+    from fedbatch.engine.vectorized import ineligible
 
     # The stream case's arrivals on the test's small workload: each arrival trained once.
     raw = TINY.raw | {"stream": STREAM.raw["stream"] | {"rate": 4.0}}
     raw["client"] = TINY.raw["client"] | {"steps": None}
     cfg = BenchCase(name="stream-tiny", description="test", raw=raw).config()
+    assert ineligible(cfg) == []  # its clients are batched, not handed to the ClientApp
     workload = workload_for(cfg.to_json())
     vectorized = RUNNERS["vectorized"](cfg, workload)
     assert vectorized == pytest.approx(RUNNERS["inprocess"](cfg, workload), rel=1e-5)

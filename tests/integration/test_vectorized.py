@@ -190,6 +190,12 @@ STREAMS = {
                    "drift_mode": "gradual", "drift_window": 10.0},
         "client": {"optimizer": "adam", "lr": 0.01},
     },
+    # Each client's own BatchNorm layers (FedBN) over a window buffer's epochs.
+    "fedbn-window": {
+        "stream": {"name": "constant", "rate": 2.0, "buffer": "window", "capacity": 32},
+        "model": {"norm": "batch", "fedbn": True},
+        "strategy": {"name": "fedavg", "fraction_evaluate": 1.0},
+    },
 }  # fmt: skip
 
 
@@ -232,3 +238,41 @@ def test_a_failed_batched_round_leaves_the_streams_to_the_client_app(tmp_path, m
     inprocess, vectorized, batched = _both(cfg, tmp_path)
     assert batched == 0
     assert vectorized == inprocess
+
+
+def test_a_failure_while_replies_are_built_leaves_every_context_as_it_was(tmp_path, monkeypatch):
+    # The second reply's weights fail after the first client's were made: neither its
+    # stream state nor its FedBN layers may have moved on when the ClientApp answers.
+    from fedbatch.engine import vectorized
+
+    calls = []
+
+    def second_fails(state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("reply broke")
+        return vectorized_state_to_arrays(state)
+
+    vectorized_state_to_arrays = vectorized.state_to_arrays
+    monkeypatch.setattr(vectorized, "state_to_arrays", second_fails)
+    cfg = tiny_config(**STREAMS["fedbn-window"])
+    inprocess, vectorized_rows, batched = _both(cfg, tmp_path)
+    assert len(calls) >= 2
+    assert batched == (cfg.rounds - 1) * cfg.clients_per_round  # round 1 fell back
+    _assert_same(inprocess, vectorized_rows)
+
+
+def test_a_one_row_step_under_batchnorm_is_the_client_apps_to_answer(tmp_path):
+    # Online steps of 6 of what arrived: a client whose round ends in a one-row step
+    # fails it in the ClientApp, as BatchNorm over features cannot train on one sample;
+    # the other clients of its round are still batched. (With B=4, steps of 2 rows make
+    # BatchNorm's variance so ill-conditioned that the two engines' gradient norms part
+    # at rel 5e-5, past this file's 1e-5.)
+    cfg = tiny_config(
+        stream=ONLINE | {"batching": "available"}, model={"norm": "batch"}, client={"batch_size": 6}
+    )
+    inprocess, vectorized, batched = _both(cfg, tmp_path)
+    failed = sum(row["clients_failed"] for row in inprocess[1:])
+    assert 0 < failed < cfg.rounds * cfg.clients_per_round
+    assert batched == cfg.rounds * cfg.clients_per_round - failed
+    _assert_same(inprocess, vectorized)

@@ -235,6 +235,8 @@ SGD_SETTINGS = {
     "nesterov": {"momentum": 0.9, "nesterov": True},
     "dampening-maximize": {"momentum": 0.5, "dampening": 0.3, "maximize": True},
     "foreach": {"momentum": 0.9, "foreach": True},
+    "foreach-no-momentum": {"weight_decay": 0.01, "foreach": True},
+    "not-fused": {"momentum": 0.9, "fused": False},
 }
 
 
@@ -307,6 +309,7 @@ def test_the_loop_takes_the_functional_path_for_plain_sgd_only():
     for other in (
         torch.optim.Adam(params, lr=0.1),
         torch.optim.SGD(params, lr=0.1, fused=True),
+        torch.optim.SGD(params, lr=0.1, differentiable=True),
         LARS(params, lr=0.1),
     ):
         assert loop_optimizer(other) is other
@@ -319,3 +322,16 @@ def test_functional_zero_grad_clears_every_gradient_of_every_group():
     second(first(torch.ones(1, 2))).sum().backward()
     loop.zero_grad()
     assert all(p.grad is None for p in (*first.parameters(), *second.parameters()))
+
+
+def test_functional_sgd_passes_what_sgd_step_passes(monkeypatch):
+    # On a GPU, `fused=False` with `foreach=None` makes torch's functional sgd take the
+    # single-tensor path as SGD.step does; without the key it would choose foreach.
+    import fedbatch.local.optim as optim
+
+    seen = []
+    monkeypatch.setattr(optim, "functional_sgd", lambda *args, **kwargs: seen.append(kwargs))
+    layer = nn.Linear(2, 1)
+    layer(torch.ones(1, 2)).sum().backward()
+    FunctionalSGD(torch.optim.SGD(layer.parameters(), lr=0.1, fused=False)).step()
+    assert seen[0]["fused"] is False and seen[0]["foreach"] is None
