@@ -26,7 +26,6 @@ pfl is imported inside `run`, so fedbatch works without it. Install: `pip instal
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedbatch.bench.rounds import record_round_ends
+from fedbatch.bench import rounds
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import Workload
 from fedbatch.local.optim import build_optimizer
@@ -81,7 +80,7 @@ def run(cfg: RunConfig, workload: Workload) -> float:
 
     class RoundTimes(TrainingProcessCallback):
         def after_central_iteration(self, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-            round_ends.append(time.perf_counter())
+            round_ends.append(rounds.now())
             return super().after_central_iteration(*args, **kwargs)
 
     class FedAvgNoEval(FederatedAveraging):
@@ -149,5 +148,5 @@ def run(cfg: RunConfig, workload: Workload) -> float:
         callbacks=[RoundTimes()],
         send_metrics_to_platform=False,
     )
-    record_round_ends(round_ends)
+    rounds.record_round_ends(round_ends)
     return evaluate(net, workload.x_test, workload.y_test)[1]

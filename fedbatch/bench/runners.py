@@ -22,39 +22,32 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import import_module
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from fedbatch.bench import rounds
 from fedbatch.bench.bare import bare_local_sgd
-from fedbatch.bench.rounds import ROUND_SECONDS, record_round_ends
 from fedbatch.config import RunConfig, config_from_json
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.trainer import evaluate
 from fedbatch.metrics.callbacks import Callback, RoundState
 from fedbatch.seeding import sample_clients
 
-# perf_counter seconds when a fedbatch engine made its round-0 row: its set-up is done.
+# `rounds.now()` when a fedbatch engine's round-0 row was done: its set-up is over.
 SET_UP: list[float] = []
 
 
-class _SetUpDone(Callback):
+class _RoundEnds(Callback):
+    """Records when each of a fedbatch engine's rows is done, on the runners' clock."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
     def on_round_end(self, state: RoundState) -> None:
         if state.round == 0:
-            SET_UP.append(time.perf_counter())
-
-
-def _record_set_up() -> None:
-    """Put `_SetUpDone` first among the callbacks every fedbatch run gets."""
-    from fedbatch.federated import server_app
-
-    standard = server_app.standard_callbacks
-
-    def with_recorder(*args: Any, **kwargs: Any) -> tuple[list[Callback], Any]:
-        callbacks, summary = standard(*args, **kwargs)
-        return [_SetUpDone(), *callbacks], summary
-
-    server_app.standard_callbacks = with_recorder  # type: ignore[assignment]
+            SET_UP.append(rounds.now())
+        else:
+            self.ends.append(rounds.now())
 
 
 def plain(cfg: RunConfig, workload: Workload) -> float:
@@ -72,8 +65,8 @@ def plain(cfg: RunConfig, workload: Workload) -> float:
             for key, value in model.state_dict().items():
                 new_state[key] += value * weight
         global_state = new_state
-        round_ends.append(time.perf_counter())
-    record_round_ends(round_ends)
+        round_ends.append(rounds.now())
+    rounds.record_round_ends(round_ends)
     model.load_state_dict(global_state)
     return evaluate(model, workload.x_test, workload.y_test)[1]
 
@@ -83,10 +76,10 @@ def fedbatch_engine(name: str) -> Callable[[RunConfig, Workload], float]:
         from fedbatch.engine import run_engine
 
         cfg = replace(cfg, engine=replace(cfg.engine, name=name))
+        round_ends = _RoundEnds()
         with tempfile.TemporaryDirectory() as out:
-            summary = run_engine(cfg, Path(out), progress=False)
-            rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
-        record_round_ends([row["elapsed_seconds"] for row in rows if row["round"] > 0])
+            summary = run_engine(cfg, Path(out), progress=False, callbacks=[round_ends])
+        rounds.record_round_ends(round_ends.ends)
         return float(summary["test_accuracy"])
 
     return run
@@ -120,9 +113,7 @@ def main(argv: list[str]) -> None:
     if runner in ENGINE_MODULES:  # imports are not part of the timing, for any runner
         import_module(ENGINE_MODULES[runner])
     cfg = config_from_json(config_json)
-    if runner in ENGINE_MODULES:
-        _record_set_up()
-    began = time.perf_counter()
+    began = rounds.now()
     # Data generation and torch's one-off imports (paid there) are not part of the timing.
     workload = workload_for(cfg.to_json())
     profiler = cProfile.Profile() if profile else None
@@ -138,8 +129,8 @@ def main(argv: list[str]) -> None:
     result |= {"partition_seconds": workload.partition_seconds}
     if SET_UP:
         result["setup_seconds"] = SET_UP[0] - began
-    if ROUND_SECONDS:
-        result["round_seconds"] = ROUND_SECONDS
+    if rounds.ROUND_SECONDS:
+        result["round_seconds"] = rounds.ROUND_SECONDS
     print(json.dumps(result))
 
 

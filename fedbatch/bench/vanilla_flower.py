@@ -6,16 +6,14 @@ ClientApp, `FedAvg.start` on the server. Clients are sampled by Flower itself.
 
 from __future__ import annotations
 
-import time
-
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
+from fedbatch.bench import rounds
 from fedbatch.bench.bare import bare_local_sgd
-from fedbatch.bench.rounds import record_round_ends
 from fedbatch.config import RunConfig
 from fedbatch.federated.workload import Workload, workload_for
 from fedbatch.local.trainer import evaluate
@@ -58,7 +56,7 @@ def run(cfg: RunConfig, workload: Workload) -> float:
 
         def round_end(server_round: int, arrays: ArrayRecord) -> None:
             if server_round > 0:  # FedAvg calls it after each round's aggregation
-                round_ends.append(time.perf_counter())
+                round_ends.append(rounds.now())
 
         final = strategy.start(
             grid=grid,
@@ -66,7 +64,7 @@ def run(cfg: RunConfig, workload: Workload) -> float:
             num_rounds=cfg.rounds,
             evaluate_fn=round_end,
         )
-        record_round_ends(round_ends)
+        rounds.record_round_ends(round_ends)
         model.load_state_dict(final.arrays.to_torch_state_dict())
         result["accuracy"] = evaluate(model, workload.x_test, workload.y_test)[1]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedbatch.config import RunConfig
+
+if TYPE_CHECKING:
+    from fedbatch.metrics.callbacks import Callback
 
 
 class EngineError(RuntimeError):
@@ -15,9 +18,15 @@ class EngineError(RuntimeError):
 
 
 def run_engine(
-    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    progress: bool,
+    resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Run the experiment on the configured engine, or continue it from the checkpoint
-    `resume`; return its summary."""
+    `resume`; return its summary. `callbacks` (`fedbatch.metrics.callbacks.Callback`) see
+    every complete row and the run's end, in this process, on every engine."""
     engine = import_module(f"fedbatch.engine.{cfg.engine.name}")
-    return engine.run(cfg, out_dir, progress=progress, resume=resume)
+    return engine.run(cfg, out_dir, progress=progress, resume=resume, callbacks=callbacks)

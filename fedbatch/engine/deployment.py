@@ -23,7 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,8 @@ class RunDirectory:
         self.metrics = None if shared else (out_dir / "metrics.jsonl").open("w", encoding="utf-8")
         self.summary_path = None if shared else out_dir / "summary.json"
         self.summary: dict[str, Any] | None = None
-        self.trackers: list[Callback] = []  # `logger`: they run here, where the rows arrive
+        # `logger`'s trackers and the caller's callbacks: they run here, where rows arrive
+        self.callbacks: list[Callback] = []
         self.last_round = 0
 
     def take(self, line: str) -> bool:
@@ -97,26 +98,26 @@ class RunDirectory:
             self.summary = values
             if self.summary_path is not None:
                 write_summary(self.summary_path, values)
-            for tracker in self.trackers:
+            for callback in self.callbacks:
                 rounds, why = values.get("rounds_completed", 0), values.get("stopped_because")
-                tracker.on_run_end(RunOutcome(rounds, str(why), values.get("seconds", 0.0)))
+                callback.on_run_end(RunOutcome(rounds, str(why), values.get("seconds", 0.0)))
             return
         if self.metrics is not None:
             self.metrics.write(json.dumps(values) + "\n")
             self.metrics.flush()
         self.last_round = values["round"]
-        for tracker in self.trackers:
-            tracker.on_round_end(RoundState(values["round"], None, values))
+        for callback in self.callbacks:
+            callback.on_round_end(RoundState(values["round"], None, values))
         accuracy = values.get("test_accuracy")
         shown = "n/a" if accuracy is None else f"{accuracy:.4f}"
         print(f"round {values['round']}/{self.rounds}: test accuracy {shown}", flush=True)
 
     def close(self, ended: str = LOST) -> None:
-        """Close the files; trackers left without a summary end as `ended` (`interrupted`,
+        """Close the files; callbacks left without a summary end as `ended` (`interrupted`,
         or `lost`: the run failed before its summary came back), not as runs under way."""
         if self.summary is None:
-            for tracker in self.trackers:
-                tracker.on_run_end(RunOutcome(self.last_round, ended, 0.0))
+            for callback in self.callbacks:
+                callback.on_run_end(RunOutcome(self.last_round, ended, 0.0))
         if self.metrics is not None:
             self.metrics.close()
 
@@ -158,18 +159,25 @@ def _submit(command: list[str], federation: str, run_dir: RunDirectory) -> int:
 
 
 def run(
-    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    progress: bool,
+    resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Submit the run (or, given the checkpoint `resume` that the ServerApp reads from the
     shared run directory, its continuation) and wait for it. No progress bar: the server
-    runs elsewhere, and each round prints one line as its row comes back."""
+    runs elsewhere, and each round prints one line as its row comes back; `callbacks` run
+    here as the rows and the summary arrive."""
     if resume is not None and not cfg.engine.shared_dir:
         raise DeploymentError("resume= on engine=deployment needs engine.shared_dir=true")
     app = app_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = RunDirectory(out_dir, cfg.rounds, shared=cfg.engine.shared_dir)
     if not cfg.engine.shared_dir:  # shared: the ServerApp runs them, as it writes the files
-        run_dir.trackers = trackers_for(cfg.logger, out_dir, asdict(cfg), run_dir)
+        run_dir.callbacks = trackers_for(cfg.logger, out_dir, asdict(cfg), run_dir)
+    run_dir.callbacks += callbacks
     federation = cfg.engine.federation
     with tempfile.TemporaryDirectory(prefix="fedbatch-run-config-") as tmp:
         config_file = Path(tmp) / "run-config.toml"

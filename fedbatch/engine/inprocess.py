@@ -8,7 +8,7 @@ ClientApp pass through unchanged, so the result equals the Ray engine's for the 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fedbatch.compat import ErrorCode, Run, set_message_id, set_sender_identity
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as default_client_app
 from fedbatch.federated.server_app import run_experiment
+from fedbatch.metrics.callbacks import Callback
 
 RUN_ID = 1
 
@@ -126,7 +127,12 @@ class InProcessGrid(Grid):
 
 
 def run(
-    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    progress: bool,
+    resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     grid = InProcessGrid(cfg.num_clients)
-    return run_experiment(grid, cfg, out_dir, progress=progress, resume=resume)
+    return run_experiment(grid, cfg, out_dir, progress=progress, resume=resume, callbacks=callbacks)

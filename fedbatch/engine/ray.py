@@ -8,7 +8,7 @@ to an existing Ray cluster instead of starting a local one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,17 @@ from fedbatch.compat import start_ray
 from fedbatch.config import RunConfig
 from fedbatch.federated.client_app import app as client_app
 from fedbatch.federated.server_app import quiet_flower_logs, run_experiment
+from fedbatch.metrics.callbacks import Callback
 from fedbatch.metrics.interrupts import Interrupted, reclaim_signals
 
 
 def run(
-    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    progress: bool,
+    resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     interrupted: list[Interrupted] = []
@@ -33,7 +39,10 @@ def run(
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
         try:
-            summary.update(run_experiment(grid, cfg, out_dir, progress=progress, resume=resume))
+            run = run_experiment(
+                grid, cfg, out_dir, progress=progress, resume=resume, callbacks=callbacks
+            )
+            summary.update(run)
         except Interrupted as interruption:  # saved: Flower's thread ends normally
             interrupted.append(interruption)
 

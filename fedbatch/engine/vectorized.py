@@ -12,7 +12,7 @@ ClientApp one message at a time, as on the in-process engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from fedbatch.local.plan import LocalPlan
 from fedbatch.local.stacked_optim import ADAPTIVE, AdaptiveRule, SGDRule, UpdateRule
 from fedbatch.local.trainer import uses_batchnorm
 from fedbatch.local.vectorized import ClientSteps, stack_params, train_clients
+from fedbatch.metrics.callbacks import Callback
 
 log = logging.getLogger(__name__)
 SGD_RULES = ("sgd", "momentum", "nesterov")
@@ -265,6 +266,12 @@ class BatchedClient:
 
 
 def run(
-    cfg: RunConfig, out_dir: Path, *, progress: bool, resume: Mapping[str, Any] | None = None
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    progress: bool,
+    resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    return run_experiment(VectorizedGrid(cfg), cfg, out_dir, progress=progress, resume=resume)
+    grid = VectorizedGrid(cfg)
+    return run_experiment(grid, cfg, out_dir, progress=progress, resume=resume, callbacks=callbacks)

@@ -1,15 +1,16 @@
 """The Flower ServerApp: an experiment's callbacks around the round loop.
 
 `run_experiment` is what every engine calls: it builds the workload and the standard
-callbacks (server-side evaluation, convergence monitoring, metrics sink, summary, progress)
-and runs `round_loop.run_rounds` on the engine's Grid, its nodes in partition order.
+callbacks (server-side evaluation, convergence monitoring, metrics sink, summary, progress),
+then the caller's own, and runs `round_loop.run_rounds` on the engine's Grid, its nodes in
+partition order.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,20 @@ def run_experiment(
     progress: bool,
     lines: bool = False,
     resume: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Run the experiment on `grid`, writing metrics.jsonl, summary.json, checkpoints and
     the final model to `out_dir` (if any) and, with `lines`, printing rows and summary as
-    lines; or continue it from the checkpoint `resume`."""
+    lines; or continue it from the checkpoint `resume`. `callbacks` run after the standard
+    ones, so each row they see is complete."""
     quiet_flower_logs()
     workload = workload_for(cfg.to_json())
-    callbacks, summary = standard_callbacks(workload, out_dir, progress=progress, lines=lines)
+    standard, summary = standard_callbacks(workload, out_dir, progress=progress, lines=lines)
     ordered = PartitionedGrid(grid, partition_order(grid, cfg), cfg.engine.round_timeout)
     run_rounds(
         ordered,
         cfg,
-        callbacks,
+        [*standard, *callbacks],
         initial_arrays=model_to_arrays(workload.initial_model()),
         partition_sizes=workload.partitions.sizes.tolist(),  # Python ints, as before
         checkpointer=checkpointer_for(cfg, out_dir, grid),

@@ -6,6 +6,9 @@ revision is first on `PYTHONPATH` (to compare main and a branch the same way):
 scale_config; print(scale_config(SCALE, 'sync', 10**6, 100).to_json())" > run.json
     PYTHONPATH=/path/to/other/checkout python simulations/bench/scale_probe.py run.json
 
+(A revision whose `run_engine` takes no `callbacks` is probed with its own copy of this
+script: `git show REV:simulations/bench/scale_probe.py`.)
+
 Prints one JSON line: `imports` (fedbatch, Flower, torch), `setup` (from after the
 imports to the round-0 row), `rounds` (from each row to the next, rounds 1 to R) and
 `rss_mb`.
@@ -20,14 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 began = time.perf_counter()
 
 import fedbatch.engine.inprocess  # noqa: E402, F401  (imports are not set-up)
 from fedbatch.config import config_from_json  # noqa: E402
 from fedbatch.engine import run_engine  # noqa: E402
-from fedbatch.federated import server_app  # noqa: E402
 from fedbatch.metrics.callbacks import Callback, RoundState  # noqa: E402
 
 ROW_TIMES: list[tuple[int, float]] = []
@@ -38,20 +39,11 @@ class _RowTimes(Callback):
         ROW_TIMES.append((state.round, time.perf_counter()))
 
 
-def _with_row_times(*args: Any, **kwargs: Any) -> tuple[list[Callback], Any]:
-    callbacks, summary = standard(*args, **kwargs)
-    return [_RowTimes(), *callbacks], summary
-
-
-standard = server_app.standard_callbacks
-server_app.standard_callbacks = _with_row_times  # type: ignore[assignment]
-
-
 def main(config_path: str) -> None:
     imported = time.perf_counter()
     cfg = config_from_json(Path(config_path).read_text())
     with tempfile.TemporaryDirectory() as out:
-        run_engine(cfg, Path(out), progress=False)
+        run_engine(cfg, Path(out), progress=False, callbacks=[_RowTimes()])
     ends = [t for server_round, t in ROW_TIMES if server_round > 0]
     result = {
         "imports": imported - began,

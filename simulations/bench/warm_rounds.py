@@ -6,7 +6,7 @@
 Runs the bench's own runner functions (`fedbatch.bench.runners.RUNNERS`, recording the
 same round ends as `python -m fedbatch.bench`) one after another in this process, on one
 workload built once: no per-run process start or data generation. With `--cpu`, round
-ends are read from the process's CPU clock (`time.process_time`), which does not count
+ends are read from the process's CPU clock (`rounds.use_cpu_clock`), which does not count
 time spent waiting for cores other jobs hold. Prints each runner's median and min round
 time and their ratios to the first runner's, and the min CPU seconds of its whole runs.
 """
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpu", action="store_true", help="CPU seconds instead of wall")
     args = parser.parse_args()
-    if args.cpu:  # every runner reads its round ends from time.perf_counter
-        time.perf_counter = time.process_time
+    if args.cpu:
+        rounds.use_cpu_clock()
     case, names = CASES[args.case], args.runners.split(",")
     specs = {name: case.runner_config(name) for name in names}
     workload = workload_for(specs[names[0]][1].to_json())

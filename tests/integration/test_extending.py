@@ -18,6 +18,7 @@ from fedbatch.engine.inprocess import InProcessGrid
 from fedbatch.federated.client_app import app as real_client_app
 from fedbatch.federated.server_app import run_experiment
 from fedbatch.federated.workload import workload_for
+from fedbatch.metrics.callbacks import Callback, RoundState, RunOutcome
 from fedbatch.simulate import validate
 from tests.conftest import read_rows, tiny_raw, without_measured
 
@@ -95,6 +96,31 @@ def _without_module(name: str):
             workload_for.cache_clear()
 
     return client_app
+
+
+class RowsSeen(Callback):
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.outcome: RunOutcome | None = None
+
+    def on_round_end(self, state: RoundState) -> None:
+        self.rows.append(dict(state.row))
+
+    def on_run_end(self, outcome: RunOutcome) -> None:
+        self.outcome = outcome
+
+
+@pytest.mark.parametrize("engine", ["inprocess", "vectorized"])
+def test_a_callers_callbacks_see_each_complete_row_and_the_end(tmp_path, engine):
+    seen = RowsSeen()
+    cfg = build_config(tiny_raw(rounds=2) | {"engine": {"name": engine}})
+    summary = run_engine(cfg, tmp_path, progress=False, callbacks=[seen])
+    # After the standard callbacks: each row as metrics.jsonl has it, evaluation included.
+    assert seen.rows == read_rows(tmp_path)
+    assert [row["round"] for row in seen.rows] == [0, 1, 2]
+    assert all("test_accuracy" in row for row in seen.rows)
+    assert seen.outcome is not None and seen.outcome.rounds_completed == 2
+    assert summary["rounds_completed"] == 2
 
 
 def test_nodes_that_cannot_import_the_target_fail_with_one_line_and_end_the_run(tmp_path):

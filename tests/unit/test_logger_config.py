@@ -70,7 +70,7 @@ def test_a_deployment_writes_its_trackers_from_the_streamed_rows(tmp_path):
         {"round": 1, "test_accuracy": 0.5, "train_loss": 1.5},
     ]
     run_dir = RunDirectory(tmp_path, rounds=1)
-    run_dir.trackers = trackers.trackers_for(LoggerConfig(csv=True), tmp_path, {}, run_dir)
+    run_dir.callbacks = trackers.trackers_for(LoggerConfig(csv=True), tmp_path, {}, run_dir)
     for row in rows:
         run_dir.take(ROW_LINE + json.dumps(row))
     summary = {"rounds_completed": 1, "stopped_because": "rounds", "seconds": 1.0}
@@ -97,7 +97,7 @@ class Outcomes(Callback):
 def test_a_deployment_s_trackers_end_even_when_no_summary_comes_back(tmp_path, ended):
     run_dir = RunDirectory(tmp_path, rounds=5)
     outcomes = Outcomes()
-    run_dir.trackers = [outcomes]
+    run_dir.callbacks = [outcomes]
     run_dir.take(ROW_LINE + json.dumps({"round": 0, "test_accuracy": 0.1}))
     run_dir.take(ROW_LINE + json.dumps({"round": 1, "test_accuracy": 0.2}))
     run_dir.close(ended)
