@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedbatch.bench.deployment import split_rounds
+from fedbatch.bench.deployment import CPU_PARTS, PARTS, split_rounds, summarize
 from fedbatch.federated.timing import (
     TIMING_ENV,
     ClientTimeline,
@@ -53,6 +53,22 @@ def test_a_round_splits_at_its_slowest_client():
     cpu = {p: split[f"cpu_{p}"] for p in ("flower_startup", "fedbatch_imports", "data")}
     assert cpu == pytest.approx({"flower_startup": 1.0, "fedbatch_imports": 1.5, "data": 0.5})
     assert split["cpu_training"] == pytest.approx(0.25)
+
+
+def test_the_targets_ratios_take_each_rounds_own_polling_off_before_the_median():
+    def split(round_seconds, polling, startup):
+        parts = dict.fromkeys((*PARTS, *(f"cpu_{p}" for p in CPU_PARTS)), 0.0)
+        return parts | {"round": round_seconds, "polling": polling, "flower_startup": startup}
+
+    rounds = [split(5.0, 3.0, 1.9), split(6.0, 4.0, 1.9), split(7.0, 3.5, 1.0)]
+    summary = summarize(rounds, baseline=0.05)
+    # Per round without polling: 2.0, 2.0, 3.5 (median 2.0; the medians' difference, 6.0 -
+    # 3.5 = 2.5, is no round's); without Flower's start-up too: 0.1, 0.1, 2.5.
+    assert summary["round_without_polling"] == pytest.approx(2.0)
+    assert summary["ratio"] == pytest.approx(2.0 / 0.05)
+    assert summary["fedbatch_seconds"] == pytest.approx(0.1)
+    assert summary["ratio_without_flower_startup"] == pytest.approx(0.1 / 0.05)
+    assert summary["polling"] == 3.5 and summary["rounds_measured"] == 3
 
 
 def test_without_the_variable_nothing_is_noted(monkeypatch, tmp_path):
